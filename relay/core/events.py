@@ -1,0 +1,108 @@
+"""What happened to an upload, as plain frozen data.
+
+One class per contract event; `name` is the SSE event name. None of them does I/O. Every event carries
+`upload_id`, `bytes` (request-body bytes received so far), `total` (declared Content-Length or None) and
+`ts` (wall-clock seconds since the epoch, so events from several relay instances can be ordered).
+Don't subclass these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+__all__ = ["Completed", "ErrorInfo", "Event", "Failed", "Part", "Progress", "Started", "TERMINAL"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    name: ClassVar[str] = "started"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    route: str = ""
+    method: str = ""
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    name: ClassVar[str] = "progress"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A part completed. `index` counts parts from 0; `size` is the part's content bytes."""
+
+    name: ClassVar[str] = "part"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    index: int
+    field: str | None
+    filename: str | None
+    content_type: str | None
+    size: int
+    sha256: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> dict[str, Any]:
+        """The part as the registry and the contract's `parts` list show it."""
+        return {
+            "field": self.field,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    name: ClassVar[str] = "completed"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    upstream_status: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    name: ClassVar[str] = "failed"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    error: ErrorInfo
+    upstream_status: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = Started | Progress | Part | Completed | Failed
+TERMINAL = (Completed, Failed)
