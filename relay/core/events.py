@@ -99,6 +99,8 @@ class Failed:
     ts: float
     error: ErrorInfo
     upstream_status: int | None = None
+    rejected: bool = False  # refused from its headers: no body byte was read
+
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

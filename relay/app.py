@@ -1,0 +1,120 @@
+"""The relay as one ASGI app: routing first, then the relayed route or the admin endpoints.
+
+The relayed route is plain ASGI (no Starlette request/response layers on the hot path, and no
+BaseHTTPMiddleware, which would hide `http.disconnect`). `/_relay/` is a FastAPI app. The lifespan owns
+the upstream connection pools and the inspection thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from relay.admin import create_admin_app
+from relay.bus import EventBus, InMemoryEventBus
+from relay.errors import BadRequest, NotFound
+from relay.metrics import RelayMetrics
+from relay.proxy import RelayContext, Upload, error_response
+from relay.settings import Route, Settings
+from relay.types import Receive, Scope, Send
+from relay.upstream import Upstream
+from relay.uploads import InMemoryUploadRegistry, UploadRegistry
+
+__all__ = ["RelayApp", "create_app"]
+
+_ADMIN_PREFIX = b"/_relay/"
+
+
+class RelayApp:
+    """ASGI entry point. `ctx.upstreams` is filled at lifespan start-up."""
+
+    def __init__(self, settings: Settings, *, bus: EventBus | None = None,
+                 registry: UploadRegistry | None = None) -> None:
+        self.settings = settings
+        self.ctx = RelayContext(
+            settings=settings,
+            bus=bus or InMemoryEventBus(),
+            registry=registry or InMemoryUploadRegistry(max_finished=settings.registry_size,
+                                                        ttl=settings.registry_ttl),
+            metrics=RelayMetrics(),
+            upstreams={},
+            executor=None,
+        )
+        self.admin = create_admin_app(self.ctx)
+        # Longest prefix first, so /upload/big/ wins over /upload/.
+        self.routes = sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path.startswith(_ADMIN_PREFIX) or raw_path == _ADMIN_PREFIX.rstrip(b"/"):
+            await self.admin(scope, receive, send)
+            return
+        route = self.match(raw_path)
+        if route is None:
+            await error_response(send, NotFound(f"no route for {scope['path']}"), upload_id=None,
+                                 close=_may_have_body(scope))
+            return
+        try:
+            await Upload(self.ctx, route, scope, receive, send).run()
+        except UnicodeError as exc:  # a target httpx cannot express; nothing has been sent yet
+            await error_response(send, BadRequest(f"unusable request target: {exc}"), upload_id=None, close=True)
+
+    def match(self, raw_path: bytes) -> Route | None:
+        for route in self.routes:
+            if raw_path.startswith(route.prefix.encode()):
+                return route
+        return None
+
+    async def startup(self) -> None:
+        settings = self.settings
+        self.ctx.executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                               thread_name_prefix="relay-inspect")
+        for route in settings.routes:
+            key = route.upstream or ""
+            if key not in self.ctx.upstreams:
+                if not route.upstream:
+                    raise RuntimeError("a route has no upstream: run through relay-server or set one")
+                self.ctx.upstreams[key] = Upstream(route.upstream, timeout=settings.upstream_timeout,
+                                                   connect_timeout=settings.upstream_connect_timeout)
+
+    async def shutdown(self) -> None:
+        for upstream in self.ctx.upstreams.values():
+            await upstream.aclose()
+        self.ctx.upstreams.clear()
+        if self.ctx.executor is not None:
+            self.ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _may_have_body(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
+def create_app(settings: Settings | None = None) -> RelayApp:
+    """The relay ASGI app; serve it with uvicorn (lifespan on)."""
+    return RelayApp(settings or Settings())
+
+

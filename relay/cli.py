@@ -1,0 +1,222 @@
+"""relay-server: flags <-> Settings, then serve.
+
+Every flag also reads RELAY_<FLAG> from the environment, and `--config FILE` (TOML) supplies defaults:
+precedence is flags > environment > config file > built-in defaults (click's own order for a default_map).
+A bad value is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relay.core.limits import Limits
+from relay.settings import (
+    DEFAULT_METHODS,
+    DEFAULT_PREFIX,
+    Route,
+    Settings,
+    parse_size,
+)
+
+__all__ = ["main", "settings_from_options"]
+
+PROG = "relay-server"
+_SERVER_KEYS = {
+    "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
+    "upstream_timeout", "upstream_connect_timeout", "digest", "admin_token", "token", "forward_authorization",
+    "trust_forwarded", "max_concurrent_uploads",
+}  # fmt: skip
+_ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
+
+
+class Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Read the TOML file: [server] becomes click's default_map, [[routes]] is kept for later."""
+    if not value:
+        return value
+    try:
+        data = tomllib.loads(Path(value).read_text())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}", ctx, param) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{value} is not valid TOML: {exc}", ctx, param) from exc
+    server = data.get("server", {})
+    unknown = set(server) - _SERVER_KEYS
+    if unknown:
+        raise click.BadParameter(f"unknown [server] keys in {value}: {', '.join(sorted(unknown))}", ctx, param)
+    ctx.default_map = {**(ctx.default_map or {}), **server}
+    ctx.meta["routes"] = data.get("routes", [])
+    return value
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be positive", ctx, param)
+    return value
+
+
+def _route_from_table(table: dict[str, Any], defaults: Limits) -> Route:
+    unknown = set(table) - _ROUTE_KEYS
+    if unknown:
+        raise ValueError(f"unknown keys in a [[routes]] table: {', '.join(sorted(unknown))}")
+    if "prefix" not in table:
+        raise ValueError("every [[routes]] table needs a prefix")
+
+    def size(key: str, fallback: int | None) -> int | None:
+        if key not in table:
+            return fallback
+        return parse_size(table[key]) or None
+
+    limits = Limits(
+        max_body_size=size("max_body_size", defaults.max_body_size),
+        max_file_size=size("max_file_size", defaults.max_file_size),
+        max_files=int(table["max_files"]) or None if "max_files" in table else defaults.max_files,
+    )
+    methods = tuple(method.upper() for method in table.get("methods", DEFAULT_METHODS))
+    return Route(prefix=str(table["prefix"]), upstream=table.get("upstream"), methods=methods, limits=limits)
+
+
+def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, Any]]) -> Settings:
+    """Build the frozen Settings from resolved option values; raises ValueError on a bad combination."""
+    limits = Limits(
+        max_body_size=options["max_body_size"] or None,
+        max_file_size=options["max_file_size"] or None,
+        max_files=options["max_files"] or None,
+    )
+    if route_tables:
+        routes = tuple(_route_from_table(table, limits) for table in route_tables)
+        if options["upstream"]:
+            routes = tuple(
+                route if route.upstream else Route(prefix=route.prefix, upstream=options["upstream"],
+                                                   methods=route.methods, limits=route.limits)
+                for route in routes
+            )
+    else:
+        routes = (Route(prefix=options["route"], upstream=options["upstream"] or None, limits=limits),)
+    return Settings(
+        routes=routes,
+        upstream_timeout=options["upstream_timeout"],
+        upstream_connect_timeout=options["upstream_connect_timeout"],
+        digest=options["digest"] == "sha256",
+        token=options["token"] or None,
+        admin_token=options["admin_token"] or None,
+        forward_authorization=options["forward_authorization"],
+        trust_forwarded=options["trust_forwarded"],
+        max_concurrent_uploads=options["max_concurrent_uploads"] or None,
+        store=Path(options["store"]),
+    )
+
+
+@click.command(context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"],
+                                 "show_default": True})
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, callback=_load_config,
+              help="TOML file with [server] settings and [[routes]].")
+@click.option("--host", default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
+@click.option("--upstream", default=None, help="Upstream base URL. Without it the sample upstream runs in-process.")
+@click.option("--store", default="received", help="Where the embedded sample upstream stores uploads.")
+@click.option("--route", default=DEFAULT_PREFIX, help="Path prefix that is relayed (case-sensitive).")
+@click.option("--max-body-size", type=Size(), default="10GiB", help="Largest request body; 0 = no limit.")
+@click.option("--max-file-size", type=Size(), default="0", help="Largest file part; 0 = no limit.")
+@click.option("--max-files", type=click.IntRange(0), default=100, help="Most file parts per request; 0 = no limit.")
+@click.option("--upstream-timeout", type=float, default=60.0, callback=_positive,
+              help="Seconds the upstream may make no progress.")
+@click.option("--upstream-connect-timeout", type=float, default=5.0, callback=_positive,
+              help="Seconds to connect to the upstream.")
+@click.option("--digest", type=click.Choice(["sha256", "none"]), default="sha256", help="Hash each part.")
+@click.option("--admin-token", default=None, help="Bearer token for /_relay/ (all but health).")
+@click.option("--token", default=None, help="Bearer token required on relayed routes.")
+@click.option("--forward-authorization", is_flag=True, default=False,
+              help="Forward the client's Authorization header upstream.")
+@click.option("--trust-forwarded", is_flag=True, default=False,
+              help="Keep the client's X-Forwarded-For and append the peer.")
+@click.option("--max-concurrent-uploads", type=click.IntRange(0), default=0,
+              help="Uploads in progress at once; 0 = no cap.")
+@click.pass_context
+def command(ctx: click.Context, config: str | None, host: str, port: int, **options: Any) -> None:
+    """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
+
+    \b
+    Examples:
+      relay-server                                   # embedded sample upstream, stores in ./received
+      relay-server --upstream http://127.0.0.1:8001 --max-body-size 1GiB
+      RELAY_MAX_FILE_SIZE=100MiB relay-server --config relay.toml
+    """
+    try:
+        settings = settings_from_options(options, ctx.meta.get("routes", []))
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    run(settings, host, port)
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    from relay.app import RelayApp
+    from relay.server import bind_socket, serve, tune_malloc
+
+    tune_malloc()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        main_sock = bind_socket(host, port)
+        sink_sock = bind_socket("127.0.0.1", 0) if any(r.upstream is None for r in settings.routes) else None
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    follower = None
+    if sink_sock is not None:
+        from relay.sink import create_sink_app
+
+        sink_url = "http://127.0.0.1:{}".format(sink_sock.getsockname()[1])
+        settings = _with_upstream(settings, sink_url)
+        follower = (create_sink_app(settings.store), sink_sock)
+    app = RelayApp(settings)
+    bound = main_sock.getsockname()
+
+    def ready() -> None:
+        for route in settings.routes:
+            where = f"{route.upstream} (embedded sample upstream, storing in {settings.store})" if sink_sock else \
+                route.upstream
+            print(f"{PROG} listening on http://{bound[0]}:{bound[1]}, relaying {route.prefix} to {where}",
+                  flush=True)
+
+    # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down; with these handlers in place that
+    # re-raise is harmless and a signalled relay exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    asyncio.run(serve((app, main_sock), follower=follower, on_ready=ready))
+
+
+def _with_upstream(settings: Settings, url: str) -> Settings:
+    from dataclasses import replace
+
+    routes = tuple(route if route.upstream else replace(route, upstream=url) for route in settings.routes)
+    return replace(settings, routes=routes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `relay-server`: click without its multi-line usage errors."""
+    try:
+        command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"{PROG}: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,382 @@
+"""The relayed route: one upload, from its headers to the upstream's answer.
+
+Theory of operation
+-------------------
+1. Everything that can be decided from the headers is decided before the first `receive()`: route and
+   method, dot segments, upload id, token, header size, declared length, concurrency cap, multipart
+   boundary. uvicorn sends `100 Continue` only on the first `receive()`, so a refused client never has to
+   send its body. Refusals answer with `Connection: close`, or uvicorn would read and discard the body.
+2. The body is one async generator handed to the upstream leg. It pulls one ASGI message at a time
+   (uvicorn stops reading the socket past 64 KiB buffered, httpx asks for the next chunk only after
+   writing the previous one: backpressure end to end), feeds the sans-IO inspector and yields each chunk
+   unchanged.
+3. One chunk is held back: chunk N leaves only after chunk N+1 (or the end of the body) has arrived and
+   been inspected. So `inspector.finish()` runs before the last byte leaves, and a body that fails
+   validation never reaches the upstream complete. While chunk N is being written upstream, chunk N+1 is
+   hashed in a worker thread (hashlib releases the GIL), which keeps the event loop free and uses the
+   second core.
+4. Any failure inside the generator (a limit, malformed multipart, the client gone) raises out of it,
+   which kills the upstream request mid-body. The error is remembered here, because httpx may wrap or
+   replace what comes out of `send()`.
+5. Before `http.response.start` an error can still be answered as JSON; after it, only by closing the
+   connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from relay.bus import EventBus
+from relay.core.events import Completed, ErrorInfo, Event, Failed, Started
+from relay.core.inspector import UploadInspector
+from relay.core.limits import check_declared_length
+from relay.errors import (
+    BadRequest,
+    ClientDisconnected,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    RelayError,
+    TooManyUploads,
+    Unauthorized,
+    UploadIdInUse,
+)
+from relay.headers import (
+    forward_request_headers,
+    forward_response_headers,
+    has_dot_segment,
+    header_value,
+    headers_size,
+    new_upload_id,
+    valid_upload_id,
+)
+from relay.metrics import RelayMetrics
+from relay.settings import Route, Settings
+from relay.types import Receive, Scope, Send
+from relay.upstream import Upstream, UpstreamResponse
+from relay.uploads import UploadRegistry
+
+__all__ = ["RelayContext", "Upload", "error_response"]
+
+log = logging.getLogger("relay.upload")
+
+# After a refusal mid-body, read (and drop) a little more of the body before answering: a client still
+# writing into a socket we close gets a TCP reset and may never see our 413.
+DRAIN_LIMIT = 1024 * 1024
+DRAIN_SECONDS = 1.0
+# Below this a chunk is inspected inline: a thread hop costs more than hashing it.
+OFFLOAD_MIN_CHUNK = 16 * 1024
+
+
+@dataclass
+class RelayContext:
+    """What every upload shares; built by the app's lifespan."""
+
+    settings: Settings
+    bus: EventBus
+    registry: UploadRegistry
+    metrics: RelayMetrics
+    upstreams: dict[str, Upstream]
+    executor: Executor | None
+    in_flight: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def emit(self, event: Event) -> None:
+        self.registry.apply(event)
+        self.bus.publish(event)
+
+
+async def error_response(send: Send, error: RelayError, *, upload_id: str | None, close: bool,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """The contract's JSON error."""
+    body = json.dumps({"error": error.to_dict()}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if upload_id is not None:
+        headers.append((b"x-upload-id", upload_id.encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    headers.extend(extra or [])
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Upload:
+    """One request on a routed path."""
+
+    def __init__(self, ctx: RelayContext, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        self.ctx = ctx
+        self.route = route
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.method: str = scope["method"]
+        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        self.raw_target = self.raw_path + (b"?" + scope["query_string"] if scope.get("query_string") else b"")
+        self.started = time.monotonic()
+        self.upload_id = new_upload_id()
+        self.inspector: UploadInspector | None = None
+        self.content_length: int | None = None
+        self.body_done = False
+        self.client_gone = False
+        self.response_started = False
+        self.body_error: RelayError | None = None
+        self.forwarded = 0
+        self.finished = False
+
+    # -- 1. decisions from the headers --------------------------------------------------------------------
+
+    def check_headers(self) -> None:
+        """Raise the first refusal that the headers alone justify; sets the upload id and inspector."""
+        settings = self.ctx.settings
+        client_id = header_value(self.headers, b"x-upload-id")
+        if client_id is not None and valid_upload_id(client_id):
+            self.upload_id = client_id.decode("ascii")
+        if headers_size(self.headers) > settings.max_header_bytes:
+            raise HeadersTooLarge(f"request headers exceed {settings.max_header_bytes} bytes")
+        if has_dot_segment(self.raw_path):
+            raise BadRequest("the path has a '.' or '..' segment")
+        if self.method not in self.route.methods:
+            raise MethodNotAllowed(f"{self.method} is not allowed here; use {', '.join(self.route.methods)}")
+        if client_id is not None and not valid_upload_id(client_id):
+            raise BadRequest("X-Upload-ID must match [A-Za-z0-9_-]{1,64}")
+        if self.ctx.registry.is_active(self.upload_id):
+            raise UploadIdInUse(f"upload {self.upload_id} is in progress")
+        self.check_token()
+        self.content_length = self.declared_length()
+        check_declared_length(self.content_length, self.route.limits)
+        cap = settings.max_concurrent_uploads
+        if cap is not None and self.ctx.in_flight >= cap:
+            raise TooManyUploads(f"{cap} uploads are in progress; try again shortly")
+        self.inspector = UploadInspector(
+            upload_id=self.upload_id,
+            content_type=self.header_text(b"content-type"),
+            total=self.content_length,
+            limits=self.route.limits,
+            digest=settings.digest,
+            progress=settings.progress,
+        )
+
+    def check_token(self) -> None:
+        token = self.ctx.settings.token
+        if token is None:
+            return
+        given = header_value(self.headers, b"authorization") or b""
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
+            raise Unauthorized()
+
+    def declared_length(self) -> int | None:
+        values = [value for key, value in self.headers if key == b"content-length"]
+        if not values:
+            return None
+        if len(set(values)) > 1 or not values[0].strip().isdigit():
+            raise BadRequest("invalid Content-Length")
+        return int(values[0])
+
+    def header_text(self, name: bytes) -> str | None:
+        value = header_value(self.headers, name)
+        return value.decode("latin-1") if value is not None else None
+
+    # -- the whole upload -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self.check_headers()
+        except UploadIdInUse as exc:
+            # The id belongs to the upload in progress: answer, but never touch its record or events.
+            self.ctx.metrics.rejections.labels(code=exc.code).inc()
+            await error_response(self.send, exc, upload_id=self.upload_id, close=True)
+            return
+        except RelayError as exc:
+            await self.refuse(exc)
+            return
+        self.begin()
+        try:
+            status = await self.forward()
+        except RelayError as exc:
+            await self.fail(exc)
+        except BaseException:
+            self.fail_quietly(ClientDisconnected("the relay stopped this upload"))
+            raise
+        else:
+            self.log_line(status, "completed")
+        finally:
+            self.ctx.in_flight -= 1
+            self.ctx.metrics.in_flight.dec()
+
+    async def refuse(self, exc: RelayError) -> None:
+        """Refused from its headers: recorded as `rejected`, answered, connection closed."""
+        now = time.time()
+        self.ctx.emit(Started(self.upload_id, 0, self.content_length, now, self.route.prefix, self.method,
+                              self.scope["path"]))
+        self.ctx.emit(Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message),
+                             rejected=True))
+        self.ctx.metrics.rejections.labels(code=exc.code).inc()
+        self.ctx.metrics.uploads.labels(outcome="rejected").inc()
+        extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
+        await error_response(self.send, exc, upload_id=self.upload_id, close=True, extra=extra)
+        self.log_line(exc.status_code, f"rejected:{exc.code}")
+
+    def begin(self) -> None:
+        self.ctx.in_flight += 1
+        self.ctx.metrics.in_flight.inc()
+        self.ctx.emit(Started(self.upload_id, 0, self.content_length, time.time(), self.route.prefix,
+                              self.method, self.scope["path"]))
+
+    async def forward(self) -> int:
+        upstream = self.ctx.upstreams[self.route.upstream or ""]
+        headers = forward_request_headers(
+            self.headers,
+            peer=(self.scope.get("client") or (None,))[0],
+            scheme=self.scope.get("scheme", "http"),
+            upload_id=self.upload_id,
+            trust_forwarded=self.ctx.settings.trust_forwarded,
+            strip_authorization=self.ctx.settings.token is not None and not self.ctx.settings.forward_authorization,
+        )
+        try:
+            response = await upstream.send(self.method, self.raw_target, headers, self.body(), self.content_length)
+        except Exception as exc:
+            # The body generator's own error is the real cause; httpx may have wrapped or replaced it.
+            if self.body_error is not None and self.body_error is not exc:
+                raise self.body_error from exc
+            raise
+        return await self.relay_response(response)
+
+    # -- 2-4. the body ------------------------------------------------------------------------------------
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """Chunks from the client, inspected, one held back (see the module docstring)."""
+        assert self.inspector is not None
+        inspector = self.inspector
+        loop = asyncio.get_running_loop()
+        offload = self.ctx.executor is not None and self.ctx.settings.digest
+        held: bytes | None = None
+        try:
+            while not self.body_done:
+                chunk = await self.next_chunk()
+                if not chunk:
+                    continue
+                if offload and len(chunk) >= OFFLOAD_MIN_CHUNK:
+                    pending = loop.run_in_executor(self.ctx.executor, inspector.feed, chunk, time.time())
+                    if held is not None:
+                        yield held
+                        self.note_forwarded(len(held))
+                    self.emit_all(await pending)
+                else:
+                    self.emit_all(inspector.feed(chunk, time.time()))
+                    if held is not None:
+                        yield held
+                        self.note_forwarded(len(held))
+                held = chunk
+            self.emit_all(inspector.finish(time.time()))
+            if held is not None:
+                yield held
+                self.note_forwarded(len(held))
+        except RelayError as exc:
+            self.body_error = exc
+            raise
+
+    async def next_chunk(self) -> bytes:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.client_gone = True
+            raise ClientDisconnected()
+        chunk: bytes = message.get("body", b"")
+        self.body_done = not message.get("more_body", False)
+        if chunk:
+            self.ctx.metrics.bytes_received.inc(len(chunk))
+        return chunk
+
+    def note_forwarded(self, size: int) -> None:
+        self.forwarded += size
+        self.ctx.metrics.bytes_forwarded.inc(size)
+
+    def emit_all(self, events: list[Event]) -> None:
+        for event in events:
+            self.ctx.emit(event)
+
+    # -- the answer -------------------------------------------------------------------------------------------
+
+    async def relay_response(self, response: UpstreamResponse) -> int:
+        headers = forward_response_headers(response.headers, self.upload_id)
+        digest = self.single_file_digest()
+        if digest is not None:
+            headers.append((b"x-upload-sha256", digest.encode()))
+        try:
+            await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
+            self.response_started = True
+            async for chunk in response.body():
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Completed before the last response byte: a client that asks about its upload the moment the
+            # response ends finds it completed.
+            self.complete(response.status)
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+        return response.status
+
+    def single_file_digest(self) -> str | None:
+        assert self.inspector is not None
+        parts = self.inspector.parts
+        files = [part for part in parts if part.filename is not None]
+        if not self.inspector.is_multipart and len(parts) == 1:
+            return parts[0].sha256
+        return files[0].sha256 if len(files) == 1 else None
+
+    def complete(self, status: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        assert self.inspector is not None
+        received = self.inspector.bytes_received
+        self.ctx.emit(Completed(self.upload_id, received, self.content_length, time.time(), status))
+        self.ctx.metrics.finished("completed", time.monotonic() - self.started, received)
+
+    def fail_quietly(self, exc: RelayError) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        received = self.inspector.bytes_received if self.inspector else 0
+        self.ctx.emit(Failed(self.upload_id, received, self.content_length, time.time(),
+                             ErrorInfo(exc.code, exc.message)))
+        self.ctx.metrics.rejections.labels(code=exc.code).inc()
+        self.ctx.metrics.finished("failed", time.monotonic() - self.started, received)
+
+    async def fail(self, exc: RelayError) -> None:
+        self.fail_quietly(exc)
+        self.log_line(exc.status_code, f"failed:{exc.code}")
+        if self.response_started:
+            raise exc  # only closing the connection is left; uvicorn does that when the app raises
+        if self.client_gone:
+            return
+        if not self.body_done:
+            await self.drain()
+        await error_response(self.send, exc, upload_id=self.upload_id, close=not self.body_done)
+
+    async def drain(self) -> None:
+        """Read a bounded amount of the rest of the body so the client is listening when we answer."""
+        drained = 0
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            while not self.body_done and drained < DRAIN_LIMIT:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                drained += len(await asyncio.wait_for(self.next_chunk(), remaining))
+        except (TimeoutError, ClientDisconnected):
+            pass
+        self.ctx.metrics.bytes_drained.inc(drained)
+
+    def log_line(self, status: int, outcome: str) -> None:
+        seconds = time.monotonic() - self.started
+        received = self.inspector.bytes_received if self.inspector else 0
+        rate = received / seconds / 1e6 if seconds > 0 else 0.0
+        log.info("upload %s %s %s bytes=%d seconds=%.3f MB/s=%.1f status=%d outcome=%s", self.upload_id,
+                 self.method, self.raw_path.decode("latin-1"), received, seconds, rate, status, outcome)

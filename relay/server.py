@@ -1,0 +1,165 @@
+"""Serving: uvicorn configured for the relay, the 431 guard, the embedded sample upstream, malloc tuning.
+
+uvicorn runs with uvloop and httptools (about twice the body throughput of asyncio + h11 here), without
+`proxy_headers` (it would trust X-Forwarded-For from 127.0.0.1 and let a local client spoof its address),
+and without its own `server`/`date` headers so the upstream's pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import logging
+import socket
+import sys
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from relay.types import ASGIApp
+
+__all__ = ["HeaderLimitProtocol", "bind_socket", "serve", "tune_malloc", "uvicorn_config"]
+
+log = logging.getLogger("relay.server")
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def tune_malloc() -> bool:
+    """Pin glibc's mmap and trim thresholds so ~256 KiB body chunks are reused, not returned to the kernel.
+
+    Without this, glibc trims the heap after each freed chunk and page-faults it back in: about 218,000
+    faults and a third of the relay's CPU per GiB (../shared/bench/RESULTS.md, finding 3). Both thresholds
+    must be set; either alone is slower than neither.
+    """
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1024 * 1024)) and bool(
+            libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
+class HeaderLimitProtocol(HttpToolsProtocol):
+    """httptools has no header-size limit of its own: cap request line + headers, answer 431 past it."""
+
+    max_header_bytes = MAX_HEADER_BYTES
+
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        self._headers_too_large = False
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._header_bytes = 0
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._header_bytes = getattr(self, "_header_bytes", 0) + size
+        if self._header_bytes > self.max_header_bytes:
+            self._headers_too_large = True
+            raise ValueError("request headers too large")  # httptools turns it into HttpParserError
+
+    def send_400_response(self, msg: str) -> None:
+        if not getattr(self, "_headers_too_large", False):
+            super().send_400_response(msg)
+            return
+        body = json.dumps({"error": {"code": "headers_too_large", "message": "request headers too large"}})
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body.encode())
+        self.transport.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving so `--port 0` works and the real port is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_config(app: ASGIApp, *, host: str, port: int, header_limit: bool = True) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=HeaderLimitProtocol if header_limit else "httptools",
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+class _Follower(uvicorn.Server):
+    """A second server in the same loop: the main server owns the signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+async def serve(main: tuple[ASGIApp, socket.socket], *, follower: tuple[ASGIApp, socket.socket] | None = None,
+                on_ready: Callable[[], Any] | None = None) -> None:
+    """Serve `main` (and `follower`, the embedded upstream) until a signal; call `on_ready` once listening."""
+    main_app, main_sock = main
+    host, port = main_sock.getsockname()[:2]
+    main_server = uvicorn.Server(uvicorn_config(main_app, host=host, port=port))
+    servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    if follower is not None:
+        f_app, f_sock = follower
+        f_host, f_port = f_sock.getsockname()[:2]
+        servers.append((_Follower(uvicorn_config(f_app, host=f_host, port=f_port, header_limit=False)), f_sock))
+    servers.append((main_server, main_sock))
+
+    async def announce() -> None:
+        while not all(server.started for server, _ in servers):
+            if any(server.should_exit for server, _ in servers):
+                return
+            await asyncio.sleep(0.01)
+        if on_ready is not None:
+            on_ready()
+
+    async def run_main() -> None:
+        try:
+            await main_server.serve(sockets=[main_sock])
+        finally:
+            for server, _ in servers:
+                server.should_exit = True
+
+    tasks = [asyncio.ensure_future(server.serve(sockets=[sock])) for server, sock in servers[:-1]]
+    tasks.append(asyncio.ensure_future(run_main()))
+    tasks.append(asyncio.ensure_future(announce()))
+    await asyncio.gather(*tasks)

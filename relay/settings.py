@@ -1,0 +1,108 @@
+"""One frozen settings object, sizes in bytes and times in seconds.
+
+The CLI (relay/cli.py) turns flags, `RELAY_*` environment variables and the TOML config file into these;
+nothing below parses human input except `parse_size`, which the CLI and the config loader share.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.core.limits import Limits
+from relay.core.progress import ProgressPolicy
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_METHODS",
+    "DEFAULT_PREFIX",
+    "Route",
+    "Settings",
+    "parse_size",
+]
+
+DEFAULT_PREFIX = "/upload/"
+DEFAULT_METHODS = ("POST", "PUT", "PATCH")
+DEFAULT_MAX_BODY_SIZE = 10 * 1024**3
+DEFAULT_MAX_FILES = 100
+DEFAULT_UPSTREAM_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_REGISTRY_SIZE = 1000
+DEFAULT_REGISTRY_TTL = 3600.0
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3, "t": 1024**4, "tib": 1024**4,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """`10MiB`, `1GB`, `512k`, `123` -> bytes. `k`/`KiB`/`M`/`G` are binary, `KB`/`MB`/`GB` decimal."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"size must not be negative: {text}")
+        return text
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512k, 10MiB, 1GB or a number of bytes)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """Requests under `prefix` (raw path, case-sensitive) go to `upstream` + the same raw target.
+
+    `upstream=None` means the embedded sample upstream; the CLI fills in its address once it listens.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+    upstream: str | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    limits: Limits = field(default_factory=lambda: Limits(max_body_size=DEFAULT_MAX_BODY_SIZE,
+                                                          max_files=DEFAULT_MAX_FILES))
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/"):
+            raise ValueError(f"route prefix must start with '/': {self.prefix!r}")
+        if self.prefix.startswith("/_relay"):
+            raise ValueError("route prefix must not be under /_relay/")
+        if self.upstream is not None and not re.match(r"^https?://[^/?#]+", self.upstream):
+            raise ValueError(f"upstream must be an http:// or https:// URL: {self.upstream!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the relay app needs; built by the CLI or directly by tests and embedding code."""
+
+    routes: tuple[Route, ...] = (Route(),)
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    digest: bool = True
+    token: str | None = None
+    admin_token: str | None = None
+    forward_authorization: bool = False
+    trust_forwarded: bool = False
+    max_concurrent_uploads: int | None = None
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    progress: ProgressPolicy = field(default_factory=ProgressPolicy)
+    registry_size: int = DEFAULT_REGISTRY_SIZE
+    registry_ttl: float = DEFAULT_REGISTRY_TTL
+    store: Path = Path("received")
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            raise ValueError("at least one route is needed")
+        if self.upstream_timeout <= 0 or self.upstream_connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_concurrent_uploads is not None and self.max_concurrent_uploads < 1:
+            raise ValueError("--max-concurrent-uploads must be at least 1")
+        prefixes = [route.prefix for route in self.routes]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("two routes have the same prefix")
