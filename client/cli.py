@@ -1,0 +1,272 @@
+"""relay-upload: the command line. Arguments, exit codes, and one-line errors on stderr.
+
+Click runs with standalone_mode=False so that every error, click's own included, is rendered here as a single
+`relay-upload: error: ...` line: no usage block, no traceback. Exit codes: 0 ok, 1 HTTP error or sha256
+mismatch, 2 bad arguments or files, 3 network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from client.bench import DEFAULT_BENCH_PATH, BenchResult, parse_size, run_bench
+from client.progress import UploadView
+from client.report import render_table, result_line
+from client.upload import (
+    DEFAULT_FIELD,
+    DEFAULT_RELAY,
+    DEFAULT_TIMEOUT,
+    ArgumentError,
+    LocalFile,
+    UploadError,
+    UploadObserver,
+    UploadResult,
+    check_files,
+    error_summary,
+    upload_async,
+)
+
+__all__ = ["main", "run"]
+
+PROG = "relay-upload"
+
+UPLOAD_EXAMPLES = """\b
+Examples:
+  relay-upload photo.jpg --to /upload/photos
+  relay-upload a.bin b.bin --to /upload/batch --form album=2026 --query tag=x
+  relay-upload big.iso --raw --method PUT --to /upload/isos/big.iso --events
+  relay-upload *.log --each -j 4 --to /upload/logs --json
+  relay-upload bench --size 1GiB --direct http://127.0.0.1:8001
+
+\b
+A file named "bench" is given as ./bench. Exit codes: 0 ok, 1 HTTP error or
+sha256 mismatch, 2 bad arguments or file, 3 connection or network error.
+"""
+
+BENCH_EXAMPLES = """\b
+Examples:
+  relay-upload bench --size 256MiB
+  relay-upload bench --size 1GiB --runs 5 --direct http://127.0.0.1:8001
+  relay-upload bench --size 100MB --multipart --concurrency 4 --json
+"""
+
+
+def _fail(message: str) -> None:
+    # One line, always: a filename with a newline must not break the "one line on stderr" promise.
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"{PROG}: error: {line}\n")
+    sys.stderr.flush()
+
+
+def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        key, found, rest = value.partition(sep)
+        if not found or not key.strip():
+            shape = "'K: V'" if sep == ":" else "k=v"
+            raise ArgumentError(f"{option} expects {shape}, got {value!r}")
+        pairs.append((key.strip(), rest.strip()) if sep == ":" else (key, rest))
+    return pairs
+
+
+@click.command(
+    name=PROG,
+    epilog=UPLOAD_EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--to", "to", required=True, metavar="PATH", help="Path on the relay, e.g. /upload/photos.")
+@click.option("--relay", default=DEFAULT_RELAY, show_default=True, metavar="URL", help="Relay base URL.")
+@click.option("--field", default=DEFAULT_FIELD, show_default=True, metavar="NAME", help="Multipart field for files.")
+@click.option("--form", multiple=True, metavar="k=v", help="Extra multipart form field (repeatable).")
+@click.option("--query", multiple=True, metavar="k=v", help="Query parameter appended to the URL (repeatable).")
+@click.option("--header", multiple=True, metavar="'K: V'", help="Header for the upload request (repeatable).")
+@click.option("--raw", is_flag=True, help="Send the file itself as the body (one file per request).")
+@click.option(
+    "--method",
+    type=click.Choice(["POST", "PUT", "PATCH"], case_sensitive=False),
+    default="POST",
+    show_default=True,
+)
+@click.option("--each", is_flag=True, help="One request per file instead of one multipart request.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Concurrent requests.")
+@click.option("--events", is_flag=True, help="Follow the relay's events and check each part's sha256.")
+@click.option("--admin-token", envvar="RELAY_ADMIN_TOKEN", metavar="TOKEN", help="Bearer token for /_relay/.")
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries before any byte is sent."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (one line per request).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no summary table.")
+def upload_command(
+    files: tuple[str, ...],
+    to: str,
+    relay: str,
+    field: str,
+    form: tuple[str, ...],
+    query: tuple[str, ...],
+    header: tuple[str, ...],
+    raw: bool,
+    method: str,
+    each: bool,
+    jobs: int,
+    events: bool,
+    admin_token: str | None,
+    retries: int,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """Stream FILE... to the upload relay (multipart by default), with progress and sha256."""
+    options: dict[str, Any] = {
+        "relay": relay,
+        "field": field,
+        "form": _pairs(form, "=", "--form"),
+        "query": _pairs(query, "=", "--query"),
+        "headers": _pairs(header, ":", "--header"),
+        "raw": raw,
+        "method": method.upper(),
+        "events": events,
+        "admin_token": admin_token,
+        "retries": retries,
+    }
+    if raw and not each and len(files) != 1:
+        raise ArgumentError("--raw sends exactly one file (use --each for several)")
+    local = check_files(files)
+    err = Console(stderr=True)
+    show_progress = err.is_terminal and not quiet and not as_json
+    view = UploadView(err, events=events) if show_progress else None
+    outcomes = asyncio.run(_upload_all(local, to, options, each=each, jobs=jobs, view=view))
+    return _report(outcomes, as_json=as_json, quiet=quiet)
+
+
+Outcome = UploadResult | UploadError
+
+
+async def _upload_all(
+    files: list[LocalFile], to: str, options: dict[str, Any], *, each: bool, jobs: int, view: UploadView | None
+) -> list[tuple[list[LocalFile], Outcome]]:
+    tasks = view.add_files(files) if view else []
+    groups = [[f] for f in files] if each else [files]
+    limits = httpx.Limits(max_connections=jobs * 2 + 2)
+    gate = asyncio.Semaphore(jobs)
+
+    async def one(index: int, group: list[LocalFile], client: httpx.AsyncClient) -> Outcome:
+        observer: UploadObserver | None = None
+        if view is not None:
+            observer = view.request(tasks[index : index + 1] if each else tasks)
+        async with gate:
+            try:
+                return await upload_async([f.path for f in group], to, client=client, observer=observer, **options)
+            except UploadError as exc:
+                return exc
+
+    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
+        if view is None:
+            outcomes = await asyncio.gather(*(one(i, g, client) for i, g in enumerate(groups)))
+        else:
+            with view:
+                outcomes = await asyncio.gather(*(one(i, g, client) for i, g in enumerate(groups)))
+    return list(zip(groups, outcomes, strict=True))
+
+
+def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, quiet: bool) -> int:
+    """Print results (JSON lines or a table), one error line per failed request; return the exit code."""
+    results = [o for _, o in outcomes if isinstance(o, UploadResult)]
+    if as_json:
+        for result in results:
+            sys.stdout.write(result_line(result) + "\n")
+        sys.stdout.flush()
+    elif results and not quiet:
+        render_table(Console(), results)
+    code = 0
+    for group, outcome in outcomes:
+        prefix = f"{group[0].path}: " if len(outcomes) > 1 else ""
+        if isinstance(outcome, UploadError):
+            _fail(prefix + str(outcome))
+            code = max(code, outcome.exit_code)
+        elif not outcome.ok:
+            _fail(prefix + error_summary(outcome))
+            code = max(code, 1)
+    return code
+
+
+@click.command(
+    name=f"{PROG} bench",
+    epilog=BENCH_EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option("--relay", default=DEFAULT_RELAY, show_default=True, metavar="URL", help="Relay base URL.")
+@click.option("--to", "to", default=DEFAULT_BENCH_PATH, show_default=True, metavar="PATH", help="Upload path.")
+@click.option("--size", required=True, metavar="SIZE", help="Body size per upload: 10MiB, 1GB, 4096...")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per target.")
+@click.option("--multipart", is_flag=True, help="Wrap the data in a multipart body (one file part).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Uploads per run.")
+@click.option("--direct", metavar="URL", help="Upstream base URL to compare with (same path).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def bench_command(
+    relay: str, to: str, size: str, runs: int, multipart: bool, concurrency: int, direct: str | None, as_json: bool
+) -> int:
+    """Measure upload throughput through the relay (and directly to the upstream with --direct)."""
+    try:
+        nbytes = parse_size(size)
+    except ValueError as exc:
+        raise ArgumentError(f"--size: {exc}") from None
+    result = asyncio.run(
+        run_bench(
+            size=nbytes, relay=relay, to=to, runs=runs, multipart=multipart, concurrency=concurrency, direct=direct
+        )
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    else:
+        _print_bench(Console(), result, concurrency)
+    return 0
+
+
+def _print_bench(console: Console, result: BenchResult, concurrency: int) -> None:
+    table = Table(box=None, header_style="bold", title=f"{result.size:,} bytes x {concurrency}, {result.runs} runs")
+    for name in ("target", "median MB/s", "min MB/s", "max MB/s"):
+        table.add_column(name, justify="left" if name == "target" else "right")
+    for target, stats in (("relay", result.relay), ("direct", result.direct)):
+        if stats is not None:
+            table.add_row(target, f"{stats.median_mbps:.1f}", f"{stats.min_mbps:.1f}", f"{stats.max_mbps:.1f}")
+    console.print(table)
+    if result.ratio is not None:
+        console.print(f"relay/direct: {result.ratio:.2f}")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with `argv` (default sys.argv[1:]) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # The first argument "bench" selects bench mode; a file of that name is given as ./bench.
+    command, prog = (bench_command, f"{PROG} bench") if args[:1] == ["bench"] else (upload_command, PROG)
+    if command is bench_command:
+        args = args[1:]
+    try:
+        code = command.main(args, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted")
+        return 130
+    except click.ClickException as exc:
+        _fail(f"{exc.format_message()} (see {prog} --help)")
+        return 2
+    except UploadError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Console script entry point."""
+    sys.exit(run())
