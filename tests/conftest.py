@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.testing import RunningServer, start_process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_test_upstream(mode: str) -> RunningServer:
+    return start_process([sys.executable, "-m", "tests.e2e.upstreams", mode], cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+
+@pytest.fixture
+def test_upstream() -> Iterator:
+    started: list[RunningServer] = []
+
+    def start(mode: str) -> RunningServer:
+        server = start_test_upstream(mode)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def tricky_bytes(size: int, seed: int = 0) -> bytes:
+    """Seeded random bytes sprinkled with CRLFs and boundary-like runs, the shapes that trip parsers."""
+    rng = random.Random(seed)
+    out = bytearray(rng.randbytes(size))
+    traps = [b"\r\n", b"\r\n--", b"--", b"\r\n\r\n", b"------------------------boundary", b"\r\n--relay-"]
+    for _ in range(size // 997):
+        trap = rng.choice(traps)
+        at = rng.randrange(0, max(1, size - len(trap)))
+        out[at : at + len(trap)] = trap
+    return bytes(out[:size])
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

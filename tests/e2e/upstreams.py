@@ -1,0 +1,108 @@
+"""Test upstreams that misbehave on purpose, each a real server process.
+
+    python -m tests.e2e.upstreams MODE
+
+Modes:
+  seed           the StackOverflow seed's "other server": POST /upload/{p1}/{p2}?q1=... -> {p1, p2, q1, body}
+  close-mid-body reads the request headers and 64 KiB of body, then closes the connection
+  stall          reads the request headers and then never reads or answers again
+  early-413      reads the headers, answers 413 at once and closes
+  broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
+  recorder       answers 200 {"seen": N} where N counts connections accepted; GET /count too
+
+Each prints "listening on http://127.0.0.1:PORT" once bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+CONNECTIONS = 0
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def close_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_head(reader)
+    await reader.readexactly(64 * 1024)
+    writer.transport.abort()
+
+
+async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_head(reader)
+    await asyncio.sleep(3600)
+
+
+async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_head(reader)
+    body = b'{"upstream": "too large"}'
+    writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+async def broken_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await _read_head(reader)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+    await writer.drain()
+    writer.transport.abort()
+
+
+async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global CONNECTIONS
+    CONNECTIONS += 1
+    while True:
+        try:
+            head = await _read_head(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                await reader.readexactly(int(line.split(b":")[1]))
+        body = json.dumps({"seen": CONNECTIONS}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+
+
+def seed_app():  # type: ignore[no-untyped-def]
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+
+    @app.post("/upload/{p1}/{p2}")
+    async def upload(p1: str, p2: str, q1: str, request: Request):  # type: ignore[no-untyped-def]
+        return {"p1": p1, "p2": p2, "q1": q1, "body": (await request.body()).decode("latin-1")}
+
+    return app
+
+
+async def main(mode: str) -> None:
+    if mode == "seed":
+        import uvicorn
+
+        from relay.server import bind_socket
+
+        sock = bind_socket("127.0.0.1", 0)
+        config = uvicorn.Config(seed_app(), log_config=None, access_log=False)
+        server = uvicorn.Server(config)
+        print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+        await server.serve(sockets=[sock])
+        return
+    handlers = {"close-mid-body": close_mid_body, "stall": stall, "early-413": early_413,
+                "broken-response": broken_response, "recorder": recorder}
+    server = await asyncio.start_server(handlers[mode], "127.0.0.1", 0)
+    print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
