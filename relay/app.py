@@ -7,7 +7,6 @@ the upstream connection pools and the inspection thread pool.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,8 +17,8 @@ from relay.metrics import RelayMetrics
 from relay.proxy import RelayContext, Upload, error_response
 from relay.settings import Route, Settings
 from relay.types import Receive, Scope, Send
-from relay.upstream import Upstream
 from relay.uploads import InMemoryUploadRegistry, UploadRegistry
+from relay.upstream import Upstream
 
 __all__ = ["RelayApp", "create_app"]
 

@@ -183,7 +183,7 @@ def run(settings: Settings, host: str, port: int) -> None:
     if sink_sock is not None:
         from relay.sink import create_sink_app
 
-        sink_url = "http://127.0.0.1:{}".format(sink_sock.getsockname()[1])
+        sink_url = f"http://127.0.0.1:{sink_sock.getsockname()[1]}"
         settings = _with_upstream(settings, sink_url)
         follower = (create_sink_app(settings.store), sink_sock)
     app = RelayApp(settings)

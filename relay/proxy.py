@@ -59,8 +59,8 @@ from relay.headers import (
 from relay.metrics import RelayMetrics
 from relay.settings import Route, Settings
 from relay.types import Receive, Scope, Send
-from relay.upstream import Upstream, UpstreamResponse
 from relay.uploads import UploadRegistry
+from relay.upstream import Upstream, UpstreamResponse
 
 __all__ = ["RelayContext", "Upload", "error_response"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.core import state
-from relay.core.events import Completed, Event, Failed, Part, Progress, Started
+from relay.core.events import Completed, Event, Failed, Part, Started
 
 __all__ = ["InMemoryUploadRegistry", "UploadRecord", "UploadRegistry"]
 

@@ -48,7 +48,8 @@ async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 
 async def broken_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     head = await _read_head(reader)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
     await reader.readexactly(length)
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
     await writer.drain()
