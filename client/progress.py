@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from rich import filesize
 from rich.console import Console
-from rich.filesize import decimal
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -64,7 +64,8 @@ class UploadView:
         self.progress.stop()
 
     def add_files(self, files: Sequence[LocalFile]) -> list[TaskID]:
-        tasks = [self.progress.add_task(escape(f.path), total=f.size, relay="") for f in files]
+        # The base name: a long directory would push the numbers off the row.
+        tasks = [self.progress.add_task(escape(f.name), total=f.size, relay="") for f in files]
         if len(files) > 1:
             self.total_task = self.progress.add_task("[bold]total", total=sum(f.size for f in files), relay="")
         return tasks
@@ -97,8 +98,7 @@ class RequestProgress:
     def relay_received(self, nbytes: int, total: int | None) -> None:
         if self.relay_task is None:
             return
-        shown = decimal(nbytes) if total is None else f"{decimal(nbytes)}/{decimal(total)}"
-        self.relay_text = f"relay {shown}"
+        self.relay_text = f"relay {_amount(nbytes, total)}"
         self.view.progress.update(self.relay_task, relay=self.relay_text)
 
     def part_verified(self, index: int, ok: bool) -> None:
@@ -106,3 +106,12 @@ class RequestProgress:
         task = self.file_tasks[index]
         text = f"{self.relay_text} {mark}".strip() if task == self.relay_task else mark
         self.view.progress.update(task, relay=text)
+
+
+def _amount(done: int, total: int | None) -> str:
+    """`1.5/5.0 MB`, the way DownloadColumn writes sent bytes, so the two read side by side."""
+    if total is None:
+        return filesize.decimal(done)
+    unit, suffix = filesize.pick_unit_and_suffix(total, ["bytes", "kB", "MB", "GB", "TB", "PB"], 1000)
+    precision = 0 if unit == 1 else 1
+    return f"{done / unit:,.{precision}f}/{total / unit:,.{precision}f} {suffix}"

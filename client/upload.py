@@ -204,16 +204,27 @@ class FileSource:
             handle = await asyncio.to_thread(open, self.file.path, "rb")
         except OSError as exc:
             raise FileError(f"{self.file.path}: {exc.strerror or exc}") from None
+        # Read one chunk ahead: the disk read and the hash of chunk n+1 overlap the socket write of chunk n.
+        # At most two chunks are in memory at once.
+        left = self.size
+        pending: asyncio.Task[bytes] | None = None
         try:
-            left = self.size
             while left > 0:
-                data = await asyncio.to_thread(self._read, handle, min(CHUNK_SIZE, left))
+                if pending is None:
+                    pending = asyncio.ensure_future(asyncio.to_thread(self._read, handle, min(CHUNK_SIZE, left)))
+                data = await pending
+                pending = None
                 if not data:
                     # Content-Length is already on the wire: a shrunk file cannot be sent correctly.
                     raise FileError(f"{self.file.path}: file shrank while being sent")
                 left -= len(data)
+                if left > 0:
+                    pending = asyncio.ensure_future(asyncio.to_thread(self._read, handle, min(CHUNK_SIZE, left)))
                 yield data
         finally:
+            if pending is not None:
+                # Let the read in flight finish before closing the file under it.
+                await asyncio.gather(pending, return_exceptions=True)
             await asyncio.to_thread(handle.close)
 
 
