@@ -343,10 +343,18 @@ class _Sent:
     seconds: float
 
 
-async def send_body(client: httpx.AsyncClient, method: str, url: str, body: Body, headers: Mapping[str, str]) -> _Sent:
+async def send_body(
+    client: httpx.AsyncClient, method: str, url: str, body: Body, headers: httpx.Headers | Mapping[str, str]
+) -> _Sent:
     """Send one streamed body and read the (small) answer; network failures become NetworkError."""
     started = time.perf_counter()
-    request_headers = {**headers, "Content-Type": body.content_type, "Content-Length": str(body.length)}
+    # httpx.Headers is case-insensitive: a user's "content-length" cannot end up sent next to ours.
+    request_headers = httpx.Headers(headers)
+    for name in ("Content-Length", "Transfer-Encoding"):
+        request_headers.pop(name, None)
+    if "Content-Type" not in request_headers or body.content_type.startswith("multipart/"):
+        request_headers["Content-Type"] = body.content_type  # a raw body may keep the user's own type
+    request_headers["Content-Length"] = str(body.length)
     try:
         request = client.build_request(method, url, content=body, headers=request_headers)
         response = await client.send(request, stream=True)
@@ -508,7 +516,7 @@ async def _attempt(
     relay: str,
     field_name: str,
     form: Sequence[tuple[str, str]],
-    headers: dict[str, str],
+    headers: list[tuple[str, str]],
     raw: bool,
     method: str,
     upload_id: str | None,
@@ -517,7 +525,7 @@ async def _attempt(
     observer: UploadObserver,
 ) -> tuple[UploadResult, Body]:
     body, sources = _build_body(files, field_name, form, raw, observer)
-    request_headers = dict(headers)
+    request_headers = httpx.Headers(headers)
     if upload_id is not None:
         request_headers["X-Upload-ID"] = upload_id
     watcher = EventWatcher(client, relay, upload_id, admin_token) if events and upload_id else None
@@ -570,6 +578,10 @@ async def upload_async(
         raise ArgumentError(f"method must be POST, PUT or PATCH, not {method}")
     local = check_files(paths)
     url = build_url(relay, to, _split_pairs(query))
+    header_pairs = _split_pairs(headers)
+    if upload_id is None:
+        # An id given with --header 'X-Upload-ID: ...' is the one to follow with --events.
+        upload_id = httpx.Headers(header_pairs).get("X-Upload-ID")
     if events and upload_id is None:
         upload_id = new_upload_id()
     own_client = client is None
@@ -580,7 +592,7 @@ async def upload_async(
             try:
                 result, _ = await _attempt(
                     client, local, url,
-                    relay=relay, field_name=field, form=_split_pairs(form), headers=dict(_split_pairs(headers)),
+                    relay=relay, field_name=field, form=_split_pairs(form), headers=header_pairs,
                     raw=raw, method=method, upload_id=upload_id, events=events, admin_token=admin_token,
                     observer=observer or _NoObserver(),
                 )  # fmt: skip

@@ -110,7 +110,10 @@ async def accept_upload(state: StandIn, scope: dict[str, Any], receive: Any, sen
         if not message.get("more_body"):
             break
     upload_id = headers.get("x-upload-id", "standin-id")
-    state.requests.append({"path": scope["path"], "headers": headers, "bytes": size, "sha256": digest.hexdigest()})
+    names = [k.decode().lower() for k, _ in scope["headers"]]
+    state.requests.append(
+        {"path": scope["path"], "headers": headers, "names": names, "bytes": size, "sha256": digest.hexdigest()}
+    )
     sha = "0" * 64 if state.wrong_sha256 else digest.hexdigest()
     state.parts[upload_id] = [{"field": None, "filename": None, "size": size, "sha256": sha}]
     state.finished(upload_id).set()

@@ -195,3 +195,17 @@ def test_bench_without_direct(relay: RunningServer) -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["direct"] is None and out["ratio"] is None
+
+
+def test_user_headers_cannot_break_framing(stand_in: StandIn, files: list[Path]) -> None:
+    path = files[1]
+    result = run_client(str(path), "--raw", "--to", "/upload/x", "--relay", stand_in.url, "--header",
+                        "content-type: text/x-mine", "--header", "content-length: 5", "--header", "X-Upload-ID: my-id",
+                        "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    headers = stand_in.requests[0]["headers"]
+    assert headers["content-type"] == "text/x-mine"
+    assert headers["content-length"] == str(path.stat().st_size)
+    assert stand_in.requests[0]["names"].count("content-length") == 1
+    assert stand_in.requests[0]["names"].count("content-type") == 1
+    assert json.loads(result.stdout)["upload_id"] == "my-id"
