@@ -29,6 +29,7 @@ Rules (each is tested in tests/core/):
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ MAX_HEADER_LINE = 8 * 1024
 """Longest single part header line (python-multipart counts it without the CRLF)."""
 MAX_HEADER_BLOCK = 16 * 1024
 """Most bytes of header names and values in one part."""
+
+# python-multipart logs a warning for every parse error; ours carries the same message, so keep the log quiet.
+_PARSER_LOG = logging.getLogger("relay.core.multipart.parser")
+_PARSER_LOG.addHandler(logging.NullHandler())
+_PARSER_LOG.propagate = False
 
 _BOUNDARY_CHARS = re.compile(rb"[\x21-\x7e ]{0,69}[\x21-\x7e]")
 _NOT_WHITESPACE = re.compile(rb"[^\r\n \t]")
@@ -189,6 +195,7 @@ class MultipartReader:
             max_header_count=MAX_HEADERS,
             max_header_size=MAX_HEADER_LINE,
         )
+        self._parser.logger = _PARSER_LOG
         self._preamble = 0
         self._in_preamble = True
         self._done = False
