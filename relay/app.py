@@ -2,13 +2,10 @@
 
 The relayed route is plain ASGI (no Starlette request/response layers on the hot path, and no
 BaseHTTPMiddleware, which would hide `http.disconnect`). `/_relay/` is a FastAPI app. The lifespan owns
-the upstream connection pools and the inspection thread pool.
+the upstream connection pools.
 """
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 from relay.admin import create_admin_app
 from relay.bus import EventBus, InMemoryEventBus
@@ -38,7 +35,6 @@ class RelayApp:
                                                         ttl=settings.registry_ttl),
             metrics=RelayMetrics(),
             upstreams={},
-            executor=None,
         )
         self.admin = create_admin_app(self.ctx)
         # Longest prefix first, so /upload/big/ wins over /upload/.
@@ -72,8 +68,6 @@ class RelayApp:
 
     async def startup(self) -> None:
         settings = self.settings
-        self.ctx.executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                               thread_name_prefix="relay-inspect")
         for route in settings.routes:
             key = route.upstream or ""
             if key not in self.ctx.upstreams:
@@ -86,8 +80,6 @@ class RelayApp:
         for upstream in self.ctx.upstreams.values():
             await upstream.aclose()
         self.ctx.upstreams.clear()
-        if self.ctx.executor is not None:
-            self.ctx.executor.shutdown(wait=False, cancel_futures=True)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
