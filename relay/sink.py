@@ -1,0 +1,491 @@
+"""relay-sink: the sample upstream. Stores each upload under a directory, all or nothing.
+
+Theory of operation
+-------------------
+A pure ASGI app (`create_sink_app`). For every POST or PUT, on any path, it streams the body to temporary
+files under `DIR/.tmp` and answers with what it received. Each body chunk costs one hop to a worker thread,
+where the whole chunk is parsed (multipart via `relay.core.multipart`), hashed and written; the event loop
+never touches a file.
+
+Rules:
+
+1. Nothing appears under DIR unless the whole body arrived and is valid. Files move from `DIR/.tmp` to
+   `DIR/<request id>/<name>` (hard link then unlink, so an existing file is never overwritten; a clash gets a
+   `-1`, `-2`... suffix) only after the last byte. A client that goes away (`http.disconnect`: a short
+   Content-Length body, a chunked body without its last chunk), a malformed multipart body (400) or a field over
+   `MAX_FIELD_SIZE` (413) leaves no file and no directory.
+2. The request id is the `X-Upload-ID` header when it matches `[A-Za-z0-9_-]{1,64}`, else a random uuid4 hex.
+3. Multipart parts with a filename are files; the others are text fields, answered in `fields` (at most
+   `MAX_FIELD_SIZE` each, `MAX_FIELDS_SIZE` in all). Any other body is one file, named after the last path
+   segment or `body.bin`. Filenames are reduced to a safe basename (`sanitize_filename`).
+4. With `--discard` (directory None) nothing is written, but sizes and sha256 are still computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import unicodedata
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import parse_qsl
+
+import click
+
+from relay.core.multipart import MultipartReader, PartHeaders, parse_boundary
+from relay.errors import MalformedMultipart
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+__all__ = ["MAX_FIELDS_SIZE", "MAX_FIELD_SIZE", "create_sink_app", "main", "sanitize_filename"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PROG = "relay-sink"
+MAX_FIELD_SIZE = 1024 * 1024
+"""Largest text field (a multipart part without a filename)."""
+MAX_FIELDS_SIZE = 16 * 1024 * 1024
+"""Most text-field bytes in one request."""
+MAX_FILENAME_BYTES = 200
+MAX_DRAIN = 16 * 1024 * 1024
+"""After an early error, read and drop at most this much more body so the client can see the answer."""
+
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_UNSAFE = re.compile(r'[<>:"|?*]')
+log = logging.getLogger("relay.sink")
+
+
+class FieldTooLarge(Exception):
+    """A text field over MAX_FIELD_SIZE, or all fields over MAX_FIELDS_SIZE."""
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def sanitize_filename(name: str | None, fallback: str) -> str:
+    """A safe single path component: basename only, no control characters, no leading dots, length-capped."""
+    if not name:
+        return fallback
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
+    name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    if len(name.encode()) > MAX_FILENAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem or len(ext.encode()) > 16:
+            stem, ext = name, ""
+        keep = MAX_FILENAME_BYTES - len(ext.encode()) - (1 if ext else 0)
+        stem = stem.encode()[:keep].decode(errors="ignore")
+        name = f"{stem}.{ext}" if ext else stem
+    return name
+
+
+class _File:
+    """One file being received: size, sha256 and (unless discarding) its temporary file."""
+
+    def __init__(self, temp_dir: Path | None, field: str | None, filename: str | None, content_type: str | None):
+        self.field, self.filename, self.content_type = field, filename, content_type
+        self.size = 0
+        self.sha: _Hash = hashlib.sha256()
+        self.temp: Path | None = None
+        self.fh: BinaryIO | None = None
+        self.stored_as: str | None = None
+        if temp_dir is not None:
+            self.temp = temp_dir / f"{uuid.uuid4().hex}.part"
+            self.fh = open(self.temp, "xb")  # noqa: SIM115 (closed in close()/discard())
+
+    def write(self, data: memoryview | bytes) -> None:
+        self.size += len(data)
+        self.sha.update(data)
+        if self.fh is not None:
+            self.fh.write(data)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha.hexdigest(),
+            "stored_as": self.stored_as,
+        }
+
+
+class _Upload:
+    """One request body. Every method runs in a worker thread, never two at once for one upload."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        request_id: str,
+        raw_name: str,
+        boundary: bytes | None,
+        content_type: str | None,
+    ) -> None:
+        self.directory = directory
+        self.temp_dir = directory / ".tmp" if directory is not None else None
+        self.request_id = request_id
+        self.raw_name = raw_name
+        self.content_type = content_type
+        self.bytes = 0
+        self.files: list[_File] = []
+        self.fields: dict[str, str | list[str]] = {}
+        self._fields_size = 0
+        self._current: _File | None = None
+        self._field: tuple[str, bytearray] | None = None
+        self._reader: MultipartReader | None = None
+        if boundary is not None:
+            self._reader = MultipartReader(
+                boundary, on_part_begin=self._part_begin, on_part_data=self._part_data, on_part_end=self._part_end
+            )
+
+    def start(self) -> None:
+        if self.temp_dir is not None:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+        if self._reader is None:
+            self._current = _File(self.temp_dir, None, None, self.content_type)
+            self.files.append(self._current)
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        if self._reader is not None:
+            self._reader.write(chunk)
+        elif self._current is not None:
+            self._current.write(chunk)
+
+    def finish(self) -> None:
+        """Validate the end of the body and move every file into place (all or nothing)."""
+        if self._reader is not None:
+            self._reader.close()
+        for file in self.files:
+            file.close()
+        if self.directory is not None:
+            self._commit(self.directory)
+
+    def abort(self) -> None:
+        for file in self.files:
+            file.discard()
+
+    def _commit(self, directory: Path) -> None:
+        target = directory / self.request_id
+        created = not target.exists()
+        target.mkdir(exist_ok=True)
+        placed: list[Path] = []
+        try:
+            for index, file in enumerate(self.files):
+                if file.filename is None and file.field is None:
+                    name = sanitize_filename(self.raw_name, "body.bin")
+                else:
+                    name = sanitize_filename(file.filename, f"file-{index}.bin")
+                dest = _place(file.temp, target, name)
+                placed.append(dest)
+                file.stored_as = f"{self.request_id}/{dest.name}"
+                file.temp = None
+        except BaseException:
+            for dest in placed:
+                dest.unlink(missing_ok=True)
+            if created:
+                try:
+                    target.rmdir()
+                except OSError:
+                    pass
+            raise
+
+    # MultipartReader callbacks
+
+    def _part_begin(self, headers: PartHeaders) -> None:
+        if headers.filename is not None:
+            self._current = _File(self.temp_dir, headers.field, headers.filename, headers.content_type)
+            self.files.append(self._current)
+        else:
+            self._current = None
+            self._field = (headers.field or "", bytearray())
+
+    def _part_data(self, data: memoryview) -> None:
+        if self._current is not None:
+            self._current.write(data)
+        elif self._field is not None:
+            value = self._field[1]
+            self._fields_size += len(data)
+            if len(value) + len(data) > MAX_FIELD_SIZE:
+                raise FieldTooLarge(f"field {self._field[0]!r} is larger than {MAX_FIELD_SIZE} bytes")
+            if self._fields_size > MAX_FIELDS_SIZE:
+                raise FieldTooLarge(f"text fields exceed {MAX_FIELDS_SIZE} bytes in all")
+            value += data
+
+    def _part_end(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        elif self._field is not None:
+            name, value = self._field
+            _add(self.fields, name, value.decode("utf-8", errors="replace"))
+            self._field = None
+
+
+def _place(temp: Path | None, target: Path, name: str) -> Path:
+    """Move `temp` to `target/name` without overwriting anything; return where it went."""
+    assert temp is not None
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    for n in range(10_000):
+        dest = target / (name if n == 0 else f"{stem}-{n}{dot}{ext}")
+        try:
+            os.link(temp, dest)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this filesystem
+            if dest.exists():
+                continue
+            os.rename(temp, dest)
+            return dest
+        temp.unlink()
+        return dest
+    raise FileExistsError(f"no free name for {name!r} in {target}")
+
+
+def _add(mapping: dict[str, str | list[str]], key: str, value: str) -> None:
+    old = mapping.get(key)
+    if old is None:
+        mapping[key] = value
+    elif isinstance(old, list):
+        old.append(value)
+    else:
+        mapping[key] = [old, value]
+
+
+def _query(raw: bytes) -> dict[str, str | list[str]]:
+    query: dict[str, str | list[str]] = {}
+    for key, value in parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True):
+        _add(query, key, value)
+    return query
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop what is left of the body (up to MAX_DRAIN), so the client gets to read our answer."""
+    dropped = 0
+    while dropped <= MAX_DRAIN:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def create_sink_app(directory: Path | str | None) -> ASGIApp:
+    """The sample upstream as an ASGI app; `directory=None` discards bodies (still sizing and hashing them)."""
+    store = Path(directory) if directory is not None else None
+    if store is not None:
+        (store / ".tmp").mkdir(parents=True, exist_ok=True)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        await _handle(store, scope, receive, send)
+
+    return app
+
+
+async def _handle(store: Path | None, scope: Scope, receive: Receive, send: Send) -> None:
+    method = scope["method"]
+    if method not in ("POST", "PUT"):
+        await _respond(send, 405, _error("method_not_allowed", f"{method} is not allowed; use POST or PUT"), close=True)
+        return
+    headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"]]
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name, value)
+    if "chunked" in first.get("transfer-encoding", "").lower():
+        framing = "chunked"
+    elif "content-length" in first:
+        framing = "content-length"
+    else:
+        framing = "none"
+    upload_id = first.get("x-upload-id", "")
+    request_id = upload_id if _UPLOAD_ID.fullmatch(upload_id) else uuid.uuid4().hex
+    content_type = first.get("content-type")
+    path: str = scope["path"]
+    try:
+        boundary = parse_boundary(content_type)
+    except MalformedMultipart as exc:
+        await _respond(send, 400, _error(exc.code, exc.message), close=True)
+        return
+
+    loop = asyncio.get_running_loop()
+    upload = _Upload(store, request_id, path.rsplit("/", 1)[-1], boundary, content_type)
+    try:
+        await loop.run_in_executor(None, upload.start)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                await loop.run_in_executor(None, upload.feed, chunk)
+            if not message.get("more_body", False):
+                break
+        await loop.run_in_executor(None, upload.finish)
+    except _Disconnected:
+        await loop.run_in_executor(None, upload.abort)
+        return
+    except MalformedMultipart as exc:
+        await loop.run_in_executor(None, upload.abort)
+        await _drain(receive)
+        await _respond(send, 400, _error(exc.code, exc.message), close=True)
+        return
+    except FieldTooLarge as exc:
+        await loop.run_in_executor(None, upload.abort)
+        await _drain(receive)
+        await _respond(send, 413, _error("field_too_large", str(exc)), close=True)
+        return
+    except asyncio.CancelledError:
+        upload.abort()  # shutting down: no await possible any more
+        raise
+    except Exception:
+        log.exception("upload %s failed", request_id)
+        await loop.run_in_executor(None, upload.abort)
+        await _respond(send, 500, _error("internal_error", "the sink could not store the upload"), close=True)
+        return
+    await _respond(
+        send,
+        200,
+        {
+            "path": path,
+            "query": _query(scope.get("query_string", b"")),
+            "bytes": upload.bytes,
+            "files": [file.describe() for file in upload.files],
+            "fields": upload.fields,
+            "framing": framing,
+            "headers": [[name, value] for name, value in headers],
+        },
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections made before uvicorn is up wait in the backlog
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(store: Path | None, host: str, port: int) -> None:
+    import uvicorn
+
+    try:
+        app = create_sink_app(store)
+    except OSError as exc:
+        raise click.UsageError(f"cannot use --dir {store}: {exc.strerror or exc}") from exc
+    try:
+        sock = _bind(host, port)
+    except (OSError, OverflowError) as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from exc
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        proxy_headers=False,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    bound_host, bound_port = sock.getsockname()[:2]
+    where = "discarding bodies" if store is None else f"storing in {store}"
+    print(f"{PROG} listening on http://{bound_host}:{bound_port} ({where})", flush=True)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with these no-op handlers underneath, a
+    # signalled sink exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where uploads are stored (default ./received).",
+)
+@click.option("--discard", is_flag=True, help="Store nothing; still count and hash.")
+def command(host: str, port: int, directory: Path | None, discard: bool) -> None:
+    """The sample upstream: stores each upload under DIR/<request id>/, all or nothing."""
+    if discard and directory is not None:
+        raise click.UsageError("--dir and --discard cannot be used together")
+    _serve(None if discard else (directory or Path("received")), host, port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `relay-sink`: click, but a usage error is one line on stderr and exit code 2."""
+    try:
+        command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"{PROG}: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
