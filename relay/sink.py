@@ -108,7 +108,7 @@ class _File:
         self.stored_as: str | None = None
         if temp_dir is not None:
             self.temp = temp_dir / f"{uuid.uuid4().hex}.part"
-            self.fh = open(self.temp, "xb")  # noqa: SIM115 (closed in close()/discard())
+            self.fh = open(self.temp, "xb")  # closed by close() or discard()
 
     def write(self, data: memoryview | bytes) -> None:
         self.size += len(data)
