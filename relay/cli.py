@@ -168,7 +168,7 @@ def command(ctx: click.Context, config: str | None, host: str, port: int, **opti
 
 def run(settings: Settings, host: str, port: int) -> None:
     from relay.app import RelayApp
-    from relay.server import bind_socket, serve, tune_malloc
+    from relay.server import bind_socket, loop_factory, serve, tune_malloc
 
     tune_malloc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -200,7 +200,8 @@ def run(settings: Settings, host: str, port: int) -> None:
     # re-raise is harmless and a signalled relay exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
-    asyncio.run(serve((app, main_sock), follower=follower, on_ready=ready))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve((app, main_sock), follower=follower, on_ready=ready))
 
 
 def _with_upstream(settings: Settings, url: str) -> Settings:

@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.types import ASGIApp
 
-__all__ = ["HeaderLimitProtocol", "bind_socket", "serve", "tune_malloc", "uvicorn_config"]
+__all__ = ["HeaderLimitProtocol", "bind_socket", "loop_factory", "serve", "tune_malloc", "uvicorn_config"]
 
 log = logging.getLogger("relay.server")
 MAX_HEADER_BYTES = 64 * 1024
@@ -88,6 +88,15 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body.encode())
         self.transport.close()
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed. uvicorn's `loop="uvloop"` only applies inside `Server.run`, which we don't use."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
