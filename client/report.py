@@ -51,28 +51,28 @@ def answer_summary(result: UploadResult, index: int) -> str:
 
 
 def _describe_stored(entry: dict[str, Any], sha256: str) -> str:
+    # Where upstream stored it is in --json; a long path would crowd the table.
     words = []
     if entry.get("sha256") is not None:
         words.append("sha256 matches" if entry["sha256"] == sha256 else "sha256 DIFFERS")
-    if entry.get("stored_as"):
-        words.append(f"stored as {entry['stored_as']}")
-    return ", ".join(words) or "received"
+    return words[0] if words else "received"
 
 
 def short_sha(hexdigest: str) -> str:
-    # The table is for eyes; the full digest is in --json. 16 hex digits still tell files apart.
-    return hexdigest[:16] + "…"
+    # The table is for eyes; the full digest is in --json. 12 hex digits still tell files apart.
+    return hexdigest[:12] + "…"
 
 
 def render_table(console: Console, results: Sequence[UploadResult]) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("file", overflow="fold")
-    table.add_column("size", justify="right")
+    # Numbers never wrap; the two free-text columns share what width is left.
+    table.add_column("file", overflow="fold", ratio=1)
+    table.add_column("size", justify="right", no_wrap=True)
     table.add_column("sha256", no_wrap=True)
-    table.add_column("seconds", justify="right")
-    table.add_column("MB/s", justify="right")
-    table.add_column("status", justify="right")
-    table.add_column("upstream says", overflow="fold")
+    table.add_column("seconds", justify="right", no_wrap=True)
+    table.add_column("MB/s", justify="right", no_wrap=True)
+    table.add_column("status", justify="right", no_wrap=True)
+    table.add_column("upstream says", overflow="fold", ratio=1)
     for result in results:
         style = "green" if result.ok else "red"
         for index, file in enumerate(result.files):

@@ -365,7 +365,11 @@ async def send_body(
     except httpx.TimeoutException as exc:
         raise NetworkError(f"timed out talking to {url}: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
-        raise NetworkError(f"connection to {url} failed: {exc or type(exc).__name__}") from exc
+        if body.started and isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+            # Typically an early refusal whose answer was lost with the reset (see ask_why_cut).
+            reason = f"the connection was closed while sending ({str(exc) or type(exc).__name__})"
+            raise NetworkError(f"{url}: {reason}; the server may have refused the upload early") from exc
+        raise NetworkError(f"connection to {url} failed: {str(exc) or type(exc).__name__}") from exc
     ended = time.perf_counter()
     seconds = ended - (body.first_byte_at or started)
     return _Sent(response.status_code, response.headers.get("x-upload-id"), _parse_response(content), seconds)
@@ -396,7 +400,7 @@ class EventWatcher:
         try:
             self._response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise NetworkError(f"could not subscribe to {self.url}: {exc or type(exc).__name__}") from exc
+            raise NetworkError(f"could not subscribe to {self.url}: {str(exc) or type(exc).__name__}") from exc
         if self._response.status_code != 200:
             content = await _read_capped(self._response)
             await self._response.aclose()
@@ -450,6 +454,55 @@ class EventWatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._response is not None:
             await self._response.aclose()
+
+
+# The relay's own error codes and their statuses (CONTRACT.md, relay-server, "Errors").
+ERROR_STATUS = {
+    "bad_request": 400,
+    "malformed_multipart": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "upload_id_in_use": 409,
+    "body_too_large": 413,
+    "file_too_large": 413,
+    "too_many_files": 413,
+    "too_many_uploads": 429,
+    "headers_too_large": 431,
+    "upstream_unavailable": 502,
+    "upstream_failed": 502,
+    "upstream_timeout": 504,
+}
+
+
+async def ask_why_cut(
+    client: httpx.AsyncClient, relay: str, upload_id: str, admin_token: str | None
+) -> tuple[int, dict[str, Any]] | None:
+    """Ask the relay's registry why it cut our upload; (status, error answer) or None when it cannot tell.
+
+    An early refusal (413 from the declared Content-Length) comes with `Connection: close`. The relay closes
+    while we are still writing; our next write breaks the pipe, the kernel resets the connection and the 413
+    sitting in our receive buffer is lost with it (httpcore tries to read it, the socket is already gone).
+    The relay remembers the refusal under our upload id, so the answer can be recovered from there.
+    """
+    url = f"{relay.rstrip('/')}/_relay/uploads/{upload_id}"
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    for _ in range(5):
+        try:
+            response = await client.get(url, headers=headers, timeout=5.0)
+            state = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not isinstance(state, dict):
+            return None
+        error = state.get("error")
+        if isinstance(error, dict) and error.get("code") in ERROR_STATUS:
+            answer = {"error": {"code": error["code"], "message": error.get("message", "")}}
+            return ERROR_STATUS[error["code"]], answer
+        if state.get("state") != "receiving":
+            return None
+        await asyncio.sleep(0.1)  # the relay may not have recorded the outcome yet
+    return None
 
 
 def compare_parts(
@@ -528,15 +581,21 @@ async def _attempt(
     request_headers = httpx.Headers(headers)
     if upload_id is not None:
         request_headers["X-Upload-ID"] = upload_id
-    watcher = EventWatcher(client, relay, upload_id, admin_token) if events and upload_id else None
+    watcher = EventWatcher(client, relay, upload_id, admin_token) if events and upload_id is not None else None
     try:
         if watcher is not None:
             await watcher.open(observer)
         sent = await send_body(client, method, url, body, request_headers)
-    except UploadError:
+    except UploadError as exc:
         if watcher is not None:
             await watcher.close(0)
-        raise
+        refusal = None
+        if isinstance(exc, NetworkError) and body.started and upload_id is not None:
+            refusal = await ask_why_cut(client, relay, upload_id, admin_token)
+        if refusal is None:
+            raise
+        status, answer = refusal
+        sent = _Sent(status, upload_id, answer, time.perf_counter() - (body.first_byte_at or 0.0))
     results = [FileResult(s.file.path, s.size, s.sha256.hexdigest()) for s in sources]
     result = UploadResult(sent.status, sent.upload_id, body.sent, sent.seconds, results, sent.response)
     if watcher is not None:
@@ -582,7 +641,8 @@ async def upload_async(
     if upload_id is None:
         # An id given with --header 'X-Upload-ID: ...' is the one to follow with --events.
         upload_id = httpx.Headers(header_pairs).get("X-Upload-ID")
-    if events and upload_id is None:
+    if upload_id is None:
+        # Always our own id: with it we can follow the upload (--events) and ask the relay about it afterwards.
         upload_id = new_upload_id()
     own_client = client is None
     if client is None:
