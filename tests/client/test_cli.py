@@ -234,3 +234,16 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0, stderr
     assert json.loads(stdout)["response"]["files"][0]["size"] == 512 * 1024 * 1024
     assert usage.ru_maxrss < 100 * 1024  # KiB on Linux
+
+
+def test_events_with_admin_token(sink: RunningServer, files: list[Path]) -> None:
+    guarded = start_relay("--admin-token", "t0ken", upstream=sink.url)
+    try:
+        args = [str(files[1]), "--events", "--to", "/upload/ev", "--relay", guarded.url, "--json"]
+        refused = run_client(*args)
+        allowed = run_client(*args, env={"RELAY_ADMIN_TOKEN": "t0ken"})
+    finally:
+        guarded.stop()
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "401" in one_error_line(refused.stderr)
+    assert allowed.returncode == 0, allowed.stderr
