@@ -74,6 +74,8 @@ async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 def seed_app():  # type: ignore[no-untyped-def]
+    # FastAPI resolves the string annotations (from __future__) in module globals, hence the global import.
+    global Request
     from fastapi import FastAPI, Request
 
     app = FastAPI()
