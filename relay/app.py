@@ -11,7 +11,7 @@ from relay.admin import create_admin_app
 from relay.bus import EventBus, InMemoryEventBus
 from relay.errors import BadRequest, NotFound
 from relay.metrics import RelayMetrics
-from relay.proxy import RelayContext, Upload, error_response
+from relay.proxy import RelayContext, Upload, error_response, may_have_body
 from relay.settings import Route, Settings
 from relay.types import Receive, Scope, Send
 from relay.uploads import InMemoryUploadRegistry, UploadRegistry
@@ -52,8 +52,9 @@ class RelayApp:
             return
         route = self.match(raw_path)
         if route is None:
-            await error_response(send, NotFound(f"no route for {scope['path']}"), upload_id=None,
-                                 close=_may_have_body(scope))
+            unread = may_have_body(scope["headers"])
+            await error_response(send, NotFound(f"no route for {scope['path']}"), upload_id=None, close=unread,
+                                 linger=receive if unread else None)
             return
         try:
             await Upload(self.ctx, route, scope, receive, send).run()
@@ -95,13 +96,6 @@ class RelayApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _may_have_body(scope: Scope) -> bool:
-    for key, value in scope["headers"]:
-        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() not in (b"", b"0")):
-            return True
-    return False
 
 
 def create_app(settings: Settings | None = None) -> RelayApp:

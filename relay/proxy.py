@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 1. Everything that can be decided from the headers is decided before the first `receive()`: route and
    method, dot segments, upload id, token, header size, declared length, concurrency cap, multipart
-   boundary. uvicorn sends `100 Continue` only on the first `receive()`, so a refused client never has to
-   send its body. Refusals answer with `Connection: close`, or uvicorn would read and discard the body.
+   boundary. uvicorn sends `100 Continue` only on the first `receive()` before a response, so a refused
+   client never has to send its body. Refusals carry `Connection: close` and a bounded lingering drain
+   (see LINGER_BYTES), never the whole body.
 2. The body is one async generator handed to the upstream leg. It pulls one ASGI message at a time
    (uvicorn stops reading the socket past 64 KiB buffered, httpx asks for the next chunk only after
    writing the previous one: backpressure end to end), feeds the sans-IO inspector and yields each chunk
@@ -66,10 +67,12 @@ __all__ = ["RelayContext", "Upload", "error_response"]
 
 log = logging.getLogger("relay.upload")
 
-# After a refusal mid-body, read (and drop) a little more of the body before answering: a client still
-# writing into a socket we close gets a TCP reset and may never see our 413.
-DRAIN_LIMIT = 1024 * 1024
-DRAIN_SECONDS = 1.0
+# Lingering close. An error answered while the client may still be sending is written at once, then the
+# relay keeps reading (and dropping) the body for a bounded while before it closes. Closing a socket with
+# unread data makes the kernel send a reset, and a client that writes its whole body before reading (httpx,
+# requests) then loses our answer. Bounded, so a refused 5 GB upload is not received after all.
+LINGER_BYTES = 64 * 1024 * 1024
+LINGER_SECONDS = 2.0
 
 
 @dataclass
@@ -90,8 +93,11 @@ class RelayContext:
 
 
 async def error_response(send: Send, error: RelayError, *, upload_id: str | None, close: bool,
-                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    """The contract's JSON error."""
+                         extra: list[tuple[bytes, bytes]] | None = None, linger: Receive | None = None) -> int:
+    """The contract's JSON error; with `linger`, drain what the client still sends after answering.
+
+    Returns the number of body bytes drained.
+    """
     body = json.dumps({"error": error.to_dict()}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if upload_id is not None:
@@ -100,7 +106,40 @@ async def error_response(send: Send, error: RelayError, *, upload_id: str | None
         headers.append((b"connection", b"close"))
     headers.extend(extra or [])
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    if linger is None:
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return 0
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    drained = await drain_body(linger)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return drained
+
+
+async def drain_body(receive: Receive, *, max_bytes: int = LINGER_BYTES, seconds: float = LINGER_SECONDS) -> int:
+    """Read and drop request-body bytes until the body ends, the client leaves, or a bound is hit."""
+    drained = 0
+    deadline = time.monotonic() + seconds
+    while drained < max_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            break
+        if message["type"] != "http.request":
+            break
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return drained
+
+
+def may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for key, value in headers:
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
 
 
 class Upload:
@@ -115,7 +154,9 @@ class Upload:
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.method: str = scope["method"]
         self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        self.raw_target = self.raw_path + (b"?" + scope["query_string"] if scope.get("query_string") else b"")
+        self.raw_target: bytes = scope.get("extensions", {}).get("relay.raw_target") or (
+            self.raw_path + (b"?" + scope["query_string"] if scope.get("query_string") else b"")
+        )
         self.started = time.monotonic()
         self.upload_id = new_upload_id()
         self.inspector: UploadInspector | None = None
@@ -189,7 +230,7 @@ class Upload:
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
             self.ctx.metrics.rejections.labels(code=exc.code).inc()
-            await error_response(self.send, exc, upload_id=self.upload_id, close=True)
+            await self.answer(exc, unread_body=may_have_body(self.headers))
             return
         except RelayError as exc:
             await self.refuse(exc)
@@ -218,8 +259,8 @@ class Upload:
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
-        await error_response(self.send, exc, upload_id=self.upload_id, close=True, extra=extra)
         self.log_line(exc.status_code, f"rejected:{exc.code}")
+        await self.answer(exc, extra=extra, unread_body=may_have_body(self.headers))
 
     def begin(self) -> None:
         self.ctx.in_flight += 1
@@ -344,22 +385,14 @@ class Upload:
             raise exc  # only closing the connection is left; uvicorn does that when the app raises
         if self.client_gone:
             return
-        if not self.body_done:
-            await self.drain()
-        await error_response(self.send, exc, upload_id=self.upload_id, close=not self.body_done)
+        await self.answer(exc, unread_body=not self.body_done)
 
-    async def drain(self) -> None:
-        """Read a bounded amount of the rest of the body so the client is listening when we answer."""
-        drained = 0
-        deadline = time.monotonic() + DRAIN_SECONDS
-        try:
-            while not self.body_done and drained < DRAIN_LIMIT:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                drained += len(await asyncio.wait_for(self.next_chunk(), remaining))
-        except (TimeoutError, ClientDisconnected):
-            pass
+    async def answer(self, exc: RelayError, *, unread_body: bool,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer with the JSON error; when body bytes may still come, close only after a lingering drain."""
+        linger = self.receive if unread_body else None
+        drained = await error_response(self.send, exc, upload_id=self.upload_id, close=unread_body, extra=extra,
+                                       linger=linger)
         self.ctx.metrics.bytes_drained.inc(drained)
 
     def log_line(self, status: int, outcome: str) -> None:

@@ -27,6 +27,7 @@ __all__ = ["HeaderLimitProtocol", "bind_socket", "loop_factory", "serve", "tune_
 
 log = logging.getLogger("relay.server")
 MAX_HEADER_BYTES = 64 * 1024
+RAW_TARGET = "relay.raw_target"  # scope["extensions"] key
 
 
 def tune_malloc() -> bool:
@@ -50,7 +51,7 @@ def tune_malloc() -> bool:
 
 
 class HeaderLimitProtocol(HttpToolsProtocol):
-    """httptools has no header-size limit of its own: cap request line + headers, answer 431 past it."""
+    """httptools with a header-size cap (431 past it; httptools has none) and the raw request target."""
 
     max_header_bytes = MAX_HEADER_BYTES
 
@@ -69,6 +70,10 @@ class HeaderLimitProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._header_bytes = 0
+        # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
+        # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
+        if self.url.startswith(b"/"):
+            self.scope["extensions"] = {RAW_TARGET: self.url.split(b"#", 1)[0]}
         super().on_headers_complete()
 
     def _count(self, size: int) -> None:
