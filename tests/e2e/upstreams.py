@@ -8,7 +8,7 @@ Modes:
   stall          reads the request headers and then never reads or answers again
   early-413      reads the headers, answers 413 at once and closes
   broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
-  recorder       answers 200 {"seen": N} where N counts connections accepted; GET /count too
+  recorder       answers 200 {"seen": N, "target": T}: N connections accepted so far, T the raw request target
 
 Each prints "listening on http://127.0.0.1:PORT" once bound.
 """
@@ -67,7 +67,8 @@ async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):
                 await reader.readexactly(int(line.split(b":")[1]))
-        body = json.dumps({"seen": CONNECTIONS}).encode()
+        target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
+        body = json.dumps({"seen": CONNECTIONS, "target": target}).encode()
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                      % (len(body), body))
         await writer.drain()
