@@ -363,16 +363,18 @@ async def _handle(store: Path | None, scope: Scope, receive: Receive, send: Send
 
     loop = asyncio.get_running_loop()
     upload = _Upload(store, request_id, path.rsplit("/", 1)[-1], boundary, content_type)
+    body_done = False
     try:
         await loop.run_in_executor(None, upload.start)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
+            body_done = not message.get("more_body", False)
             chunk = message.get("body", b"")
             if chunk:
                 await loop.run_in_executor(None, upload.feed, chunk)
-            if not message.get("more_body", False):
+            if body_done:
                 break
         await loop.run_in_executor(None, upload.finish)
     except _Disconnected:
@@ -380,12 +382,14 @@ async def _handle(store: Path | None, scope: Scope, receive: Receive, send: Send
         return
     except MalformedMultipart as exc:
         await loop.run_in_executor(None, upload.abort)
-        await _drain(receive)
+        if not body_done:
+            await _drain(receive)
         await _respond(send, 400, _error(exc.code, exc.message), close=True)
         return
     except FieldTooLarge as exc:
         await loop.run_in_executor(None, upload.abort)
-        await _drain(receive)
+        if not body_done:
+            await _drain(receive)
         await _respond(send, 413, _error("field_too_large", str(exc)), close=True)
         return
     except asyncio.CancelledError:
