@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 A pure ASGI app (`create_sink_app`). For every POST or PUT, on any path, it streams the body to temporary
-files under `DIR/.tmp` and answers with what it received. Each body chunk costs one hop to a worker thread,
-where the whole chunk is parsed (multipart via `relay.core.multipart`), hashed and written; the event loop
-never touches a file.
+files under `DIR/.tmp` and answers with what it received. Body chunks go to a worker thread in batches, one
+hop per batch, where they are parsed (multipart via `relay.core.multipart`), hashed and written; the event
+loop never touches a file, and it keeps receiving (up to `MAX_BATCH` bytes) while the worker writes.
 
 Rules:
 
@@ -61,6 +61,8 @@ MAX_FIELD_SIZE = 1024 * 1024
 MAX_FIELDS_SIZE = 16 * 1024 * 1024
 """Most text-field bytes in one request."""
 MAX_FILENAME_BYTES = 200
+MAX_BATCH = 1024 * 1024
+"""Most body bytes waiting for the worker thread, per upload."""
 MAX_DRAIN = 16 * 1024 * 1024
 """After an early error, read and drop at most this much more body so the client can see the answer."""
 
@@ -172,6 +174,10 @@ class _Upload:
         if self._reader is None:
             self._current = _File(self.temp_dir, None, None, self.content_type)
             self.files.append(self._current)
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.feed(chunk)
 
     def feed(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -302,6 +308,15 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+async def _settle(job: asyncio.Future[None] | None) -> None:
+    """Let a running worker job end before the upload is cleaned up (its own error is already handled)."""
+    if job is not None:
+        try:
+            await job
+        except Exception:
+            pass
+
+
 async def _drain(receive: Receive) -> None:
     """Read and drop what is left of the body (up to MAX_DRAIN), so the client gets to read our answer."""
     dropped = 0
@@ -363,30 +378,44 @@ async def _handle(store: Path | None, scope: Scope, receive: Receive, send: Send
 
     loop = asyncio.get_running_loop()
     upload = _Upload(store, request_id, path.rsplit("/", 1)[-1], boundary, content_type)
+    # At most one worker job per upload: while it runs, the next messages are received and batched (up to
+    # MAX_BATCH bytes, then we wait for the job: backpressure), so socket reads and disk writes overlap.
+    pending: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    batched = 0
     body_done = False
     try:
         await loop.run_in_executor(None, upload.start)
-        while True:
+        while not body_done:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             body_done = not message.get("more_body", False)
             chunk = message.get("body", b"")
             if chunk:
-                await loop.run_in_executor(None, upload.feed, chunk)
-            if body_done:
-                break
+                batch.append(chunk)
+                batched += len(chunk)
+            if batch and (pending is None or pending.done() or batched >= MAX_BATCH or body_done):
+                if pending is not None:
+                    await pending  # raises the job's error, if any
+                pending = loop.run_in_executor(None, upload.feed_many, batch)
+                batch, batched = [], 0
+        if pending is not None:
+            await pending
         await loop.run_in_executor(None, upload.finish)
     except _Disconnected:
+        await _settle(pending)
         await loop.run_in_executor(None, upload.abort)
         return
     except MalformedMultipart as exc:
+        await _settle(pending)
         await loop.run_in_executor(None, upload.abort)
         if not body_done:
             await _drain(receive)
         await _respond(send, 400, _error(exc.code, exc.message), close=True)
         return
     except FieldTooLarge as exc:
+        await _settle(pending)
         await loop.run_in_executor(None, upload.abort)
         if not body_done:
             await _drain(receive)
@@ -397,6 +426,7 @@ async def _handle(store: Path | None, scope: Scope, receive: Receive, send: Send
         raise
     except Exception:
         log.exception("upload %s failed", request_id)
+        await _settle(pending)
         await loop.run_in_executor(None, upload.abort)
         await _respond(send, 500, _error("internal_error", "the sink could not store the upload"), close=True)
         return
