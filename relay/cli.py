@@ -32,7 +32,8 @@ PROG = "relay-server"
 _SERVER_KEYS = {
     "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
     "upstream_timeout", "upstream_connect_timeout", "digest", "admin_token", "token", "forward_authorization",
-    "trust_forwarded", "max_concurrent_uploads",
+    "trust_forwarded", "max_concurrent_uploads", "token_file", "max_uploads_per_client", "client_idle_timeout",
+    "client_min_rate", "cors_origin", "drain_timeout",
 }  # fmt: skip
 _ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
 
@@ -120,8 +121,27 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
         forward_authorization=options["forward_authorization"],
         trust_forwarded=options["trust_forwarded"],
         max_concurrent_uploads=options["max_concurrent_uploads"] or None,
+        tokens=_read_tokens(options["token_file"]),
+        max_uploads_per_client=options["max_uploads_per_client"] or None,
+        client_idle_timeout=options["client_idle_timeout"] or None,
+        client_min_rate=options["client_min_rate"] or None,
+        cors_origins=tuple(options["cors_origin"]),
+        drain_timeout=options["drain_timeout"],
         store=Path(options["store"]),
     )
+
+
+def _read_tokens(path: str | None) -> tuple[str, ...]:
+    if not path:
+        return ()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read --token-file {path}: {exc.strerror}") from exc
+    tokens = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ValueError(f"--token-file {path} holds no token")
+    return tokens
 
 
 @click.command(context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"],
@@ -149,6 +169,17 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
               help="Keep the client's X-Forwarded-For and append the peer.")
 @click.option("--max-concurrent-uploads", type=click.IntRange(0), default=0,
               help="Uploads in progress at once; 0 = no cap.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File of accepted relay tokens, one per line (with or instead of --token).")
+@click.option("--max-uploads-per-client", type=click.IntRange(0), default=0,
+              help="Uploads in progress per client address; 0 = no cap.")
+@click.option("--client-idle-timeout", type=click.FloatRange(0), default=60.0,
+              help="Seconds without a body byte before the upload is dropped (408); 0 = none.")
+@click.option("--client-min-rate", type=Size(), default="0",
+              help="Minimum average body rate in bytes/s after a 10 s grace period (408); 0 = none.")
+@click.option("--cors-origin", multiple=True, help="Allowed browser origin (exact, repeatable).")
+@click.option("--drain-timeout", type=float, default=30.0, callback=_positive,
+              help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.")
 @click.pass_context
 def command(ctx: click.Context, config: str | None, host: str, port: int, **options: Any) -> None:
     """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
@@ -201,7 +232,8 @@ def run(settings: Settings, host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve((app, main_sock), follower=follower, on_ready=ready))
+        runner.run(serve((app, main_sock), follower=follower, on_ready=ready,
+                         header_timeout=settings.header_timeout, drain_timeout=settings.drain_timeout))
 
 
 def _with_upstream(settings: Settings, url: str) -> Settings:

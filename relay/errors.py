@@ -8,6 +8,7 @@ Stdlib only, so the sans-IO core may raise these.
     ├── Unauthorized              401 unauthorized
     ├── NotFound                  404 not_found
     ├── MethodNotAllowed          405 method_not_allowed
+    ├── ClientTimeout             408 client_timeout (idle between body reads, or under --client-min-rate)
     ├── UploadIdInUse             409 upload_id_in_use
     ├── PayloadTooLarge           413
     │   ├── BodyTooLarge              body_too_large
@@ -15,6 +16,7 @@ Stdlib only, so the sans-IO core may raise these.
     │   └── TooManyFiles              too_many_files
     ├── TooManyUploads            429 too_many_uploads
     ├── HeadersTooLarge           431 headers_too_large
+    ├── ShuttingDown              503 shutting_down (in flight when the drain timeout ran out)
     ├── ClientDisconnected        499 client_disconnected (never answered: nobody is listening)
     ├── UpstreamError             502
     │   ├── UpstreamUnavailable       upstream_unavailable (could not connect)
@@ -28,6 +30,7 @@ __all__ = [
     "BadRequest",
     "BodyTooLarge",
     "ClientDisconnected",
+    "ClientTimeout",
     "FileTooLarge",
     "HeadersTooLarge",
     "MalformedMultipart",
@@ -35,6 +38,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RelayError",
+    "ShuttingDown",
     "TooManyFiles",
     "TooManyUploads",
     "Unauthorized",
@@ -81,6 +85,10 @@ class MethodNotAllowed(RelayError):
     status_code, code, default_message = 405, "method_not_allowed", "method not allowed"
 
 
+class ClientTimeout(RelayError):
+    status_code, code, default_message = 408, "client_timeout", "the client sent its body too slowly"
+
+
 class UploadIdInUse(RelayError):
     status_code, code, default_message = 409, "upload_id_in_use", "an upload with this id is in progress"
 
@@ -107,6 +115,10 @@ class TooManyUploads(RelayError):
 
 class HeadersTooLarge(RelayError):
     status_code, code, default_message = 431, "headers_too_large", "request headers too large"
+
+
+class ShuttingDown(RelayError):
+    status_code, code, default_message = 503, "shutting_down", "the relay stopped before this upload finished"
 
 
 class ClientDisconnected(RelayError):

@@ -41,9 +41,11 @@ from relay.core.limits import check_declared_length
 from relay.errors import (
     BadRequest,
     ClientDisconnected,
+    ClientTimeout,
     HeadersTooLarge,
     MethodNotAllowed,
     RelayError,
+    ShuttingDown,
     TooManyUploads,
     Unauthorized,
     UploadIdInUse,
@@ -85,7 +87,7 @@ class RelayContext:
     metrics: RelayMetrics
     upstreams: dict[str, Upstream]
     in_flight: int = 0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    per_client: dict[str, int] = field(default_factory=dict)
 
     def emit(self, event: Event) -> None:
         self.registry.apply(event)
@@ -167,6 +169,9 @@ class Upload:
         self.body_error: RelayError | None = None
         self.forwarded = 0
         self.finished = False
+        self.client_key = self.client_address()
+        self.cors = self.cors_headers()
+        self.counted = False
 
     # -- 1. decisions from the headers --------------------------------------------------------------------
 
@@ -192,6 +197,9 @@ class Upload:
         cap = settings.max_concurrent_uploads
         if cap is not None and self.ctx.in_flight >= cap:
             raise TooManyUploads(f"{cap} uploads are in progress; try again shortly")
+        per_client = settings.max_uploads_per_client
+        if per_client is not None and self.ctx.per_client.get(self.client_key, 0) >= per_client:
+            raise TooManyUploads(f"{per_client} uploads from {self.client_key} are in progress; try again shortly")
         self.inspector = UploadInspector(
             upload_id=self.upload_id,
             content_type=self.header_text(b"content-type"),
@@ -202,13 +210,44 @@ class Upload:
         )
 
     def check_token(self) -> None:
-        token = self.ctx.settings.token
-        if token is None:
+        tokens = self.ctx.settings.accepted_tokens
+        if not tokens:
             return
         given = header_value(self.headers, b"authorization") or b""
         scheme, _, credential = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
+        # Compare against every token (no early exit), each in constant time.
+        matches = [hmac.compare_digest(credential.strip(), token.encode()) for token in tokens]
+        if scheme.lower() != b"bearer" or not any(matches):
             raise Unauthorized()
+
+    def client_address(self) -> str:
+        """The peer, or with --trust-forwarded the nearest hop a trusted proxy reported in X-Forwarded-For."""
+        peer = str((self.scope.get("client") or ("unknown",))[0])
+        if self.ctx.settings.trust_forwarded:
+            chain = b",".join(value for key, value in self.headers if key == b"x-forwarded-for")
+            hops = [hop.strip() for hop in chain.split(b",") if hop.strip()]
+            if hops:
+                return hops[-1].decode("latin-1")
+        return peer
+
+    def cors_headers(self) -> list[tuple[bytes, bytes]]:
+        """CORS response headers for an allowed Origin: exact match only, never `*`."""
+        origin = header_value(self.headers, b"origin")
+        if origin is None or origin.decode("latin-1") not in self.ctx.settings.cors_origins:
+            return []
+        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"X-Upload-ID, X-Upload-Sha256")]
+
+    async def preflight(self) -> None:
+        """Answer a CORS preflight on a routed path; an origin not listed gets no allow headers."""
+        headers = [(b"content-length", b"0"), *self.cors]
+        if self.cors:
+            requested = header_value(self.headers, b"access-control-request-headers") or b""
+            headers += [(b"access-control-allow-methods", ", ".join(self.route.methods).encode()),
+                        (b"access-control-allow-headers", requested or b"Content-Type"),
+                        (b"access-control-max-age", b"600")]
+        await self.send({"type": "http.response.start", "status": 204, "headers": headers})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def declared_length(self) -> int | None:
         values = [value for key, value in self.headers if key == b"content-length"]
@@ -225,6 +264,10 @@ class Upload:
     # -- the whole upload -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.method == "OPTIONS" and self.ctx.settings.cors_origins and \
+                header_value(self.headers, b"access-control-request-method") is not None:
+            await self.preflight()
+            return
         try:
             self.check_headers()
         except UploadIdInUse as exc:
@@ -240,14 +283,16 @@ class Upload:
             status = await self.forward()
         except RelayError as exc:
             await self.fail(exc)
-        except BaseException:
-            self.fail_quietly(ClientDisconnected("the relay stopped this upload"))
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when the drain timeout runs out: the upstream request
+            # dies with this task, mid-body.
+            self.fail_quietly(ShuttingDown())
+            self.log_line(503, "failed:shutting_down")
             raise
         else:
             self.log_line(status, "completed")
         finally:
-            self.ctx.in_flight -= 1
-            self.ctx.metrics.in_flight.dec()
+            self.end()
 
     async def refuse(self, exc: RelayError) -> None:
         """Refused from its headers: recorded as `rejected`, answered, connection closed."""
@@ -264,9 +309,17 @@ class Upload:
 
     def begin(self) -> None:
         self.ctx.in_flight += 1
+        self.ctx.per_client[self.client_key] = self.ctx.per_client.get(self.client_key, 0) + 1
         self.ctx.metrics.in_flight.inc()
         self.ctx.emit(Started(self.upload_id, 0, self.content_length, time.time(), self.route.prefix,
                               self.method, self.scope["path"]))
+
+    def end(self) -> None:
+        self.ctx.in_flight -= 1
+        left = self.ctx.per_client.pop(self.client_key, 1) - 1
+        if left:
+            self.ctx.per_client[self.client_key] = left
+        self.ctx.metrics.in_flight.dec()
 
     async def forward(self) -> int:
         upstream = self.ctx.upstreams[self.route.upstream or ""]
@@ -313,7 +366,12 @@ class Upload:
             raise
 
     async def next_chunk(self) -> bytes:
-        message = await self.receive()
+        idle = self.ctx.settings.client_idle_timeout
+        try:
+            async with asyncio.timeout(idle):
+                message = await self.receive()
+        except TimeoutError:
+            raise ClientTimeout(f"no body bytes for {idle:g} s") from None
         if message["type"] == "http.disconnect":
             self.client_gone = True
             raise ClientDisconnected()
@@ -321,7 +379,19 @@ class Upload:
         self.body_done = not message.get("more_body", False)
         if chunk:
             self.ctx.metrics.bytes_received.inc(len(chunk))
+            self.check_rate()
         return chunk
+
+    def check_rate(self) -> None:
+        """After the grace period the average rate must stay over --client-min-rate (slow-drip defence)."""
+        min_rate = self.ctx.settings.client_min_rate
+        if min_rate is None or self.body_done:
+            return
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.ctx.settings.client_min_rate_grace and self.inspector is not None:
+            rate = self.inspector.bytes_received / elapsed
+            if rate < min_rate:
+                raise ClientTimeout(f"body arrives at {rate:.0f} B/s, under the minimum of {min_rate} B/s")
 
     def note_forwarded(self, size: int) -> None:
         self.forwarded += size
@@ -334,7 +404,7 @@ class Upload:
     # -- the answer -------------------------------------------------------------------------------------------
 
     async def relay_response(self, response: UpstreamResponse) -> int:
-        headers = forward_response_headers(response.headers, self.upload_id)
+        headers = forward_response_headers(response.headers, self.upload_id) + self.cors
         digest = self.single_file_digest()
         if digest is not None:
             headers.append((b"x-upload-sha256", digest.encode()))
@@ -391,8 +461,8 @@ class Upload:
                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer with the JSON error; when body bytes may still come, close only after a lingering drain."""
         linger = self.receive if unread_body else None
-        drained = await error_response(self.send, exc, upload_id=self.upload_id, close=unread_body, extra=extra,
-                                       linger=linger)
+        drained = await error_response(self.send, exc, upload_id=self.upload_id, close=unread_body,
+                                       extra=(extra or []) + self.cors, linger=linger)
         self.ctx.metrics.bytes_drained.inc(drained)
 
     def log_line(self, status: int, outcome: str) -> None:

@@ -27,6 +27,7 @@ __all__ = ["HeaderLimitProtocol", "bind_socket", "loop_factory", "serve", "tune_
 
 log = logging.getLogger("relay.server")
 MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_HEADER_TIMEOUT = 30.0
 RAW_TARGET = "relay.raw_target"  # scope["extensions"] key
 
 
@@ -51,14 +52,42 @@ def tune_malloc() -> bool:
 
 
 class HeaderLimitProtocol(HttpToolsProtocol):
-    """httptools with a header-size cap (431 past it; httptools has none) and the raw request target."""
+    """httptools with a header-size cap (431 past it; httptools has none), a header-read timeout (408; uvicorn
+    has none, so a client trickling header bytes would hold a connection forever) and the raw request target.
+    """
 
     max_header_bytes = MAX_HEADER_BYTES
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._header_bytes = 0
         self._headers_too_large = False
+        self._arm_header_timer()
         super().on_message_begin()
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being served; its own timeouts apply
+        self._reply_and_close(408, "Request Timeout", "client_timeout", "request headers took too long")
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -69,6 +98,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
         self._header_bytes = 0
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
@@ -86,9 +116,14 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         if not getattr(self, "_headers_too_large", False):
             super().send_400_response(msg)
             return
-        body = json.dumps({"error": {"code": "headers_too_large", "message": "request headers too large"}})
+        self._reply_and_close(431, "Request Header Fields Too Large", "headers_too_large", "request headers too large")
+
+    def _reply_and_close(self, status: int, reason: str, code: str, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": {"code": code, "message": message}})
         head = (
-            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body.encode())
@@ -115,20 +150,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: ASGIApp, *, host: str, port: int, header_limit: bool = True) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, *, host: str, port: int, guarded: bool = True,
+                   header_timeout: float = DEFAULT_HEADER_TIMEOUT, drain_timeout: float = 10.0) -> uvicorn.Config:
+    protocol = type("RelayHttpProtocol", (HeaderLimitProtocol,), {"header_timeout": header_timeout})
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http=HeaderLimitProtocol if header_limit else "httptools",
+        http=protocol if guarded else "httptools",
         lifespan="on",
         proxy_headers=False,
         server_header=False,
         date_header=False,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        # On SIGTERM/SIGINT uvicorn stops accepting, lets requests in flight finish for this long, then
+        # cancels them: a cancelled upload's upstream request dies mid-body, so it never looks complete.
+        timeout_graceful_shutdown=drain_timeout,
     )
 
 
@@ -146,16 +185,20 @@ def _url(sock: socket.socket) -> str:
 
 
 async def serve(main: tuple[ASGIApp, socket.socket], *, follower: tuple[ASGIApp, socket.socket] | None = None,
-                on_ready: Callable[[], Any] | None = None) -> None:
+                on_ready: Callable[[], Any] | None = None, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                drain_timeout: float = 10.0) -> None:
     """Serve `main` (and `follower`, the embedded upstream) until a signal; call `on_ready` once listening."""
     main_app, main_sock = main
     host, port = main_sock.getsockname()[:2]
-    main_server = uvicorn.Server(uvicorn_config(main_app, host=host, port=port))
+    main_server = uvicorn.Server(uvicorn_config(main_app, host=host, port=port, header_timeout=header_timeout,
+                                                drain_timeout=drain_timeout))
     servers: list[tuple[uvicorn.Server, socket.socket]] = []
     if follower is not None:
         f_app, f_sock = follower
         f_host, f_port = f_sock.getsockname()[:2]
-        servers.append((_Follower(uvicorn_config(f_app, host=f_host, port=f_port, header_limit=False)), f_sock))
+        # The embedded upstream outlives the relay's drain: it is stopped only once the relay has finished.
+        f_config = uvicorn_config(f_app, host=f_host, port=f_port, guarded=False, drain_timeout=drain_timeout)
+        servers.append((_Follower(f_config), f_sock))
     servers.append((main_server, main_sock))
 
     async def announce() -> None:

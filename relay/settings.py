@@ -32,6 +32,10 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_REGISTRY_SIZE = 1000
 DEFAULT_REGISTRY_TTL = 3600.0
+DEFAULT_CLIENT_IDLE_TIMEOUT = 60.0
+DEFAULT_MIN_RATE_GRACE = 10.0
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 _UNITS = {
     "": 1,
@@ -86,10 +90,18 @@ class Settings:
     upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     digest: bool = True
     token: str | None = None
+    tokens: tuple[str, ...] = ()  # more accepted relay tokens (--token-file)
     admin_token: str | None = None
     forward_authorization: bool = False
     trust_forwarded: bool = False
     max_concurrent_uploads: int | None = None
+    max_uploads_per_client: int | None = None
+    client_idle_timeout: float | None = DEFAULT_CLIENT_IDLE_TIMEOUT
+    client_min_rate: int | None = None  # bytes per second, averaged, checked after the grace period
+    client_min_rate_grace: float = DEFAULT_MIN_RATE_GRACE
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    cors_origins: tuple[str, ...] = ()
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     progress: ProgressPolicy = field(default_factory=ProgressPolicy)
     registry_size: int = DEFAULT_REGISTRY_SIZE
@@ -103,6 +115,15 @@ class Settings:
             raise ValueError("timeouts must be positive")
         if self.max_concurrent_uploads is not None and self.max_concurrent_uploads < 1:
             raise ValueError("--max-concurrent-uploads must be at least 1")
+        if self.max_uploads_per_client is not None and self.max_uploads_per_client < 1:
+            raise ValueError("--max-uploads-per-client must be at least 1")
+        for origin in self.cors_origins:
+            if origin == "*" or not re.match(r"^https?://[^/]+$", origin):
+                raise ValueError(f"--cors-origin takes an exact origin like https://app.example, not {origin!r}")
         prefixes = [route.prefix for route in self.routes]
         if len(set(prefixes)) != len(prefixes):
             raise ValueError("two routes have the same prefix")
+
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        return ((self.token,) if self.token else ()) + self.tokens

@@ -23,7 +23,9 @@ Rules (each is tested in tests/core/):
 4. Epilogue: everything after the closing delimiter is ignored (RFC 2046 allows an epilogue) without being
    parsed: the parser is not even called again, so megabytes of junk there cost nothing but the byte count.
    The request body limit still bounds it.
-5. A body that ends before the closing delimiter is malformed (`close()`), and so is anything the parser
+5. At most `MAX_PARTS` parts per body, so the per-part records a caller keeps stay bounded (fields do not count
+   against `max_files`).
+6. A body that ends before the closing delimiter is malformed (`close()`), and so is anything the parser
    rejects. After an error the reader is dead: further writes raise `MalformedMultipart`.
 """
 
@@ -46,6 +48,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_BLOCK",
     "MAX_HEADER_LINE",
+    "MAX_PARTS",
     "MAX_PREAMBLE",
     "MultipartReader",
     "PartHeaders",
@@ -64,6 +67,8 @@ MAX_HEADER_LINE = 8 * 1024
 """Longest single part header line (python-multipart counts it without the CRLF)."""
 MAX_HEADER_BLOCK = 16 * 1024
 """Most bytes of header names and values in one part."""
+MAX_PARTS = 10_000
+"""Most parts in one body."""
 
 # python-multipart logs a warning for every parse error; ours carries the same message, so keep the log quiet.
 _PARSER_LOG = logging.getLogger("relay.core.multipart.parser")
@@ -207,6 +212,7 @@ class MultipartReader:
         self._header_bytes = 0
         self._disposition: bytes | None = None
         self._content_type: bytes | None = None
+        self._parts = 0
 
     @property
     def done(self) -> bool:
@@ -254,6 +260,9 @@ class MultipartReader:
     # python-multipart callbacks
 
     def _begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise MalformedMultipart(f"more than {MAX_PARTS} parts in one body")
         self._header_bytes = 0
         self._disposition = self._content_type = None
         del self._name[:], self._value[:]
