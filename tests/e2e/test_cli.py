@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,4 +238,24 @@ def test_sigterm_exits_0(sink: RunningServer) -> None:
     relay = start_relay(upstream=sink.url)
     assert httpx.get(f"{relay.url}/_relay/health").status_code == 200
     assert relay.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in relay.log()
+
+
+def test_sigterm_with_event_followers_exits_0_promptly(sink: RunningServer) -> None:
+    relay = start_relay(upstream=sink.url)
+    followers = [
+        httpx.stream("GET", f"{relay.url}{path}", timeout=30)
+        for path in ("/_relay/events", "/_relay/uploads/never/events")
+    ]
+    try:
+        for follower in followers:
+            assert follower.__enter__().status_code == 200
+        started = time.monotonic()
+        code = relay.stop(signal.SIGTERM, timeout=8)
+        elapsed = time.monotonic() - started
+    finally:
+        for follower in followers:
+            with contextlib.suppress(httpx.HTTPError):
+                follower.__exit__(None, None, None)
+    assert code == 0 and elapsed < 5, (code, elapsed)
     assert "Traceback" not in relay.log()
