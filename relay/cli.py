@@ -33,7 +33,7 @@ _SERVER_KEYS = {
     "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
     "upstream_timeout", "upstream_connect_timeout", "digest", "admin_token", "token", "forward_authorization",
     "trust_forwarded", "max_concurrent_uploads", "token_file", "max_uploads_per_client", "client_idle_timeout",
-    "client_min_rate", "cors_origin", "drain_timeout",
+    "client_min_rate", "cors_origin", "drain_timeout", "client_min_rate_grace", "header_timeout",
 }  # fmt: skip
 _ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
 
@@ -125,6 +125,8 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
         max_uploads_per_client=options["max_uploads_per_client"] or None,
         client_idle_timeout=options["client_idle_timeout"] or None,
         client_min_rate=options["client_min_rate"] or None,
+        client_min_rate_grace=options["client_min_rate_grace"],
+        header_timeout=options["header_timeout"],
         cors_origins=tuple(options["cors_origin"]),
         drain_timeout=options["drain_timeout"],
         store=Path(options["store"]),
@@ -176,7 +178,11 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
 @click.option("--client-idle-timeout", type=click.FloatRange(0), default=60.0,
               help="Seconds without a body byte before the upload is dropped (408); 0 = none.")
 @click.option("--client-min-rate", type=Size(), default="0",
-              help="Minimum average body rate in bytes/s after a 10 s grace period (408); 0 = none.")
+              help="Minimum average body rate in bytes/s after the grace period (408); 0 = none.")
+@click.option("--client-min-rate-grace", type=click.FloatRange(0), default=10.0,
+              help="Seconds before --client-min-rate applies.")
+@click.option("--header-timeout", type=float, default=30.0, callback=_positive,
+              help="Seconds a client may take to send its request headers (408 after).")
 @click.option("--cors-origin", multiple=True, help="Allowed browser origin (exact, repeatable).")
 @click.option("--drain-timeout", type=float, default=30.0, callback=_positive,
               help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.")

@@ -329,7 +329,7 @@ class Upload:
             scheme=self.scope.get("scheme", "http"),
             upload_id=self.upload_id,
             trust_forwarded=self.ctx.settings.trust_forwarded,
-            strip_authorization=self.ctx.settings.token is not None and not self.ctx.settings.forward_authorization,
+            strip_authorization=bool(self.ctx.settings.accepted_tokens) and not self.ctx.settings.forward_authorization,
         )
         try:
             response = await upstream.send(self.method, self.raw_target, headers, self.body(), self.content_length)
