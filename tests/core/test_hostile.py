@@ -10,7 +10,7 @@ import pytest
 
 from relay.core.inspector import UploadInspector
 from relay.core.limits import Limits
-from relay.core.multipart import MAX_CONTENT_TYPE, MAX_PREAMBLE, MultipartReader, parse_boundary
+from relay.core.multipart import MAX_CONTENT_TYPE, MAX_PARTS, MAX_PREAMBLE, MultipartReader, parse_boundary
 from relay.errors import MalformedMultipart
 
 B = b"hostileBoundary"
@@ -157,3 +157,11 @@ def test_boundary_dense_data_is_cheap(content: bytes) -> None:
     with under(0.5):
         fed, inspector = feed_all(body)
     assert [p.size for p in inspector.parts] == [len(content)]
+
+
+def test_part_count_is_bounded() -> None:
+    field = b"--" + B + b'\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n'
+    fed, inspector = feed_all(field * MAX_PARTS + CLOSE)
+    assert len(inspector.parts) == MAX_PARTS
+    with under(1.0), pytest.raises(MalformedMultipart):
+        feed_all(field * (MAX_PARTS * 10) + CLOSE)

@@ -43,13 +43,10 @@ def test_byte_by_byte(name: str) -> None:
 def test_every_split(name: str) -> None:
     body, expected = load(name)
     want = expected_result(expected)
-    # Every index for ordinary bodies; the few large hostile ones every few bytes plus all of both ends.
-    step = max(1, len(body) // 2000)
-    cuts = (
-        set(range(0, len(body) + 1, step))
-        | set(range(min(len(body), 512)))
-        | set(range(max(0, len(body) - 512), len(body) + 1))
-    )
+    # Every index for bodies up to 4 KiB; for bigger ones about 1500 evenly spread cuts plus all of both ends.
+    step = 1 if len(body) <= 4096 else len(body) // 1500
+    edges = set(range(min(len(body), 256))) | set(range(max(0, len(body) - 256), len(body) + 1))
+    cuts = set(range(0, len(body) + 1, step)) | edges
     for cut in sorted(cuts):
         assert inspect(str(expected["content_type"]), split_at(body, cut)) == want, f"split at {cut}"
 

@@ -142,7 +142,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, bytes, list[bytes]]:
     return boundary, body, split_at(body, *cuts)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies())
 def test_streaming_matches_reference(case: tuple[bytes, bytes, list[bytes]]) -> None:
     boundary, body, chunks = case
