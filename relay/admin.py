@@ -6,15 +6,18 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relay.bus import Subscription
 from relay.core.events import TERMINAL, Event, Part, Progress
-from relay.errors import NotFound, RelayError, Unauthorized
+from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
 
@@ -22,6 +25,7 @@ __all__ = ["UNKNOWN_ID_WAIT", "create_admin_app"]
 
 UNKNOWN_ID_WAIT = 30.0  # seconds a subscriber to an id not seen yet waits for it to start
 PING_SECONDS = 15
+_HTTP_ERRORS: dict[int, type[RelayError]] = {404: NotFound, 405: MethodNotAllowed, 401: Unauthorized}
 
 
 def _sse(event: Event) -> dict[str, str]:
@@ -29,12 +33,24 @@ def _sse(event: Event) -> dict[str, str]:
 
 
 def create_admin_app(ctx: RelayContext) -> FastAPI:
-    app = FastAPI(title="upload relay admin", docs_url="/_relay/docs", openapi_url="/_relay/openapi.json",
-                  redoc_url=None)
+    # FastAPI's docs routes cannot take our admin dependency: with an admin token they are simply off.
+    public_docs = ctx.settings.admin_token is None
+    app = FastAPI(title="upload relay admin", docs_url="/_relay/docs" if public_docs else None,
+                  openapi_url="/_relay/openapi.json" if public_docs else None, redoc_url=None)
 
     @app.exception_handler(RelayError)
     async def relay_error(request: Request, exc: RelayError) -> JSONResponse:
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own 404/405 (a method a route does not take) in the contract's shape, not {"detail"}.
+        error = _HTTP_ERRORS.get(exc.status_code, BadRequest)(str(exc.detail))
+        return JSONResponse({"error": error.to_dict()}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": BadRequest("invalid request").to_dict()}, status_code=400)
 
     def require_admin(request: Request) -> None:
         token = ctx.settings.admin_token
@@ -68,9 +84,11 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
 
     @app.get("/_relay/uploads/{upload_id}/events", dependencies=admin)
     async def upload_events(upload_id: str) -> EventSourceResponse:
-        # Subscribe and take the snapshot in one step (no await between): no event can fall in the gap.
+        # Subscribe and take the snapshot in one step (no await between): an event is either in the snapshot
+        # or in the queue, never in both and never in neither.
         subscription = ctx.bus.subscribe(upload_id)
-        return EventSourceResponse(_one_upload(ctx, upload_id, subscription), ping=PING_SECONDS)
+        catch_up = _catch_up(ctx, upload_id)
+        return EventSourceResponse(_one_upload(ctx, subscription, catch_up), ping=PING_SECONDS)
 
     @app.get("/_relay/events", dependencies=admin)
     async def all_events() -> EventSourceResponse:
@@ -84,28 +102,43 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
     return app
 
 
-async def _one_upload(ctx: RelayContext, upload_id: str, subscription: Subscription) -> AsyncIterator[dict[str, str]]:
-    """A late subscriber's catch-up (progress, parts so far, terminal), then live events to the end."""
+@dataclass(frozen=True)
+class _CatchUp:
+    """What a late subscriber is owed first: current counts, parts so far, the terminal event if any."""
+
+    known: bool
+    events: tuple[Event, ...]
+    parts_sent: int
+    finished: bool
+
+
+def _catch_up(ctx: RelayContext, upload_id: str) -> _CatchUp:
+    record = ctx.registry.get(upload_id)
+    if record is None:
+        return _CatchUp(known=False, events=(), parts_sent=0, finished=False)
+    now = record.terminal.ts if record.terminal else time.time()
+    events: list[Event] = [Progress(upload_id, record.bytes, record.total, now), *record.parts]
+    if record.terminal is not None:
+        events.append(record.terminal)
+    return _CatchUp(known=True, events=tuple(events), parts_sent=len(record.parts), finished=record.finished)
+
+
+async def _one_upload(ctx: RelayContext, subscription: Subscription,
+                      catch_up: _CatchUp) -> AsyncIterator[dict[str, str]]:
+    """The catch-up, then live events until the terminal one (or 30 s of nothing for an unknown id)."""
     try:
-        record = ctx.registry.get(upload_id)
-        parts_sent = 0
-        if record is not None:
-            now = record.terminal.ts if record.terminal else time.time()
-            yield _sse(Progress(upload_id, record.bytes, record.total, now))
-            for part in record.parts:
-                yield _sse(part)
-            parts_sent = len(record.parts)
-            if record.terminal is not None:
-                yield _sse(record.terminal)
-                return
+        for event in catch_up.events:
+            yield _sse(event)
+        if catch_up.finished:
+            return
         first = True
         while True:
-            timeout = UNKNOWN_ID_WAIT if first and record is None else None
+            timeout = UNKNOWN_ID_WAIT if first and not catch_up.known else None
             event = await subscription.get(timeout)
             if event is None:
                 return
             first = False
-            if isinstance(event, Part) and event.index < parts_sent:
+            if isinstance(event, Part) and event.index < catch_up.parts_sent:
                 continue
             yield _sse(event)
             if isinstance(event, TERMINAL):

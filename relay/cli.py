@@ -59,11 +59,14 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{value} is not valid TOML: {exc}", ctx, param) from exc
     server = data.get("server", {})
+    routes = data.get("routes", [])
+    if not isinstance(server, dict) or not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+        raise click.BadParameter(f"{value}: [server] must be a table and [[routes]] an array of tables", ctx, param)
     unknown = set(server) - _SERVER_KEYS
     if unknown:
         raise click.BadParameter(f"unknown [server] keys in {value}: {', '.join(sorted(unknown))}", ctx, param)
     ctx.default_map = {**(ctx.default_map or {}), **server}
-    ctx.meta["routes"] = data.get("routes", [])
+    ctx.meta["routes"] = routes
     return value
 
 

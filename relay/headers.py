@@ -41,7 +41,7 @@ HOP_BY_HOP = frozenset(
         b"expect",
     }
 )
-_UPLOAD_ID = re.compile(rb"^[A-Za-z0-9_-]{1,64}$")
+_UPLOAD_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 
 
 def new_upload_id() -> str:
@@ -50,7 +50,7 @@ def new_upload_id() -> str:
 
 
 def valid_upload_id(value: bytes) -> bool:
-    return _UPLOAD_ID.match(value) is not None
+    return _UPLOAD_ID.fullmatch(value) is not None  # not match + "$", which accepts a trailing newline
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

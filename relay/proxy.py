@@ -183,6 +183,7 @@ class Upload:
             self.upload_id = client_id.decode("ascii")
         if headers_size(self.headers) > settings.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {settings.max_header_bytes} bytes")
+        self.content_length = self.declared_length()  # early, so every refusal records the declared total
         if has_dot_segment(self.raw_path):
             raise BadRequest("the path has a '.' or '..' segment")
         if self.method not in self.route.methods:
@@ -192,7 +193,6 @@ class Upload:
         if self.ctx.registry.is_active(self.upload_id):
             raise UploadIdInUse(f"upload {self.upload_id} is in progress")
         self.check_token()
-        self.content_length = self.declared_length()
         check_declared_length(self.content_length, self.route.limits)
         cap = settings.max_concurrent_uploads
         if cap is not None and self.ctx.in_flight >= cap:

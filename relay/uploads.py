@@ -126,8 +126,10 @@ class InMemoryUploadRegistry:
 
     def recent(self, limit: int = 100) -> list[UploadRecord]:
         self._expire()
-        newest_first = sorted(self._records.values(), key=lambda record: record.started_at, reverse=True)
-        return newest_first[:limit]
+        # Newest start time first; ties (same clock tick) go to the later insertion. sorted() is stable even
+        # with reverse=True, so sorting the newest-inserted-first list keeps that order among equal times.
+        newest_inserted_first = list(reversed(self._records.values()))
+        return sorted(newest_inserted_first, key=lambda record: record.started_at, reverse=True)[:limit]
 
     def __len__(self) -> int:
         return len(self._records)
