@@ -578,32 +578,17 @@ def test_max_concurrent_uploads(guarded: RunningServer) -> None:
     assert third.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/admin.py create_admin_app registers FastAPI's /_relay/docs and /_relay/openapi.json, which "
-    "never run require_admin: with --admin-token they are still served without the token",
-)
 @pytest.mark.parametrize("path", ["/_relay/openapi.json", "/_relay/docs"])
 def test_admin_token_guards_the_api_docs(guarded: RunningServer, path: str) -> None:
     assert admin_get(guarded, path).status_code in (401, 404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a method the catch-all /_relay/{rest} route does not list (OPTIONS) gets FastAPI's own "
-    '405 {"detail": ...}, not the contract\'s {"error": {"code", "message"}}',
-)
 def test_admin_errors_are_contract_json(relay: RunningServer) -> None:
     response = httpx.options(f"{relay.url}/_relay/health")
     assert response.status_code in (404, 405)
     assert set(response.json()["error"]) == {"code", "message"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/proxy.py check_headers checks the token before reading Content-Length, so a 401-refused "
-    "upload is recorded with total null although the client declared its length",
-)
 def test_refused_upload_records_the_declared_total(guarded: RunningServer) -> None:
     response = httpx.post(f"{guarded.url}/upload/t", content=b"abc", headers={"x-upload-id": "rej-total"})
     assert response.status_code == 401

@@ -113,11 +113,6 @@ def test_bad_environment_values_exit_2_with_one_line(variable: str, value: str) 
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/cli.py _load_config: a [server] value that is not a table "
-    "(server = 5) raises TypeError in set(server), which escapes as a traceback with exit 1",
-)
 def test_config_with_a_server_key_that_is_not_a_table(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text("server = 5\n")

@@ -146,12 +146,6 @@ def test_subscriber_joining_mid_upload() -> None:
     assert_consistent(events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/admin.py takes the late-subscriber snapshot inside the stream "
-    "generator, after the subscription and after awaits; events published in that gap are both in "
-    "the snapshot and replayed from the queue (started after progress, byte counts going back)",
-)
 @pytest.mark.parametrize("gap", [2, 3, 5])
 def test_events_in_the_gap_between_subscribe_and_snapshot(gap: int) -> None:
     ctx = context()

@@ -183,11 +183,6 @@ def test_many_uploads_stay_bounded(clock: Clock) -> None:
     assert registry.recent(limit=1)[0].id == "u999"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/uploads.py recent() sorts by wall-clock started_at; uploads started in the same clock tick "
-    "(or after a wall-clock step back) come out oldest first. The OrderedDict is already in start order: reverse it",
-)
 def test_recent_is_newest_first_when_start_times_tie() -> None:
     registry = InMemoryUploadRegistry()
     for upload_id in ("first", "second", "third"):
