@@ -8,6 +8,7 @@ upload starts while the events request is being answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -153,3 +154,33 @@ def test_events_in_the_gap_between_subscribe_and_snapshot(gap: int) -> None:
     events = stream(ctx, "u1", on_headers=upload[:gap], after=upload[gap:])
     assert_consistent(events)
     assert [name for name, _ in events][0] == "started"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: relay/admin.py subscribes in the endpoint but unsubscribes only in the stream generator's finally; "
+    "when sending the response start fails (client gone) the generator never starts, so the subscription stays "
+    "on the bus and keeps queueing events",
+)
+@pytest.mark.parametrize("path", ["/_relay/uploads/x/events", "/_relay/events"])
+def test_a_stream_that_never_starts_leaves_no_subscription(path: str) -> None:
+    ctx = context()
+
+    async def scenario() -> None:
+        app = create_admin_app(ctx)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "query_string": b"", "headers": [],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "root_path": ""}  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            raise OSError("the client is gone")
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app(scope, receive, send), 5)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert ctx.bus.subscriber_count == 0
