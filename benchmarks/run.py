@@ -243,6 +243,7 @@ class RawClient:
     """A keep-alive HTTP/1.1 client on a plain socket, for small-upload latency (no client library noise)."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
@@ -261,11 +262,14 @@ class RawClient:
         head_end = self.buf.index(b"\r\n\r\n")
         lines = self.buf[:head_end].decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        length = 0
+        length, close = 0, False
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
+            name = name.strip().lower()
+            if name == "content-length":
                 length = int(value)
+            elif name == "connection" and "close" in value.lower():
+                close = True  # e.g. nginx after keepalive_requests (1000): reconnect for the next one
         end = head_end + 4 + length
         while len(self.buf) < end:
             more = self.sock.recv(65536)
@@ -273,7 +277,15 @@ class RawClient:
                 raise ConnectionError("closed mid-response")
             self.buf += more
         payload, self.buf = self.buf[head_end + 4 : end], self.buf[end:]
+        if close:
+            self.reconnect()
         return status, payload
+
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
 
     def close(self) -> None:
         self.sock.close()
@@ -512,6 +524,7 @@ class Suite:
         clients = {name: RawClient(self.paths[name].port) for name in names}
         lat: dict[str, list[float]] = {name: [] for name in names}
         bad: dict[str, int] = dict.fromkeys(names, 0)
+        cpu: dict[str, float] = dict.fromkeys(names, 0.0)
         try:
             for name in names:  # warm-up
                 for _ in range(20):
@@ -521,12 +534,20 @@ class Suite:
                 block = min(50, a.small - done)
                 for name in names:
                     c = clients[name]
+                    pids = self.measured(name)
+                    cpu0, _ = _stat(pids)
                     for _ in range(block):
                         t0 = time.perf_counter()
-                        status, payload = c.post(body)
+                        try:
+                            status, payload = c.post(body)
+                        except OSError:  # counted as failed; the next upload gets a new connection
+                            bad[name] += 1
+                            c.reconnect()
+                            continue
                         lat[name].append((time.perf_counter() - t0) * 1000)
                         if status != 200 or json.loads(payload).get("bytes") != len(body):
                             bad[name] += 1
+                    cpu[name] += _stat(pids)[0] - cpu0
                 done += block
         finally:
             for c in clients.values():
@@ -540,6 +561,7 @@ class Suite:
                 p99_ms=pct(lat[name], 0.99),
                 mean_ms=statistics.fmean(lat[name]),
                 failed=bad[name],
+                cpu_ms=cpu[name] * 1000 / max(1, len(lat[name])) if name in self.relays else None,
                 ok=bad[name] == 0,
             )
             log(f"  {name:>13} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  failed {bad[name]}")
@@ -597,14 +619,17 @@ class Suite:
         a = self.a
         self.res["meta"] = {"args": {k: v for k, v in vars(a).items()}}
         t0 = time.monotonic()
-        if "throughput" in a.sections:
-            self.throughput()
-        if "memory" in a.sections:
-            self.memory()
-        if "concurrency" in a.sections:
-            self.concurrency()
-        if "small" in a.sections:
-            self.small()
+        self.res["meta"]["errors"] = []
+        for section in ("throughput", "memory", "concurrency", "small"):
+            if section not in a.sections:
+                continue
+            try:
+                getattr(self, section)()
+            except Exception as exc:  # keep what the other sections measured
+                import traceback
+
+                log(traceback.format_exc())
+                self.res["meta"]["errors"].append(f"{section}: {exc!r}")
         self.res["meta"].update(self.meta())
         self.res["meta"]["seconds"] = round(time.monotonic() - t0, 1)
         out = Path(a.out)
@@ -835,14 +860,15 @@ def render(res: dict[str, Any]) -> str:
         r0 = res["small"][0]
         add(f"## Small uploads: {r0['n']} x {label(r0['size'])}, keep-alive, one connection per path")
         add("")
-        add("| path | p50 ms | p99 ms | mean ms | p50 added vs direct ms | failed |")
-        add("|---|---:|---:|---:|---:|---:|")
+        add("| path | p50 ms | p99 ms | mean ms | p50 added vs direct ms | relay CPU ms per upload | failed |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
         small = {r["path"]: r for r in res["small"]}
         d = small.get("direct", {}).get("p50_ms")
         for name, r in small.items():
             add(
                 f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | "
-                f"{_f(r['p50_ms'] - d if d is not None else None, '{:+.3f}')} | {r['failed']} |"
+                f"{_f(r['p50_ms'] - d if d is not None else None, '{:+.3f}')} | "
+                f"{_f(r.get('cpu_ms'), '{:.2f}')} | {r['failed']} |"
             )
         add("")
     t = targets(res)
@@ -858,6 +884,8 @@ def render(res: dict[str, Any]) -> str:
         add(f"![throughput, memory and concurrency]({meta['chart']})")
         add("")
     failures = sum(1 for k in ("throughput", "memory", "concurrency", "small") for r in res[k] if not r.get("ok"))
+    for err in meta.get("errors", []):
+        add(f"**Section failed:** {err}")
     add(f"Every upload was checked (HTTP 200 and the upstream's byte count): {failures} failed.")
     return "\n".join(lines) + "\n"
 
@@ -1014,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.stop()
     print(md.read_text())
     bad = sum(1 for k in ("throughput", "memory", "concurrency", "small") for r in suite.res[k] if not r.get("ok"))
+    bad += len(suite.res["meta"].get("errors", []))
     if bad:
         log(f"{bad} uploads failed; server logs kept in {suite.run_dir}")
         return 1
