@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,10 +41,17 @@ def accepts(server: RunningServer, length: int) -> bool:
         answer = sock.recv(65536)
         if answer.startswith(b"HTTP/1.1 100"):
             return True
-        while chunk := sock.recv(65536):  # a refusal closes the connection after its JSON
+        while not complete_response(answer) and (chunk := sock.recv(65536)):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413") and b'"body_too_large"' in answer, answer
     return False
+
+
+def complete_response(data: bytes) -> bool:
+    """Headers and a Content-Length body are all in (the relay may linger before it closes the connection)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return bool(sep) and match is not None and len(body) >= int(match.group(1))
 
 
 def limit_is(server: RunningServer, limit: int) -> bool:
@@ -123,14 +131,6 @@ def test_config_with_a_server_key_that_is_not_a_table(tmp_path: Path) -> None:
 # -- precedence: flags > environment > config file > defaults ----------------------------------------------------
 
 
-def test_environment_sets_a_flag(sink: RunningServer) -> None:
-    relay = start_relay(upstream=sink.url, env={"RELAY_MAX_BODY_SIZE": "2KB"})
-    try:
-        assert limit_is(relay, 2000)
-    finally:
-        relay.stop()
-
-
 def test_flag_beats_environment(sink: RunningServer) -> None:
     relay = start_relay("--max-body-size", "1000", upstream=sink.url, env={"RELAY_MAX_BODY_SIZE": "2KB"})
     try:
@@ -140,6 +140,7 @@ def test_flag_beats_environment(sink: RunningServer) -> None:
 
 
 def test_environment_beats_config_file_and_config_file_beats_defaults(sink: RunningServer, tmp_path: Path) -> None:
+    """RELAY_MAX_BODY_SIZE applies over the config file's value; the config file's over the 10 GiB default."""
     config = tmp_path / "relay.toml"
     config.write_text('[server]\nmax_body_size = "3KB"\n')
     with_env = start_relay("--config", str(config), upstream=sink.url, env={"RELAY_MAX_BODY_SIZE": "2KiB"})
@@ -229,15 +230,9 @@ def test_embedded_sink_stores_under_store(tmp_path: Path) -> None:
     assert code == 0
 
 
-def test_sigterm_exits_0(sink: RunningServer) -> None:
+def test_sigterm_exits_0_promptly_even_with_event_followers(sink: RunningServer) -> None:
     relay = start_relay(upstream=sink.url)
     assert httpx.get(f"{relay.url}/_relay/health").status_code == 200
-    assert relay.stop(signal.SIGTERM) == 0
-    assert "Traceback" not in relay.log()
-
-
-def test_sigterm_with_event_followers_exits_0_promptly(sink: RunningServer) -> None:
-    relay = start_relay(upstream=sink.url)
     followers = [
         httpx.stream("GET", f"{relay.url}{path}", timeout=30)
         for path in ("/_relay/events", "/_relay/uploads/never/events")
