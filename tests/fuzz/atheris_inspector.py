@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import atheris  # noqa: E402
+import atheris
 
 with atheris.instrument_imports():
     from relay.core.limits import Limits

@@ -20,7 +20,8 @@ D = b"--" + B.encode()
 
 def part(name: str, data: bytes, filename: str | None = None, extra: bytes = b"") -> bytes:
     fname = f'; filename="{filename}"' if filename is not None else ""
-    return D + f'\r\nContent-Disposition: form-data; name="{name}"{fname}\r\n'.encode() + extra + b"\r\n" + data + b"\r\n"
+    head = f'\r\nContent-Disposition: form-data; name="{name}"{fname}\r\n'.encode()
+    return D + head + extra + b"\r\n" + data + b"\r\n"
 
 
 END = D + b"--\r\n"
