@@ -594,3 +594,33 @@ def test_refused_upload_records_the_declared_total(guarded: RunningServer) -> No
     assert response.status_code == 401
     record = admin_get(guarded, "/_relay/uploads/rej-total", ADMIN).json()
     assert record["state"] == "rejected" and record["total"] == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: relay/proxy.py check_headers adopts the client's X-Upload-ID before the 431/400/405 checks and "
+    "only then checks is_active; refuse() then emits Started/Failed under the id of the upload in progress, "
+    "replacing its record (state rejected) and ending its event streams with a false `failed`",
+)
+def test_a_refusal_never_touches_the_upload_in_progress_with_the_same_id(relay: RunningServer) -> None:
+    upload_id = f"clobber-{time.monotonic_ns()}"
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        sock.sendall(f"POST /upload/slow HTTP/1.1\r\nHost: x\r\nX-Upload-ID: {upload_id}\r\n"
+                     "Content-Length: 10\r\n\r\nab".encode())  # fmt: skip
+        time.sleep(0.3)
+        stream = follow(relay, upload_id, token=None)
+        refusals = [
+            httpx.get(f"{relay.url}/upload/x", headers={"x-upload-id": upload_id}),  # 405
+            httpx.post(f"{relay.url}/upload/%2e%2e/x", content=b"x", headers={"x-upload-id": upload_id}),  # 400
+        ]
+        assert [response.status_code for response in refusals] == [405, 400] or all(
+            response.status_code == 409 for response in refusals
+        )
+        record = admin_get(relay, f"/_relay/uploads/{upload_id}").json()
+        again = httpx.post(f"{relay.url}/upload/x", content=b"x", headers={"x-upload-id": upload_id})
+        sock.sendall(b"cdefghij")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+    events = stream.wait(10)
+    assert record["state"] == "receiving", record
+    assert again.status_code == 409
+    assert [name for name, _ in terminal_events(events)] == ["completed"], events
