@@ -624,3 +624,22 @@ def test_a_refusal_never_touches_the_upload_in_progress_with_the_same_id(relay: 
     assert record["state"] == "receiving", record
     assert again.status_code == 409
     assert [name for name, _ in terminal_events(events)] == ["completed"], events
+
+
+def test_progress_at_least_once_a_second_while_bytes_flow(relay: RunningServer) -> None:
+    upload_id = f"trickle-{time.monotonic_ns()}"
+    stream = follow(relay, upload_id, token=None)
+
+    def trickle() -> Iterator[bytes]:
+        for _ in range(12):  # chunked (no total, so no percent ticks): 12 chunks 0.25 s apart
+            yield b"t" * 1000
+            time.sleep(0.25)
+
+    response = httpx.post(f"{relay.url}/upload/trickle", content=trickle(), headers={"x-upload-id": upload_id})
+    assert response.status_code == 200
+    events = stream.wait(10)
+    stamps = [data["ts"] for name, data in events if name == "progress"]
+    assert len(stamps) >= 2, events
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
+    assert all(0.1 - 1e-6 <= gap <= 1.0 + 0.25 + 0.2 for gap in gaps), gaps
+    assert [data["total"] for _, data in events] == [None] * len(events)
