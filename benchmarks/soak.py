@@ -15,6 +15,8 @@ It starts `relay-sink --discard` and one `relay-server` (both on loopback, free 
                                       1/10 chunked past --max-body-size (413 mid-stream),
                                       1/10 the client disconnects halfway;
   3. the client connections are closed, the relay gets --settle seconds, then the END sample.
+--checkpoints samples are also taken during the soak (with client keep-alive connections still open), to tell a
+plateau (the registry filling up to its 1,000 finished uploads, allocator arenas) from a leak (steady growth).
 A sample is the relay's VmRSS (/proc/PID/status) and len(os.listdir(/proc/PID/fd)), plus relay_uploads_in_flight
 from its metrics. The report gives START, END and the drift (END - START); BOOT (right after start-up) is shown too.
 Bounded: --max-seconds stops submitting new uploads (the report says so). Stops what it started, by PID.
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="client threads (8)")
     parser.add_argument("--max-seconds", type=float, default=480, help="stop submitting after this long (480)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between the last upload and END (3)")
+    parser.add_argument("--checkpoints", type=int, default=4, help="RSS/fd samples during the soak (4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.large_size >= args.max_body_size:
@@ -232,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             if i % every == 0 and large_order:
                 jobs.append(("large", large_order.pop(0)))
         jobs.extend(("large", i) for i in large_order)
+        checkpoints: list[dict[str, float]] = []
+        batch = max(1, -(-len(jobs) // max(1, args.checkpoints)))
         with ThreadPoolExecutor(args.concurrency) as pool:
-            for future in [pool.submit(getattr(soak, kind), index) for kind, index in jobs]:
-                future.result()
+            for first in range(0, len(jobs), batch):
+                for future in [pool.submit(getattr(soak, kind), index) for kind, index in jobs[first : first + batch]]:
+                    future.result()
+                checkpoints.append({"uploads": min(len(jobs), first + batch), **sample(relay)})
         seconds = time.monotonic() - began
         soak.close_clients()
         time.sleep(args.settle)
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "small": args.small, "large": args.large, "large_size": args.large_size,
         "concurrency": args.concurrency, "seconds": round(seconds, 1), "skipped_at_deadline": soak.skipped,
         "bytes_sent": soak.bytes_sent, "outcomes": dict(sorted(soak.outcomes.items())),
-        "unexpected": dict(soak.unexpected), "boot": boot, "start": start, "end": end,
+        "unexpected": dict(soak.unexpected), "boot": boot, "start": start, "checkpoints": checkpoints, "end": end,
         "drift": {"rss_mib": round(end["rss_mib"] - start["rss_mib"], 1), "fds": end["fds"] - start["fds"]},
     }
     if args.json:
@@ -261,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {kind:22} {count}")
         for what, count in report["unexpected"].items():
             print(f"  UNEXPECTED {what}: {count}")
-        for name in ("boot", "start", "end"):
-            s = report[name]
-            print(f"  {name:5}  RSS {s['rss_mib']:7.1f} MiB   fds {s['fds']:4}   in flight {s['in_flight']:.0f}")
+        rows = [("boot", boot), ("start", start)]
+        rows += [(f"@{c['uploads']:.0f}", c) for c in checkpoints] + [("end", end)]
+        for name, s in rows:
+            print(f"  {name:7}  RSS {s['rss_mib']:7.1f} MiB   fds {s['fds']:4.0f}   in flight {s['in_flight']:.0f}")
         print(f"  drift  RSS {report['drift']['rss_mib']:+.1f} MiB   fds {report['drift']['fds']:+d}")
     return 1 if soak.unexpected else 0
 
