@@ -20,6 +20,7 @@ from relay.core.events import TERMINAL, Event, Part, Progress
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
+from relay.types import Receive, Scope, Send
 
 __all__ = ["UNKNOWN_ID_WAIT", "create_admin_app"]
 
@@ -88,18 +89,35 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         # or in the queue, never in both and never in neither.
         subscription = ctx.bus.subscribe(upload_id)
         catch_up = _catch_up(ctx, upload_id)
-        return EventSourceResponse(_one_upload(ctx, subscription, catch_up), ping=PING_SECONDS)
+        return _EventStream(ctx, subscription, _one_upload(ctx, subscription, catch_up))
 
     @app.get("/_relay/events", dependencies=admin)
     async def all_events() -> EventSourceResponse:
         subscription = ctx.bus.subscribe(None)
-        return EventSourceResponse(_every_upload(ctx, subscription), ping=PING_SECONDS)
+        return _EventStream(ctx, subscription, _every_upload(ctx, subscription))
 
     @app.api_route("/_relay/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
     async def unknown(rest: str) -> None:
         raise NotFound(f"no admin endpoint /_relay/{rest}")
 
     return app
+
+
+class _EventStream(EventSourceResponse):
+    """An SSE response that always releases its subscription, even when its generator never started
+    (the client left before the response headers went out)."""
+
+    def __init__(self, ctx: RelayContext, subscription: Subscription,
+                 events: AsyncIterator[dict[str, str]]) -> None:
+        super().__init__(events, ping=PING_SECONDS)
+        self._ctx = ctx
+        self._subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ctx.bus.unsubscribe(self._subscription)
 
 
 @dataclass(frozen=True)

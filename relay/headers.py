@@ -69,7 +69,7 @@ def headers_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
 def _connection_tokens(headers: Headers) -> set[bytes]:
     tokens: set[bytes] = set()
     for key, value in headers:
-        if key == b"connection":
+        if key.lower() == b"connection":
             tokens.update(token.strip().lower() for token in value.split(b",") if token.strip())
     return tokens
 

@@ -181,6 +181,10 @@ class Upload:
         client_id = header_value(self.headers, b"x-upload-id")
         if client_id is not None and valid_upload_id(client_id):
             self.upload_id = client_id.decode("ascii")
+            # First, before any other refusal: a refusal recorded under the id of an upload in progress would
+            # replace that upload's record and end its event streams.
+            if self.ctx.registry.is_active(self.upload_id):
+                raise UploadIdInUse(f"upload {self.upload_id} is in progress")
         if headers_size(self.headers) > settings.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {settings.max_header_bytes} bytes")
         self.content_length = self.declared_length()  # early, so every refusal records the declared total
@@ -190,8 +194,6 @@ class Upload:
             raise MethodNotAllowed(f"{self.method} is not allowed here; use {', '.join(self.route.methods)}")
         if client_id is not None and not valid_upload_id(client_id):
             raise BadRequest("X-Upload-ID must match [A-Za-z0-9_-]{1,64}")
-        if self.ctx.registry.is_active(self.upload_id):
-            raise UploadIdInUse(f"upload {self.upload_id} is in progress")
         self.check_token()
         check_declared_length(self.content_length, self.route.limits)
         cap = settings.max_concurrent_uploads

@@ -75,7 +75,7 @@ class Route:
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/"):
             raise ValueError(f"route prefix must start with '/': {self.prefix!r}")
-        if self.prefix.startswith("/_relay"):
+        if self.prefix == "/_relay" or self.prefix.startswith("/_relay/"):
             raise ValueError("route prefix must not be under /_relay/")
         if self.upstream is not None and not re.match(r"^https?://[^/?#]+", self.upstream):
             raise ValueError(f"upstream must be an http:// or https:// URL: {self.upstream!r}")

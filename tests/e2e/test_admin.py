@@ -596,12 +596,6 @@ def test_refused_upload_records_the_declared_total(guarded: RunningServer) -> No
     assert record["state"] == "rejected" and record["total"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/proxy.py check_headers adopts the client's X-Upload-ID before the 431/400/405 checks and "
-    "only then checks is_active; refuse() then emits Started/Failed under the id of the upload in progress, "
-    "replacing its record (state rejected) and ending its event streams with a false `failed`",
-)
 def test_a_refusal_never_touches_the_upload_in_progress_with_the_same_id(relay: RunningServer) -> None:
     upload_id = f"clobber-{time.monotonic_ns()}"
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:

@@ -156,12 +156,6 @@ def test_events_in_the_gap_between_subscribe_and_snapshot(gap: int) -> None:
     assert [name for name, _ in events][0] == "started"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: relay/admin.py subscribes in the endpoint but unsubscribes only in the stream generator's finally; "
-    "when sending the response start fails (client gone) the generator never starts, so the subscription stays "
-    "on the bus and keeps queueing events",
-)
 @pytest.mark.parametrize("path", ["/_relay/uploads/x/events", "/_relay/events"])
 def test_a_stream_that_never_starts_leaves_no_subscription(path: str) -> None:
     ctx = context()
