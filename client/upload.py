@@ -23,9 +23,10 @@ import mimetypes
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import httpx
 
@@ -186,8 +187,19 @@ class Source(Protocol):
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
+# One reader thread for every file of the process. asyncio.to_thread spreads reads over the default
+# executor's threads, each with its own glibc arena keeping freed 1 MiB buffers: peak RSS reached 131 MB for
+# a 512 MiB upload on a loaded machine, against 46 MB with one thread.
+T = TypeVar("T")
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-upload-read")
+
+
+async def _in_reader(function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_READER, function, *args)
+
+
 class FileSource:
-    """One file, read and hashed in a worker thread, exactly `size` bytes."""
+    """One file, read and hashed in the reader thread, exactly `size` bytes."""
 
     def __init__(self, file: LocalFile) -> None:
         self.file = file
@@ -201,7 +213,7 @@ class FileSource:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            handle = await asyncio.to_thread(open, self.file.path, "rb")
+            handle = await _in_reader(open, self.file.path, "rb")
         except OSError as exc:
             raise FileError(f"{self.file.path}: {exc.strerror or exc}") from None
         # Read one chunk ahead: the disk read and the hash of chunk n+1 overlap the socket write of chunk n.
@@ -211,7 +223,7 @@ class FileSource:
         try:
             while left > 0:
                 if pending is None:
-                    pending = asyncio.ensure_future(asyncio.to_thread(self._read, handle, min(CHUNK_SIZE, left)))
+                    pending = asyncio.ensure_future(_in_reader(self._read, handle, min(CHUNK_SIZE, left)))
                 data = await pending
                 pending = None
                 if not data:
@@ -219,13 +231,13 @@ class FileSource:
                     raise FileError(f"{self.file.path}: file shrank while being sent")
                 left -= len(data)
                 if left > 0:
-                    pending = asyncio.ensure_future(asyncio.to_thread(self._read, handle, min(CHUNK_SIZE, left)))
+                    pending = asyncio.ensure_future(_in_reader(self._read, handle, min(CHUNK_SIZE, left)))
                 yield data
         finally:
             if pending is not None:
                 # Let the read in flight finish before closing the file under it.
                 await asyncio.gather(pending, return_exceptions=True)
-            await asyncio.to_thread(handle.close)
+            await _in_reader(handle.close)
 
 
 Segment = bytes | Source
