@@ -74,7 +74,7 @@ def exchange(port: int, request: bytes, *, first_timeout: float = 10.0, idle: fl
         except (BrokenPipeError, ConnectionResetError):
             closed = True
         while not closed:
-            sock.settimeout(idle if parse_responses(raw) else first_timeout)
+            sock.settimeout(idle if len(parse_responses(raw)) >= min_responses else first_timeout)
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:

@@ -158,7 +158,7 @@ def test_pipelining_is_counted_as_two_requests(relay: RelayUnderTest) -> None:
     before = relay.upload_ids()
     first = req(b"Content-Length: 4", body=b"abcd")
     second = req(b"Content-Length: 0", b"Connection: close", start=b"POST /upload/second HTTP/1.1\r\nHost: x\r\n")
-    result = exchange(relay.port, first + second)
+    result = exchange(relay.port, first + second, min_responses=2)
     assert result.statuses == [200, 200]
     assert [r.json()["target"] for r in result.responses] == ["/upload/a", "/upload/second"]
     assert len(new_uploads(relay, before)) == 2
