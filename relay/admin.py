@@ -36,8 +36,12 @@ def _sse(event: Event) -> dict[str, str]:
 def create_admin_app(ctx: RelayContext) -> FastAPI:
     # FastAPI's docs routes cannot take our admin dependency: with an admin token they are simply off.
     public_docs = ctx.settings.admin_token is None
-    app = FastAPI(title="upload relay admin", docs_url="/_relay/docs" if public_docs else None,
-                  openapi_url="/_relay/openapi.json" if public_docs else None, redoc_url=None)
+    app = FastAPI(
+        title="upload relay admin",
+        docs_url="/_relay/docs" if public_docs else None,
+        openapi_url="/_relay/openapi.json" if public_docs else None,
+        redoc_url=None,
+    )
 
     @app.exception_handler(RelayError)
     async def relay_error(request: Request, exc: RelayError) -> JSONResponse:
@@ -107,8 +111,7 @@ class _EventStream(EventSourceResponse):
     """An SSE response that always releases its subscription, even when its generator never started
     (the client left before the response headers went out)."""
 
-    def __init__(self, ctx: RelayContext, subscription: Subscription,
-                 events: AsyncIterator[dict[str, str]]) -> None:
+    def __init__(self, ctx: RelayContext, subscription: Subscription, events: AsyncIterator[dict[str, str]]) -> None:
         super().__init__(events, ping=PING_SECONDS)
         self._ctx = ctx
         self._subscription = subscription
@@ -141,8 +144,9 @@ def _catch_up(ctx: RelayContext, upload_id: str) -> _CatchUp:
     return _CatchUp(known=True, events=tuple(events), parts_sent=len(record.parts), finished=record.finished)
 
 
-async def _one_upload(ctx: RelayContext, subscription: Subscription,
-                      catch_up: _CatchUp) -> AsyncIterator[dict[str, str]]:
+async def _one_upload(
+    ctx: RelayContext, subscription: Subscription, catch_up: _CatchUp
+) -> AsyncIterator[dict[str, str]]:
     """The catch-up, then live events until the terminal one (or 30 s of nothing for an unknown id)."""
     try:
         for event in catch_up.events:
@@ -171,4 +175,3 @@ async def _every_upload(ctx: RelayContext, subscription: Subscription) -> AsyncI
             yield _sse(event)
     finally:
         ctx.bus.unsubscribe(subscription)
-

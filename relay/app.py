@@ -25,14 +25,14 @@ _ADMIN_PREFIX = b"/_relay/"
 class RelayApp:
     """ASGI entry point. `ctx.upstreams` is filled at lifespan start-up."""
 
-    def __init__(self, settings: Settings, *, bus: EventBus | None = None,
-                 registry: UploadRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, bus: EventBus | None = None, registry: UploadRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.ctx = RelayContext(
             settings=settings,
             bus=bus or InMemoryEventBus(),
-            registry=registry or InMemoryUploadRegistry(max_finished=settings.registry_size,
-                                                        ttl=settings.registry_ttl),
+            registry=registry or InMemoryUploadRegistry(max_finished=settings.registry_size, ttl=settings.registry_ttl),
             metrics=RelayMetrics(),
             upstreams={},
         )
@@ -53,8 +53,13 @@ class RelayApp:
         route = self.match(raw_path)
         if route is None:
             unread = may_have_body(scope["headers"])
-            await error_response(send, NotFound(f"no route for {scope['path']}"), upload_id=None, close=unread,
-                                 linger=receive if unread else None)
+            await error_response(
+                send,
+                NotFound(f"no route for {scope['path']}"),
+                upload_id=None,
+                close=unread,
+                linger=receive if unread else None,
+            )
             return
         try:
             await Upload(self.ctx, route, scope, receive, send).run()
@@ -74,8 +79,9 @@ class RelayApp:
             if key not in self.ctx.upstreams:
                 if not route.upstream:
                     raise RuntimeError("a route has no upstream: run through relay-server or set one")
-                self.ctx.upstreams[key] = Upstream(route.upstream, timeout=settings.upstream_timeout,
-                                                   connect_timeout=settings.upstream_connect_timeout)
+                self.ctx.upstreams[key] = Upstream(
+                    route.upstream, timeout=settings.upstream_timeout, connect_timeout=settings.upstream_connect_timeout
+                )
 
     async def shutdown(self) -> None:
         for upstream in self.ctx.upstreams.values():
@@ -101,5 +107,3 @@ class RelayApp:
 def create_app(settings: Settings | None = None) -> RelayApp:
     """The relay ASGI app; serve it with uvicorn (lifespan on)."""
     return RelayApp(settings or Settings())
-
-

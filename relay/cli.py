@@ -108,8 +108,11 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
         routes = tuple(_route_from_table(table, limits) for table in route_tables)
         if options["upstream"]:
             routes = tuple(
-                route if route.upstream else Route(prefix=route.prefix, upstream=options["upstream"],
-                                                   methods=route.methods, limits=route.limits)
+                route
+                if route.upstream
+                else Route(
+                    prefix=route.prefix, upstream=options["upstream"], methods=route.methods, limits=route.limits
+                )
                 for route in routes
             )
     else:
@@ -149,10 +152,16 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
     return tokens
 
 
-@click.command(context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"],
-                                 "show_default": True})
-@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, callback=_load_config,
-              help="TOML file with [server] settings and [[routes]].")
+@click.command(
+    context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"], "show_default": True}
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    callback=_load_config,
+    help="TOML file with [server] settings and [[routes]].",
+)
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
 @click.option("--upstream", default=None, help="Upstream base URL. Without it the sample upstream runs in-process.")
@@ -161,34 +170,74 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
 @click.option("--max-body-size", type=Size(), default="10GiB", help="Largest request body; 0 = no limit.")
 @click.option("--max-file-size", type=Size(), default="0", help="Largest file part; 0 = no limit.")
 @click.option("--max-files", type=click.IntRange(0), default=100, help="Most file parts per request; 0 = no limit.")
-@click.option("--upstream-timeout", type=float, default=60.0, callback=_positive,
-              help="Seconds the upstream may make no progress.")
-@click.option("--upstream-connect-timeout", type=float, default=5.0, callback=_positive,
-              help="Seconds to connect to the upstream.")
+@click.option(
+    "--upstream-timeout",
+    type=float,
+    default=60.0,
+    callback=_positive,
+    help="Seconds the upstream may make no progress.",
+)
+@click.option(
+    "--upstream-connect-timeout",
+    type=float,
+    default=5.0,
+    callback=_positive,
+    help="Seconds to connect to the upstream.",
+)
 @click.option("--digest", type=click.Choice(["sha256", "none"]), default="sha256", help="Hash each part.")
 @click.option("--admin-token", default=None, help="Bearer token for /_relay/ (all but health).")
 @click.option("--token", default=None, help="Bearer token required on relayed routes.")
-@click.option("--forward-authorization", is_flag=True, default=False,
-              help="Forward the client's Authorization header upstream.")
-@click.option("--trust-forwarded", is_flag=True, default=False,
-              help="Keep the client's X-Forwarded-For and append the peer.")
-@click.option("--max-concurrent-uploads", type=click.IntRange(0), default=0,
-              help="Uploads in progress at once; 0 = no cap.")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-              help="File of accepted relay tokens, one per line (with or instead of --token).")
-@click.option("--max-uploads-per-client", type=click.IntRange(0), default=0,
-              help="Uploads in progress per client address; 0 = no cap.")
-@click.option("--client-idle-timeout", type=click.FloatRange(0), default=60.0,
-              help="Seconds without a body byte before the upload is dropped (408); 0 = none.")
-@click.option("--client-min-rate", type=Size(), default="0",
-              help="Minimum average body rate in bytes/s after the grace period (408); 0 = none.")
-@click.option("--client-min-rate-grace", type=click.FloatRange(0), default=10.0,
-              help="Seconds before --client-min-rate applies.")
-@click.option("--header-timeout", type=float, default=30.0, callback=_positive,
-              help="Seconds a client may take to send its request headers (408 after).")
+@click.option(
+    "--forward-authorization", is_flag=True, default=False, help="Forward the client's Authorization header upstream."
+)
+@click.option(
+    "--trust-forwarded", is_flag=True, default=False, help="Keep the client's X-Forwarded-For and append the peer."
+)
+@click.option(
+    "--max-concurrent-uploads", type=click.IntRange(0), default=0, help="Uploads in progress at once; 0 = no cap."
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File of accepted relay tokens, one per line (with or instead of --token).",
+)
+@click.option(
+    "--max-uploads-per-client",
+    type=click.IntRange(0),
+    default=0,
+    help="Uploads in progress per client address; 0 = no cap.",
+)
+@click.option(
+    "--client-idle-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    help="Seconds without a body byte before the upload is dropped (408); 0 = none.",
+)
+@click.option(
+    "--client-min-rate",
+    type=Size(),
+    default="0",
+    help="Minimum average body rate in bytes/s after the grace period (408); 0 = none.",
+)
+@click.option(
+    "--client-min-rate-grace", type=click.FloatRange(0), default=10.0, help="Seconds before --client-min-rate applies."
+)
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=30.0,
+    callback=_positive,
+    help="Seconds a client may take to send its request headers (408 after).",
+)
 @click.option("--cors-origin", multiple=True, help="Allowed browser origin (exact, repeatable).")
-@click.option("--drain-timeout", type=float, default=30.0, callback=_positive,
-              help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.")
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=30.0,
+    callback=_positive,
+    help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.",
+)
 @click.pass_context
 def command(ctx: click.Context, config: str | None, host: str, port: int, **options: Any) -> None:
     """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
@@ -211,8 +260,7 @@ def run(settings: Settings, host: str, port: int) -> None:
     from relay.server import bind_socket, loop_factory, serve, tune_malloc
 
     tune_malloc()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is ours to write
     try:
         main_sock = bind_socket(host, port)
@@ -231,18 +279,27 @@ def run(settings: Settings, host: str, port: int) -> None:
 
     def ready() -> None:
         for route in settings.routes:
-            where = f"{route.upstream} (embedded sample upstream, storing in {settings.store})" if sink_sock else \
-                route.upstream
-            print(f"{PROG} listening on http://{bound[0]}:{bound[1]}, relaying {route.prefix} to {where}",
-                  flush=True)
+            where = (
+                f"{route.upstream} (embedded sample upstream, storing in {settings.store})"
+                if sink_sock
+                else route.upstream
+            )
+            print(f"{PROG} listening on http://{bound[0]}:{bound[1]}, relaying {route.prefix} to {where}", flush=True)
 
     # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down; with these handlers in place that
     # re-raise is harmless and a signalled relay exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve((app, main_sock), follower=follower, on_ready=ready,
-                         header_timeout=settings.header_timeout, drain_timeout=settings.drain_timeout))
+        runner.run(
+            serve(
+                (app, main_sock),
+                follower=follower,
+                on_ready=ready,
+                header_timeout=settings.header_timeout,
+                drain_timeout=settings.drain_timeout,
+            )
+        )
 
 
 def _with_upstream(settings: Settings, url: str) -> Settings:

@@ -15,19 +15,26 @@ class RelayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.uploads = Counter("relay_uploads", "Uploads by outcome", ["outcome"], registry=self.registry)
-        self.bytes_received = Counter("relay_bytes_received", "Request-body bytes received",
-                                      registry=self.registry)
-        self.bytes_forwarded = Counter("relay_bytes_forwarded", "Request-body bytes handed to the upstream",
-                                       registry=self.registry)
-        self.bytes_drained = Counter("relay_bytes_drained", "Body bytes read and discarded after a rejection",
-                                     registry=self.registry)
+        self.bytes_received = Counter("relay_bytes_received", "Request-body bytes received", registry=self.registry)
+        self.bytes_forwarded = Counter(
+            "relay_bytes_forwarded", "Request-body bytes handed to the upstream", registry=self.registry
+        )
+        self.bytes_drained = Counter(
+            "relay_bytes_drained", "Body bytes read and discarded after a rejection", registry=self.registry
+        )
         self.in_flight = Gauge("relay_uploads_in_flight", "Uploads being received", registry=self.registry)
-        self.duration = Histogram("relay_upload_duration_seconds", "Upload duration, first header to last byte",
-                                  buckets=_DURATION_BUCKETS, registry=self.registry)
-        self.size = Histogram("relay_upload_size_bytes", "Request-body bytes per upload",
-                              buckets=_SIZE_BUCKETS, registry=self.registry)
-        self.rejections = Counter("relay_rejections", "Errors answered by the relay, by code", ["code"],
-                                  registry=self.registry)
+        self.duration = Histogram(
+            "relay_upload_duration_seconds",
+            "Upload duration, first header to last byte",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.size = Histogram(
+            "relay_upload_size_bytes", "Request-body bytes per upload", buckets=_SIZE_BUCKETS, registry=self.registry
+        )
+        self.rejections = Counter(
+            "relay_rejections", "Errors answered by the relay, by code", ["code"], registry=self.registry
+        )
 
     def finished(self, outcome: str, seconds: float, size: int) -> None:
         self.uploads.labels(outcome=outcome).inc()

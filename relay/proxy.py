@@ -94,8 +94,15 @@ class RelayContext:
         self.bus.publish(event)
 
 
-async def error_response(send: Send, error: RelayError, *, upload_id: str | None, close: bool,
-                         extra: list[tuple[bytes, bytes]] | None = None, linger: Receive | None = None) -> int:
+async def error_response(
+    send: Send,
+    error: RelayError,
+    *,
+    upload_id: str | None,
+    close: bool,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    linger: Receive | None = None,
+) -> int:
     """The contract's JSON error; with `linger`, drain what the client still sends after answering.
 
     Returns the number of body bytes drained.
@@ -237,17 +244,22 @@ class Upload:
         origin = header_value(self.headers, b"origin")
         if origin is None or origin.decode("latin-1") not in self.ctx.settings.cors_origins:
             return []
-        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-                (b"access-control-expose-headers", b"X-Upload-ID, X-Upload-Sha256")]
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", b"X-Upload-ID, X-Upload-Sha256"),
+        ]
 
     async def preflight(self) -> None:
         """Answer a CORS preflight on a routed path; an origin not listed gets no allow headers."""
         headers = [(b"content-length", b"0"), *self.cors]
         if self.cors:
             requested = header_value(self.headers, b"access-control-request-headers") or b""
-            headers += [(b"access-control-allow-methods", ", ".join(self.route.methods).encode()),
-                        (b"access-control-allow-headers", requested or b"Content-Type"),
-                        (b"access-control-max-age", b"600")]
+            headers += [
+                (b"access-control-allow-methods", ", ".join(self.route.methods).encode()),
+                (b"access-control-allow-headers", requested or b"Content-Type"),
+                (b"access-control-max-age", b"600"),
+            ]
         await self.send({"type": "http.response.start", "status": 204, "headers": headers})
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -266,8 +278,11 @@ class Upload:
     # -- the whole upload -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.method == "OPTIONS" and self.ctx.settings.cors_origins and \
-                header_value(self.headers, b"access-control-request-method") is not None:
+        if (
+            self.method == "OPTIONS"
+            and self.ctx.settings.cors_origins
+            and header_value(self.headers, b"access-control-request-method") is not None
+        ):
             await self.preflight()
             return
         try:
@@ -299,10 +314,12 @@ class Upload:
     async def refuse(self, exc: RelayError) -> None:
         """Refused from its headers: recorded as `rejected`, answered, connection closed."""
         now = time.time()
-        self.ctx.emit(Started(self.upload_id, 0, self.content_length, now, self.route.prefix, self.method,
-                              self.scope["path"]))
-        self.ctx.emit(Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message),
-                             rejected=True))
+        self.ctx.emit(
+            Started(self.upload_id, 0, self.content_length, now, self.route.prefix, self.method, self.scope["path"])
+        )
+        self.ctx.emit(
+            Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True)
+        )
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
@@ -313,8 +330,11 @@ class Upload:
         self.ctx.in_flight += 1
         self.ctx.per_client[self.client_key] = self.ctx.per_client.get(self.client_key, 0) + 1
         self.ctx.metrics.in_flight.inc()
-        self.ctx.emit(Started(self.upload_id, 0, self.content_length, time.time(), self.route.prefix,
-                              self.method, self.scope["path"]))
+        self.ctx.emit(
+            Started(
+                self.upload_id, 0, self.content_length, time.time(), self.route.prefix, self.method, self.scope["path"]
+            )
+        )
 
     def end(self) -> None:
         self.ctx.in_flight -= 1
@@ -445,8 +465,9 @@ class Upload:
             return
         self.finished = True
         received = self.inspector.bytes_received if self.inspector else 0
-        self.ctx.emit(Failed(self.upload_id, received, self.content_length, time.time(),
-                             ErrorInfo(exc.code, exc.message)))
+        self.ctx.emit(
+            Failed(self.upload_id, received, self.content_length, time.time(), ErrorInfo(exc.code, exc.message))
+        )
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.finished("failed", time.monotonic() - self.started, received)
 
@@ -459,17 +480,28 @@ class Upload:
             return
         await self.answer(exc, unread_body=not self.body_done)
 
-    async def answer(self, exc: RelayError, *, unread_body: bool,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def answer(
+        self, exc: RelayError, *, unread_body: bool, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         """Answer with the JSON error; when body bytes may still come, close only after a lingering drain."""
         linger = self.receive if unread_body else None
-        drained = await error_response(self.send, exc, upload_id=self.upload_id, close=unread_body,
-                                       extra=(extra or []) + self.cors, linger=linger)
+        drained = await error_response(
+            self.send, exc, upload_id=self.upload_id, close=unread_body, extra=(extra or []) + self.cors, linger=linger
+        )
         self.ctx.metrics.bytes_drained.inc(drained)
 
     def log_line(self, status: int, outcome: str) -> None:
         seconds = time.monotonic() - self.started
         received = self.inspector.bytes_received if self.inspector else 0
         rate = received / seconds / 1e6 if seconds > 0 else 0.0
-        log.info("upload %s %s %s bytes=%d seconds=%.3f MB/s=%.1f status=%d outcome=%s", self.upload_id,
-                 self.method, self.raw_path.decode("latin-1"), received, seconds, rate, status, outcome)
+        log.info(
+            "upload %s %s %s bytes=%d seconds=%.3f MB/s=%.1f status=%d outcome=%s",
+            self.upload_id,
+            self.method,
+            self.raw_path.decode("latin-1"),
+            received,
+            seconds,
+            rate,
+            status,
+            outcome,
+        )

@@ -150,8 +150,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: ASGIApp, *, host: str, port: int, guarded: bool = True,
-                   header_timeout: float = DEFAULT_HEADER_TIMEOUT, drain_timeout: float = 10.0) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    guarded: bool = True,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    drain_timeout: float = 10.0,
+) -> uvicorn.Config:
     protocol = type("RelayHttpProtocol", (HeaderLimitProtocol,), {"header_timeout": header_timeout})
     return uvicorn.Config(
         app,
@@ -184,14 +191,20 @@ def _url(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(main: tuple[ASGIApp, socket.socket], *, follower: tuple[ASGIApp, socket.socket] | None = None,
-                on_ready: Callable[[], Any] | None = None, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                drain_timeout: float = 10.0) -> None:
+async def serve(
+    main: tuple[ASGIApp, socket.socket],
+    *,
+    follower: tuple[ASGIApp, socket.socket] | None = None,
+    on_ready: Callable[[], Any] | None = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    drain_timeout: float = 10.0,
+) -> None:
     """Serve `main` (and `follower`, the embedded upstream) until a signal; call `on_ready` once listening."""
     main_app, main_sock = main
     host, port = main_sock.getsockname()[:2]
-    main_server = uvicorn.Server(uvicorn_config(main_app, host=host, port=port, header_timeout=header_timeout,
-                                                drain_timeout=drain_timeout))
+    main_server = uvicorn.Server(
+        uvicorn_config(main_app, host=host, port=port, header_timeout=header_timeout, drain_timeout=drain_timeout)
+    )
     servers: list[tuple[uvicorn.Server, socket.socket]] = []
     if follower is not None:
         f_app, f_sock = follower

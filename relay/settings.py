@@ -69,8 +69,9 @@ class Route:
     prefix: str = DEFAULT_PREFIX
     upstream: str | None = None
     methods: tuple[str, ...] = DEFAULT_METHODS
-    limits: Limits = field(default_factory=lambda: Limits(max_body_size=DEFAULT_MAX_BODY_SIZE,
-                                                          max_files=DEFAULT_MAX_FILES))
+    limits: Limits = field(
+        default_factory=lambda: Limits(max_body_size=DEFAULT_MAX_BODY_SIZE, max_files=DEFAULT_MAX_FILES)
+    )
 
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/"):

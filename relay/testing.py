@@ -58,8 +58,9 @@ class RunningServer:
         return self.proc.returncode
 
 
-def start_process(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 20.0,
-                  cwd: str | Path | None = None) -> RunningServer:
+def start_process(
+    args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 20.0, cwd: str | Path | None = None
+) -> RunningServer:
     """Run `args` and wait for its "listening on http://HOST:PORT" line."""
     fd, log_name = tempfile.mkstemp(prefix="relay-test-", suffix=".log")
     log_path = Path(log_name)
@@ -86,8 +87,9 @@ def start_sink(directory: str | Path | None = None, *extra: str, env: dict[str, 
     return start_process([sys.executable, "-m", "relay.sink", "--port", "0", *store, *extra], env=env)
 
 
-def start_relay(*extra: str, upstream: str | None = None, env: dict[str, str] | None = None,
-                cwd: str | Path | None = None) -> RunningServer:
+def start_relay(
+    *extra: str, upstream: str | None = None, env: dict[str, str] | None = None, cwd: str | Path | None = None
+) -> RunningServer:
     """relay-server on a free port, forwarding to `upstream` (or its embedded sink when None)."""
     target = [] if upstream is None else ["--upstream", upstream]
     return start_process([sys.executable, "-m", "relay", "--port", "0", *target, *extra], env=env, cwd=cwd)

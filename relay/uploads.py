@@ -93,7 +93,10 @@ class InMemoryUploadRegistry:
         if old is not None:
             self._finished.pop(event.upload_id, None)
         self._records[event.upload_id] = UploadRecord(
-            id=event.upload_id, route=event.route, total=event.total, started_at=event.ts,
+            id=event.upload_id,
+            route=event.route,
+            total=event.total,
+            started_at=event.ts,
             state=state.transition(None, state.RECEIVING),
         )
 

@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_test_upstream(mode: str) -> RunningServer:
-    return start_process([sys.executable, "-m", "tests.e2e.upstreams", mode], cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    return start_process(
+        [sys.executable, "-m", "tests.e2e.upstreams", mode],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
 
 
 @pytest.fixture

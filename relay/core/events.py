@@ -101,7 +101,6 @@ class Failed:
     upstream_status: int | None = None
     rejected: bool = False  # refused from its headers: no body byte was read
 
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -23,8 +23,10 @@ def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str] | None
     for name, value in (fields or {}).items():
         out.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for field, filename, data in files:
-        head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n")
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
         out.append(head.encode() + data + b"\r\n")
     out.append(f"--{BOUNDARY}--\r\n".encode())
     return b"".join(out)
@@ -69,8 +71,12 @@ SIZES = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 10 * 1024 * 1024]
 def test_raw_upload_is_byte_exact(relay: RunningServer, store: Path, size: int, framing: str) -> None:
     data = tricky_bytes(size, seed=size)
     content = data if framing == "content-length" else chunks(data)
-    response = httpx.post(f"{relay.url}/upload/raw/data.bin?x=1", content=content, timeout=30,
-                          headers={"content-type": "application/octet-stream"})
+    response = httpx.post(
+        f"{relay.url}/upload/raw/data.bin?x=1",
+        content=content,
+        timeout=30,
+        headers={"content-type": "application/octet-stream"},
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["bytes"] == size
@@ -95,7 +101,9 @@ def test_multipart_upload_is_byte_exact(relay: RunningServer, store: Path, size:
     assert answer["framing"] == framing
     assert answer["bytes"] == len(body)
     assert [(f["filename"], f["size"], f["sha256"]) for f in answer["files"]] == [
-        ("a.bin", size, sha256(data)), ("b.bin", 1000, sha256(other))]
+        ("a.bin", size, sha256(data)),
+        ("b.bin", 1000, sha256(other)),
+    ]
     assert answer["fields"] == {"note": "hello"}
     assert "x-upload-sha256" not in response.headers  # two files: no single digest
     digests = sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in stored_files(store))
@@ -113,8 +121,9 @@ def test_256_mib_streams_through(relay: RunningServer) -> None:
         for _ in range(256):
             yield block
 
-    response = httpx.post(f"{relay.url}/upload/big.bin", content=body(), timeout=120,
-                          headers={"content-length": str(total)})
+    response = httpx.post(
+        f"{relay.url}/upload/big.bin", content=body(), timeout=120, headers={"content-length": str(total)}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["files"][0]["sha256"] == expected.hexdigest()
     assert response.json()["framing"] == "content-length"
@@ -199,8 +208,18 @@ def check_routing(relay: RunningServer) -> None:
         assert httpx.request(method, f"{relay.url}/upload/m/{method}", content=b"abc").status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/upload/../x", "/upload/%2e%2e/x", "/upload/%2E/x", "/upload/a/..%5Cb",
-                                  "/upload/..%5c..%5cetc", "/upload/a/.", "/upload/%2e%2E%2fsecret"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/upload/../x",
+        "/upload/%2e%2e/x",
+        "/upload/%2E/x",
+        "/upload/a/..%5Cb",
+        "/upload/..%5c..%5cetc",
+        "/upload/a/.",
+        "/upload/%2e%2E%2fsecret",
+    ],
+)
 def test_dot_segments_are_refused(relay: RunningServer, path: str) -> None:
     answer = raw_request(relay, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
@@ -235,10 +254,20 @@ def test_header_hygiene(sink: RunningServer) -> None:
     relay = start_relay(upstream=sink.url)
     try:
         response = httpx.post(
-            f"{relay.url}/upload/h", content=b"body",
-            headers={"connection": "keep-alive, x-secret-hop", "x-secret-hop": "1", "keep-alive": "timeout=5",
-                     "te": "trailers", "upgrade": "websocket", "proxy-authorization": "Basic x",
-                     "x-forwarded-for": "6.6.6.6", "x-custom": "kept", "host": "client.example"})
+            f"{relay.url}/upload/h",
+            content=b"body",
+            headers={
+                "connection": "keep-alive, x-secret-hop",
+                "x-secret-hop": "1",
+                "keep-alive": "timeout=5",
+                "te": "trailers",
+                "upgrade": "websocket",
+                "proxy-authorization": "Basic x",
+                "x-forwarded-for": "6.6.6.6",
+                "x-custom": "kept",
+                "host": "client.example",
+            },
+        )
         trusted = start_relay("--trust-forwarded", upstream=sink.url)
         try:
             chain = httpx.post(f"{trusted.url}/upload/h", content=b"b", headers={"x-forwarded-for": "6.6.6.6"})
@@ -266,8 +295,7 @@ def test_declared_length_over_limit_is_refused_before_upstream(tmp_path: Path) -
     # The upstream is a closed port: had the relay contacted it, the answer would be 502.
     relay = start_relay("--max-body-size", "1KiB", upstream="http://127.0.0.1:9")
     try:
-        request = (b"POST /upload/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n"
-                   b"Expect: 100-continue\r\n\r\n")
+        request = b"POST /upload/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\nExpect: 100-continue\r\n\r\n"
         with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
             sock.sendall(request)
             answer = read_all(sock)

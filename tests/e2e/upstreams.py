@@ -40,8 +40,10 @@ async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await _read_head(reader)
     body = b'{"upstream": "too large"}'
-    writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
-                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    writer.write(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
     await writer.drain()
     writer.close()
 
@@ -69,8 +71,9 @@ async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
                 await reader.readexactly(int(line.split(b":")[1]))
         target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
         body = json.dumps({"seen": CONNECTIONS, "target": target}).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         await writer.drain()
 
 
@@ -100,8 +103,13 @@ async def main(mode: str) -> None:
         print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
         await server.serve(sockets=[sock])
         return
-    handlers = {"close-mid-body": close_mid_body, "stall": stall, "early-413": early_413,
-                "broken-response": broken_response, "recorder": recorder}
+    handlers = {
+        "close-mid-body": close_mid_body,
+        "stall": stall,
+        "early-413": early_413,
+        "broken-response": broken_response,
+        "recorder": recorder,
+    }
     server = await asyncio.start_server(handlers[mode], "127.0.0.1", 0)
     print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
