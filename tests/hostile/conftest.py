@@ -64,8 +64,10 @@ def parse_responses(data: bytes) -> list[Response]:
     return out
 
 
-def exchange(port: int, request: bytes, *, first_timeout: float = 10.0, idle: float = 0.15) -> Exchange:
-    """Send `request` on a fresh connection; read until the relay closes, or `idle` seconds of quiet after data."""
+def exchange(port: int, request: bytes, *, first_timeout: float = 10.0, idle: float = 0.15,
+             min_responses: int = 1) -> Exchange:
+    """Send `request` on a fresh connection; read until the relay closes, or `idle` seconds of quiet once at least
+    `min_responses` complete responses are in (a keep-alive connection is never closed by the relay)."""
     raw = b""
     closed = False
     with socket.create_connection(("127.0.0.1", port), timeout=first_timeout) as sock:
