@@ -41,6 +41,8 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         docs_url="/_relay/docs" if public_docs else None,
         openapi_url="/_relay/openapi.json" if public_docs else None,
         redoc_url=None,
+        # No slash redirects: Starlette builds their Location from the client's Host header (open redirect).
+        redirect_slashes=False,
     )
 
     @app.exception_handler(RelayError)

@@ -195,6 +195,7 @@ class Upload:
         if headers_size(self.headers) > settings.max_header_bytes:
             raise HeadersTooLarge(f"request headers exceed {settings.max_header_bytes} bytes")
         self.content_length = self.declared_length()  # early, so every refusal records the declared total
+        self.check_transfer_encoding()
         if has_dot_segment(self.raw_path):
             raise BadRequest("the path has a '.' or '..' segment")
         if self.method not in self.route.methods:
@@ -263,6 +264,19 @@ class Upload:
         await self.send({"type": "http.response.start", "status": 204, "headers": headers})
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def check_transfer_encoding(self) -> None:
+        """Only `chunked` is a framing the relay forwards. httptools strips the chunking of `gzip, chunked` and
+        the header is hop-by-hop, so the upstream would get still-encoded bytes as if they were the body."""
+        codings = [
+            coding.strip().lower()
+            for key, value in self.headers
+            if key == b"transfer-encoding"
+            for coding in value.split(b",")
+            if coding.strip()
+        ]
+        if codings and codings != [b"chunked"]:
+            raise BadRequest("unsupported Transfer-Encoding: only chunked is accepted")
+
     def declared_length(self) -> int | None:
         values = [value for key, value in self.headers if key == b"content-length"]
         if not values:
@@ -305,6 +319,11 @@ class Upload:
             # dies with this task, mid-body.
             self.fail_quietly(ShuttingDown())
             self.log_line(503, "failed:shutting_down")
+            raise
+        except Exception:
+            # uvicorn's send() raises when it has already closed the connection (a bad request pipelined
+            # behind this one): record the end so the id is not "receiving" forever.
+            self.fail_quietly(ClientDisconnected("the connection closed under the relay"))
             raise
         else:
             self.log_line(status, "completed")

@@ -90,7 +90,15 @@ class Upstream:
             headers = [*headers, (b"content-length", str(content_length).encode())]
         # httpx.Request, not client.build_request: the client's default headers (Accept-Encoding: gzip and
         # friends) must not be added to a request the client never made.
-        request = httpx.Request(method, self.url_for(raw_target), headers=headers, content=body)
+        # The "target" extension makes httpcore write the request target exactly as given: httpx's URL would
+        # percent-encode `"`, `<`, `>`, `` ` ``, `{`, `}` and so not forward the target byte for byte.
+        request = httpx.Request(
+            method,
+            self.url_for(raw_target),
+            headers=headers,
+            content=body,
+            extensions={"target": self._base_path + raw_target},
+        )
         with map_upstream_errors():
             response = await self._client.send(request, stream=True)
         return UpstreamResponse(response)

@@ -26,8 +26,14 @@ with atheris.instrument_imports():
     from tests.fuzz.common import byte_by_byte, random_cuts, verdict
 
 B = "relay-xyz"
-CONTENT_TYPES = [f"multipart/form-data; boundary={B}", f'multipart/form-data; boundary="{B}"',
-                 "multipart/form-data; boundary=b", "multipart/form-data", "application/octet-stream", None]
+CONTENT_TYPES = [
+    f"multipart/form-data; boundary={B}",
+    f'multipart/form-data; boundary="{B}"',
+    "multipart/form-data; boundary=b",
+    "multipart/form-data",
+    "application/octet-stream",
+    None,
+]
 LIMITS = [Limits(), Limits(max_file_size=16), Limits(max_files=1), Limits(max_file_size=0, max_files=2)]
 
 

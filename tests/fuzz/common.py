@@ -22,8 +22,7 @@ HEX = b"0123456789abcdefABCDEF"
 
 def verdict(content_type: str | None, chunks: Iterable[bytes], limits: Limits | None = None) -> dict[str, object]:
     try:
-        inspector = UploadInspector(upload_id="fuzz", content_type=content_type, total=None,
-                                    limits=limits or Limits())
+        inspector = UploadInspector(upload_id="fuzz", content_type=content_type, total=None, limits=limits or Limits())
         for i, chunk in enumerate(chunks):
             inspector.feed(chunk, float(i))
         inspector.finish(0.0)

@@ -35,8 +35,10 @@ ENTRIES: dict[str, tuple[str | None, bytes]] = {
     "two-files-and-a-field": (CT, part("note", b"hi") + FILE + part("f2", b"\x00\xff" * 50, "b.bin") + END),
     "no-parts": (CT, END),
     "quoted-boundary": (f'multipart/form-data; boundary="{B}"', FILE + END),
-    "boundary-with-space": ('multipart/form-data; boundary="a b"', b"--a b\r\nContent-Disposition: form-data; "
-                            b'name="x"\r\n\r\nv\r\n--a b--\r\n'),
+    "boundary-with-space": (
+        'multipart/form-data; boundary="a b"',
+        b'--a b\r\nContent-Disposition: form-data; name="x"\r\n\r\nv\r\n--a b--\r\n',
+    ),
     "boundary-71-chars": ("multipart/form-data; boundary=" + "x" * 71, FILE + END),
     "no-boundary": ("multipart/form-data", FILE + END),
     "content-type-param-flood": (CT + ";" + "a=b;" * 300, FILE + END),  # CVE-2024-24762 shape
@@ -49,21 +51,30 @@ ENTRIES: dict[str, tuple[str | None, bytes]] = {
     "truncated-before-close": (CT, FILE),
     "close-without-crlf": (CT, FILE + D + b"--"),
     "single-dash-close": (CT, FILE + D + b"-\r\n"),
-    "transport-padding": (CT, D + b" \t\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nv\r\n" + END),
+    "transport-padding": (CT, D + b' \t\r\nContent-Disposition: form-data; name="x"\r\n\r\nv\r\n' + END),
     "no-content-disposition": (CT, D + b"\r\nContent-Type: text/plain\r\n\r\nv\r\n" + END),
-    "two-content-dispositions": (CT, D + b'\r\nContent-Disposition: form-data; name="a"\r\n'
-                                 b'Content-Disposition: form-data; name="b"\r\n\r\nv\r\n' + END),
+    "two-content-dispositions": (
+        CT,
+        D + b'\r\nContent-Disposition: form-data; name="a"\r\n'
+        b'Content-Disposition: form-data; name="b"\r\n\r\nv\r\n' + END,
+    ),
     "two-content-types": (CT, part("a", b"v", "a", b"Content-Type: a/b\r\nContent-Type: c/d\r\n") + END),
-    "filename-star-only": (CT, D + b"\r\nContent-Disposition: form-data; name=\"f\"; "
-                           b"filename*=UTF-8''%e2%82%ac.txt\r\n\r\ndata\r\n" + END),
+    "filename-star-only": (
+        CT,
+        D + b"\r\nContent-Disposition: form-data; name=\"f\"; filename*=UTF-8''%e2%82%ac.txt\r\n\r\ndata\r\n" + END,
+    ),
     "empty-filename": (CT, part("f", b"data", "") + END),
-    "utf8-filename": (CT, D + b'\r\nContent-Disposition: form-data; name="f"; filename="\xc3\xa9t\xc3\xa9.txt"\r\n\r\n'
-                      b"data\r\n" + END),
-    "latin1-filename": (CT, D + b'\r\nContent-Disposition: form-data; name="f"; filename="\xe9t\xe9"\r\n\r\nd\r\n'
-                        + END),
+    "utf8-filename": (
+        CT,
+        D + b'\r\nContent-Disposition: form-data; name="f"; filename="\xc3\xa9t\xc3\xa9.txt"\r\n\r\ndata\r\n' + END,
+    ),
+    "latin1-filename": (
+        CT,
+        D + b'\r\nContent-Disposition: form-data; name="f"; filename="\xe9t\xe9"\r\n\r\nd\r\n' + END,
+    ),
     "header-without-colon": (CT, D + b"\r\nContent-Disposition form-data\r\n\r\nv\r\n" + END),
     "header-nul": (CT, D + b'\r\nContent-Disposition: form-data; name="a\x00b"\r\n\r\nv\r\n' + END),
-    "header-folding": (CT, D + b"\r\nContent-Disposition: form-data;\r\n name=\"a\"\r\n\r\nv\r\n" + END),
+    "header-folding": (CT, D + b'\r\nContent-Disposition: form-data;\r\n name="a"\r\n\r\nv\r\n' + END),
     "header-line-over-8k": (CT, part("a", b"v", None, b"X-Long: " + b"y" * 9000 + b"\r\n") + END),
     "header-count-65": (CT, part("a", b"v", None, b"X-H: 1\r\n" * 64) + END),  # CVE-2026-42561 shape
     "header-block-over-16k": (CT, part("a", b"v", None, (b"X-H: " + b"z" * 4000 + b"\r\n") * 5) + END),

@@ -8,12 +8,33 @@ from relay.headers import forward_request_headers, has_dot_segment
 from tests.fuzz.common import CORPUS, reference_has_dot_segment
 
 # From the contract (relay-server, Headers), written out here rather than imported from relay.headers.
-HOP_BY_HOP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-              b"proxy-authorization", b"proxy-authenticate", b"proxy-connection"}
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"proxy-connection",
+}
 RELAY_SET = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-upload-id"}
-NAMES = sorted(HOP_BY_HOP) + [b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                              b"x-upload-id", b"authorization", b"content-length", b"content-type", b"expect",
-                              b"x-custom", b"x-secret", b"cookie", b"forwarded"]
+NAMES = sorted(HOP_BY_HOP) + [
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-upload-id",
+    b"authorization",
+    b"content-length",
+    b"content-type",
+    b"expect",
+    b"x-custom",
+    b"x-secret",
+    b"cookie",
+    b"forwarded",
+]
 
 token = st.from_regex(rb"\A[a-z0-9!#$%&'*+.^_`|~-]{1,12}\Z")
 name = st.one_of(st.sampled_from(NAMES), token)
@@ -34,10 +55,12 @@ peer = st.one_of(st.none(), st.sampled_from(["127.0.0.1", "10.1.2.3", "::1"]))
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(header, max_size=14), peer, st.sampled_from(["http", "https"]), st.booleans(), st.booleans())
-def test_forwarded_headers_are_clean(headers: list[tuple[bytes, bytes]], peer: str | None, scheme: str,
-                                     trust: bool, strip_auth: bool) -> None:
-    out = forward_request_headers(headers, peer=peer, scheme=scheme, upload_id="up-1", trust_forwarded=trust,
-                                  strip_authorization=strip_auth)
+def test_forwarded_headers_are_clean(
+    headers: list[tuple[bytes, bytes]], peer: str | None, scheme: str, trust: bool, strip_auth: bool
+) -> None:
+    out = forward_request_headers(
+        headers, peer=peer, scheme=scheme, upload_id="up-1", trust_forwarded=trust, strip_authorization=strip_auth
+    )
     named = {t.strip().lower() for k, v in headers if k == b"connection" for t in v.split(b",") if t.strip()}
     names = [k for k, _ in out]
     for key, val in out:
@@ -60,14 +83,41 @@ def test_forwarded_headers_are_clean(headers: list[tuple[bytes, bytes]], peer: s
             if v and v != (peer or "").encode():
                 assert all(v not in x.split(b", ") for x in xff)
     # Every end-to-end client header the relay has no reason to drop goes through, in order, unchanged.
-    dropped = HOP_BY_HOP | named | RELAY_SET | {b"host", b"content-length", b"expect"} | (
-        {b"authorization"} if strip_auth else set())
+    dropped = (
+        HOP_BY_HOP
+        | named
+        | RELAY_SET
+        | {b"host", b"content-length", b"expect"}
+        | ({b"authorization"} if strip_auth else set())
+    )
     kept = [(k, v) for k, v in headers if k not in dropped]
     assert [(k, v) for k, v in out if k not in RELAY_SET] == kept
 
 
-PATH_PIECES = [b".", b"..", b"/", b"\\", b"%2e", b"%2E", b"%2f", b"%2F", b"%5c", b"%5C", b"%25", b"%", b"%2", b"%zz",
-               b";", b"a", b"%c0%ae", b"%00", b"?", b"%3f", b" ", b"..."]
+PATH_PIECES = [
+    b".",
+    b"..",
+    b"/",
+    b"\\",
+    b"%2e",
+    b"%2E",
+    b"%2f",
+    b"%2F",
+    b"%5c",
+    b"%5C",
+    b"%25",
+    b"%",
+    b"%2",
+    b"%zz",
+    b";",
+    b"a",
+    b"%c0%ae",
+    b"%00",
+    b"?",
+    b"%3f",
+    b" ",
+    b"...",
+]
 
 
 @settings(max_examples=800, deadline=None)

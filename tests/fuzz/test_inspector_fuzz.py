@@ -24,32 +24,56 @@ BOUNDARIES = [b"b", b"relay-xyz", b"----WebKitFormBoundary7MA4YWxkTrZu0gW", b"wi
 def content_types(draw: st.DrawFn) -> tuple[str | None, bytes]:
     boundary = draw(st.sampled_from(BOUNDARIES))
     text = boundary.decode("latin-1")
-    content_type = draw(st.sampled_from([
-        f"multipart/form-data; boundary={text}",
-        f'multipart/form-data; boundary="{text}"',
-        f"Multipart/Form-Data;boundary={text};charset=utf-8",
-        f"multipart/form-data; boundary={text}x{'y' * 70}",  # too long: refused from the header
-        "multipart/form-data",
-        "multipart/form-data; boundary=",
-        "application/octet-stream",
-        None,
-    ]))
+    content_type = draw(
+        st.sampled_from(
+            [
+                f"multipart/form-data; boundary={text}",
+                f'multipart/form-data; boundary="{text}"',
+                f"Multipart/Form-Data;boundary={text};charset=utf-8",
+                f"multipart/form-data; boundary={text}x{'y' * 70}",  # too long: refused from the header
+                "multipart/form-data",
+                "multipart/form-data; boundary=",
+                "application/octet-stream",
+                None,
+            ]
+        )
+    )
     return content_type, boundary
 
 
 def tokens(boundary: bytes) -> st.SearchStrategy[bytes]:
     dash = b"--" + boundary
     return st.one_of(
-        st.sampled_from([
-            dash + b"\r\n", dash + b"--", dash + b"--\r\n", b"\r\n" + dash + b"\r\n", b"\r\n" + dash + b"--\r\n",
-            b"\r\n" + dash, b"\r\n" + dash[:-1], dash + b" \t\r\n", dash + b"-",
-            b'Content-Disposition: form-data; name="f"; filename="a.bin"\r\n',
-            b'Content-Disposition: form-data; name="field"\r\n',
-            b"Content-Disposition: form-data; name=f; filename*=UTF-8''%e2%82%ac.txt\r\n",
-            b'content-disposition: form-data; name="g"; filename=""\r\n',
-            b"Content-Type: text/plain\r\n", b"X-Other: 1\r\n", b"Bad Header\r\n", b":\r\n",
-            b"\r\n", b"\r", b"\n", b"--", b"-", b" ", b"\t", b"\r\n\r\n", b"\x00",
-        ]),
+        st.sampled_from(
+            [
+                dash + b"\r\n",
+                dash + b"--",
+                dash + b"--\r\n",
+                b"\r\n" + dash + b"\r\n",
+                b"\r\n" + dash + b"--\r\n",
+                b"\r\n" + dash,
+                b"\r\n" + dash[:-1],
+                dash + b" \t\r\n",
+                dash + b"-",
+                b'Content-Disposition: form-data; name="f"; filename="a.bin"\r\n',
+                b'Content-Disposition: form-data; name="field"\r\n',
+                b"Content-Disposition: form-data; name=f; filename*=UTF-8''%e2%82%ac.txt\r\n",
+                b'content-disposition: form-data; name="g"; filename=""\r\n',
+                b"Content-Type: text/plain\r\n",
+                b"X-Other: 1\r\n",
+                b"Bad Header\r\n",
+                b":\r\n",
+                b"\r\n",
+                b"\r",
+                b"\n",
+                b"--",
+                b"-",
+                b" ",
+                b"\t",
+                b"\r\n\r\n",
+                b"\x00",
+            ]
+        ),
         st.binary(max_size=64),
     )
 
@@ -74,8 +98,9 @@ def bodies(draw: st.DrawFn) -> tuple[str | None, bytes]:
     return content_type, b"".join(draw(st.lists(tokens(boundary), max_size=30)))
 
 
-limits_strategy = st.builds(Limits, max_file_size=st.one_of(st.none(), st.integers(0, 200)),
-                            max_files=st.one_of(st.none(), st.integers(0, 3)))
+limits_strategy = st.builds(
+    Limits, max_file_size=st.one_of(st.none(), st.integers(0, 200)), max_files=st.one_of(st.none(), st.integers(0, 3))
+)
 
 
 @settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -111,7 +136,9 @@ PATHOLOGICAL = {
     "partial-boundary-flood": HEAD + (b"\r\n--" + B[:-1]) * (MIB // 8) + b"\r\n--" + B + b"--\r\n",
     "cr-flood": HEAD + b"\r" * (4 * MIB) + b"\r\n--" + B + b"--\r\n",
     "many-empty-parts": (b"--" + B + b'\r\nContent-Disposition: form-data; name="a"\r\n\r\n\r\n') * 20_000
-    + b"--" + B + b"--\r\n",
+    + b"--"
+    + B
+    + b"--\r\n",
     "header-flood": b"--" + B + b"\r\n" + b"X-A: b\r\n" * 100_000,
     "preamble-flood": b"\r\n" * (MIB // 2),
     "epilogue-flood": HEAD + b"x\r\n--" + B + b"--\r\n" + b"\r\n--" + B * (MIB // 8),

@@ -64,8 +64,9 @@ def parse_responses(data: bytes) -> list[Response]:
     return out
 
 
-def exchange(port: int, request: bytes, *, first_timeout: float = 10.0, idle: float = 0.15,
-             min_responses: int = 1) -> Exchange:
+def exchange(
+    port: int, request: bytes, *, first_timeout: float = 10.0, idle: float = 0.15, min_responses: int = 1
+) -> Exchange:
     """Send `request` on a fresh connection; read until the relay closes, or `idle` seconds of quiet once at least
     `min_responses` complete responses are in (a keep-alive connection is never closed by the relay)."""
     raw = b""
