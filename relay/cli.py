@@ -257,9 +257,10 @@ def command(ctx: click.Context, config: str | None, host: str, port: int, **opti
 
 def run(settings: Settings, host: str, port: int) -> None:
     from relay.app import RelayApp
-    from relay.server import bind_socket, loop_factory, serve, tune_malloc
+    from relay.server import bind_socket, install_nocopy_body, loop_factory, serve, tune_malloc
 
     tune_malloc()
+    install_nocopy_body()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is ours to write
     try:
