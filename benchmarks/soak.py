@@ -53,14 +53,22 @@ def sample(server: RunningServer) -> dict[str, float]:
     rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     fds = len(os.listdir(f"/proc/{server.pid}/fd"))
     metrics = httpx.get(f"{server.url}/_relay/metrics", timeout=10).text
-    in_flight = next((float(line.split()[1]) for line in metrics.splitlines()
-                      if line.startswith("relay_uploads_in_flight ")), float("nan"))
+    in_flight = next(
+        (float(line.split()[1]) for line in metrics.splitlines() if line.startswith("relay_uploads_in_flight ")),
+        float("nan"),
+    )
     return {"rss_mib": round(rss_kib / 1024, 1), "fds": fds, "in_flight": in_flight}
 
 
 def multipart(data: bytes, filename: str = "f.bin") -> bytes:
-    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def pieces(data: bytes, size: int = 256 * KIB) -> Iterator[bytes]:
@@ -112,8 +120,10 @@ class Soak:
         self.note(kind, 200, 200 if ok else response.status_code, size)
 
     def declared_too_large(self) -> None:
-        head = (b"POST /upload/soak/declared HTTP/1.1\r\nHost: soak\r\nContent-Length: %d\r\n"
-                b"Expect: 100-continue\r\n\r\n" % (self.args.max_body_size + 1))
+        head = (
+            b"POST /upload/soak/declared HTTP/1.1\r\nHost: soak\r\nContent-Length: %d\r\n"
+            b"Expect: 100-continue\r\n\r\n" % (self.args.max_body_size + 1)
+        )
         status = None
         with socket.create_connection(("127.0.0.1", self.relay.port), timeout=30) as sock:
             sock.sendall(head)
@@ -124,8 +134,9 @@ class Soak:
 
     def chunked_over(self, kind: str, content: Iterator[bytes], content_type: str, size: int) -> None:
         try:
-            response = self.client().post(f"/upload/soak/{kind}", content=content,
-                                          headers={"content-type": content_type})
+            response = self.client().post(
+                f"/upload/soak/{kind}", content=content, headers={"content-type": content_type}
+            )
             status: int | None = response.status_code
         except httpx.TransportError:  # the relay closed after its 413 while we were still writing
             status = None
@@ -162,8 +173,9 @@ class Soak:
             self.declared_too_large()
         elif slot == 17:
             body = multipart(rng.randbytes(self.args.max_file_size + 1))
-            self.chunked_over("413-file-chunked", pieces(body, 16 * KIB), f"multipart/form-data; boundary={BOUNDARY}",
-                              len(body))
+            self.chunked_over(
+                "413-file-chunked", pieces(body, 16 * KIB), f"multipart/form-data; boundary={BOUNDARY}", len(body)
+            )
         else:
             self.disconnect("small-disconnect", declared=2 * size + 2, send=size)
 
@@ -180,8 +192,12 @@ class Soak:
             self.success("large-raw-chunked", pieces(data), len(data), "application/octet-stream")
         elif slot == 8:
             over = self.args.max_body_size + MIB
-            self.chunked_over("413-large-chunked", (data[: 256 * KIB] for _ in range(over // (256 * KIB))),
-                              "application/octet-stream", over)
+            self.chunked_over(
+                "413-large-chunked",
+                (data[: 256 * KIB] for _ in range(over // (256 * KIB))),
+                "application/octet-stream",
+                over,
+            )
         else:
             self.disconnect("large-disconnect", declared=len(data), send=len(data) // 2)
 
@@ -215,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     sink = start_sink(None)
     relay = None
     try:
-        relay = start_relay("--max-body-size", str(args.max_body_size), "--max-file-size", str(args.max_file_size),
-                            upstream=sink.url)
+        relay = start_relay(
+            "--max-body-size", str(args.max_body_size), "--max-file-size", str(args.max_file_size), upstream=sink.url
+        )
         boot = sample(relay)
         soak = Soak(relay, args)
         with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(lambda i: soak.success("warmup", b"w" * 100, 100, "application/octet-stream"),
-                          range(200)))
+            list(pool.map(lambda i: soak.success("warmup", b"w" * 100, 100, "application/octet-stream"), range(200)))
         start = sample(relay)
         began = time.monotonic()
         soak.deadline = began + args.max_seconds
@@ -252,18 +268,29 @@ def main(argv: list[str] | None = None) -> int:
         sink.stop()
 
     report = {
-        "small": args.small, "large": args.large, "large_size": args.large_size,
-        "concurrency": args.concurrency, "seconds": round(seconds, 1), "skipped_at_deadline": soak.skipped,
-        "bytes_sent": soak.bytes_sent, "outcomes": dict(sorted(soak.outcomes.items())),
-        "unexpected": dict(soak.unexpected), "boot": boot, "start": start, "checkpoints": checkpoints, "end": end,
+        "small": args.small,
+        "large": args.large,
+        "large_size": args.large_size,
+        "concurrency": args.concurrency,
+        "seconds": round(seconds, 1),
+        "skipped_at_deadline": soak.skipped,
+        "bytes_sent": soak.bytes_sent,
+        "outcomes": dict(sorted(soak.outcomes.items())),
+        "unexpected": dict(soak.unexpected),
+        "boot": boot,
+        "start": start,
+        "checkpoints": checkpoints,
+        "end": end,
         "drift": {"rss_mib": round(end["rss_mib"] - start["rss_mib"], 1), "fds": end["fds"] - start["fds"]},
     }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"soak: {args.small} small + {args.large} large uploads, {args.concurrency} clients, "
-              f"{report['seconds']} s, {soak.bytes_sent / 1e6:.0f} MB sent"
-              + (f" ({soak.skipped} skipped at the --max-seconds bound)" if soak.skipped else ""))
+        print(
+            f"soak: {args.small} small + {args.large} large uploads, {args.concurrency} clients, "
+            f"{report['seconds']} s, {soak.bytes_sent / 1e6:.0f} MB sent"
+            + (f" ({soak.skipped} skipped at the --max-seconds bound)" if soak.skipped else "")
+        )
         for kind, count in report["outcomes"].items():
             print(f"  {kind:22} {count}")
         for what, count in report["unexpected"].items():

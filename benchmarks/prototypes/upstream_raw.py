@@ -41,8 +41,9 @@ class _Conn:
 
 
 class UpstreamResponse:
-    def __init__(self, upstream: Upstream, conn: _Conn, status: int, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool) -> None:
+    def __init__(
+        self, upstream: Upstream, conn: _Conn, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
         self._upstream, self._conn = upstream, conn
         self.status, self.headers = status, headers
         self._keep_alive = keep_alive
@@ -111,20 +112,30 @@ class Upstream:
                 return conn
             conn.abort()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, limit=65536),
-                                                    self.connect_timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=65536), self.connect_timeout
+            )
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"could not connect to the upstream: {exc or type(exc).__name__}") from exc
         writer.transport.set_write_buffer_limits(high=HIGH_WATER)
         return _Conn(reader, writer)
 
-    async def send(self, method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
-                   body: AsyncIterator[bytes], content_length: int | None) -> UpstreamResponse:
+    async def send(
+        self,
+        method: str,
+        raw_target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes],
+        content_length: int | None,
+    ) -> UpstreamResponse:
         conn = await self._connect()
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), self._base_path + raw_target, self.host_header)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in headers]
-        head.append(b"content-length: %d\r\n\r\n" % content_length if content_length is not None
-                    else b"transfer-encoding: chunked\r\n\r\n")
+        head.append(
+            b"content-length: %d\r\n\r\n" % content_length
+            if content_length is not None
+            else b"transfer-encoding: chunked\r\n\r\n"
+        )
         writer, timeout = conn.writer, self.timeout
         transport = writer.transport
         try:
