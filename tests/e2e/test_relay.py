@@ -110,22 +110,38 @@ def test_multipart_upload_is_byte_exact(relay: RunningServer, store: Path, size:
     assert digests == sorted([sha256(data), sha256(other)])
 
 
-def test_256_mib_streams_through(relay: RunningServer) -> None:
+@pytest.mark.parametrize("body_kind", ["raw", "multipart"])
+def test_256_mib_streams_through(relay: RunningServer, body_kind: str) -> None:
     block = tricky_bytes(1024 * 1024, seed=3)
-    total = 256 * 1024 * 1024
     expected = hashlib.sha256()
     for _ in range(256):
         expected.update(block)
+    head, tail = b"", b""
+    if body_kind == "multipart":
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{BOUNDARY}--\r\n".encode()
 
     def body() -> Iterator[bytes]:
+        yield head
         for _ in range(256):
             yield block
+        yield tail
 
+    total = len(head) + 256 * len(block) + len(tail)
+    content_type = MULTIPART if body_kind == "multipart" else "application/octet-stream"
     response = httpx.post(
-        f"{relay.url}/upload/big.bin", content=body(), timeout=120, headers={"content-length": str(total)}
+        f"{relay.url}/upload/big.bin",
+        content=body(),
+        timeout=120,
+        headers={"content-length": str(total), "content-type": content_type},
     )
     assert response.status_code == 200, response.text
     assert response.json()["files"][0]["sha256"] == expected.hexdigest()
+    assert response.json()["files"][0]["size"] == 256 * 1024 * 1024
+    assert response.headers["x-upload-sha256"] == expected.hexdigest()
     assert response.json()["framing"] == "content-length"
 
 
