@@ -122,6 +122,7 @@ def test_slowloris_does_not_slow_a_normal_upload(sink: RunningServer) -> None:
         for sock in socks:
             sock.close()
         relay.stop()
+    print(f"slowloris: 64 MiB alone {alone_seconds:.2f} s, beside 50 drippers {crowded_seconds:.2f} s")
     assert alone.status_code == crowded.status_code == 200
     assert in_flight >= 50
     # Generous: the machine is shared and noisy; a relay blocked by the drippers would take many seconds.
