@@ -26,7 +26,7 @@ from relay.settings import (
     parse_size,
 )
 
-__all__ = ["main", "settings_from_options"]
+__all__ = ["main", "run_click", "settings_from_options"]
 
 PROG = "relay-server"
 _SERVER_KEYS = {
@@ -310,14 +310,20 @@ def _with_upstream(settings: Settings, url: str) -> Settings:
     return replace(settings, routes=routes)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `relay-server`: click without its multi-line usage errors."""
+def run_click(command: click.Command, prog: str, argv: list[str] | None = None) -> None:
+    """Run a click command with one-line errors: `PROG: error: ...` on stderr and exit code 2, never click's
+    multi-line usage block. relay-server and relay-sink share it."""
     try:
-        command.main(args=argv, prog_name=PROG, standalone_mode=False)
+        command.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
         sys.exit(130)
     except click.ClickException as exc:
-        print(f"{PROG}: error: {exc.format_message()}", file=sys.stderr)
+        print(f"{prog}: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `relay-server`."""
+    run_click(command, PROG, argv)

@@ -31,7 +31,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -513,16 +512,10 @@ def command(host: str, port: int, directory: Path | None, discard: bool) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `relay-sink`: click, but a usage error is one line on stderr and exit code 2."""
-    try:
-        command.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        print(f"{PROG}: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(2)
+    """Entry point of `relay-sink`: a usage error is one line on stderr and exit code 2."""
+    from relay.cli import run_click
+
+    run_click(command, PROG, argv)
 
 
 if __name__ == "__main__":
