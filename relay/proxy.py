@@ -174,11 +174,9 @@ class Upload:
         self.client_gone = False
         self.response_started = False
         self.body_error: RelayError | None = None
-        self.forwarded = 0
         self.finished = False
         self.client_key = self.client_address()
         self.cors = self.cors_headers()
-        self.counted = False
 
     # -- 1. decisions from the headers --------------------------------------------------------------------
 
@@ -435,7 +433,6 @@ class Upload:
                 raise ClientTimeout(f"body arrives at {rate:.0f} B/s, under the minimum of {min_rate} B/s")
 
     def note_forwarded(self, size: int) -> None:
-        self.forwarded += size
         self.ctx.metrics.bytes_forwarded.inc(size)
 
     def emit_all(self, events: list[Event]) -> None:
