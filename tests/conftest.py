@@ -50,3 +50,20 @@ def tricky_bytes(size: int, seed: int = 0) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def multipart_body(
+    files: list[tuple[str, str, bytes]], fields: dict[str, str] | None = None, *, boundary: str
+) -> bytes:
+    """A multipart/form-data body: plain fields first, then (field, filename, content) file parts."""
+    out = []
+    for name, value in (fields or {}).items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for field, filename, content in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        out.append(head.encode() + content + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from relay.testing import RunningServer, start_relay, start_sink
-from tests.conftest import sha256, tricky_bytes
+from tests.conftest import multipart_body, sha256, tricky_bytes
 
 BOUNDARY = "relay-admin-boundary-51f0"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -41,18 +41,8 @@ ADMIN = "admin-secret"
 TOKEN = "client-secret"
 
 
-def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str]) -> bytes:
-    out = []
-    for name, value in fields.items():
-        out.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for field, filename, data in files:
-        head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        out.append(head.encode() + data + b"\r\n")
-    out.append(f"--{BOUNDARY}--\r\n".encode())
-    return b"".join(out)
+def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str] | None = None) -> bytes:
+    return multipart_body(files, fields, boundary=BOUNDARY)
 
 
 class EventStream:

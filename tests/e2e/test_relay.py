@@ -13,23 +13,13 @@ import httpx
 import pytest
 
 from relay.testing import RunningServer, start_relay, start_sink
-from tests.conftest import sha256, tricky_bytes
+from tests.conftest import multipart_body, sha256, tricky_bytes
 
 BOUNDARY = "relay-test-boundary-7d4a"
 
 
 def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str] | None = None) -> bytes:
-    out = []
-    for name, value in (fields or {}).items():
-        out.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for field, filename, data in files:
-        head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        out.append(head.encode() + data + b"\r\n")
-    out.append(f"--{BOUNDARY}--\r\n".encode())
-    return b"".join(out)
+    return multipart_body(files, fields, boundary=BOUNDARY)
 
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from relay.testing import RunningServer, start_sink
+from tests.conftest import multipart_body
 
 BOUNDARY = "sinkTestBoundary-1f3c"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -37,17 +38,7 @@ def sha(data: bytes) -> str:
 
 
 def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str] | None = None) -> bytes:
-    out = []
-    for name, value in (fields or {}).items():
-        out.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for field, filename, content in files:
-        head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        out.append(head.encode() + content + b"\r\n")
-    out.append(f"--{BOUNDARY}--\r\n".encode())
-    return b"".join(out)
+    return multipart_body(files, fields, boundary=BOUNDARY)
 
 
 @pytest.fixture
