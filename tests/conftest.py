@@ -12,6 +12,20 @@ import pytest
 from relay.testing import RunningServer, start_process
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fields of GET /_relay/uploads/{id} and of each of its parts, as CONTRACT.md lists them.
+CONTRACT_FIELDS = {
+    "id",
+    "state",
+    "route",
+    "bytes",
+    "total",
+    "parts",
+    "started_at",
+    "finished_at",
+    "upstream_status",
+    "error",
+}
+PART_FIELDS = {"field", "filename", "content_type", "size", "sha256"}
 
 
 def start_test_upstream(mode: str) -> RunningServer:

@@ -20,23 +20,10 @@ import httpx
 import pytest
 
 from relay.testing import RunningServer, start_relay, start_sink
-from tests.conftest import multipart_body, sha256, tricky_bytes
+from tests.conftest import CONTRACT_FIELDS, PART_FIELDS, multipart_body, sha256, tricky_bytes
 
 BOUNDARY = "relay-admin-boundary-51f0"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
-CONTRACT_FIELDS = {
-    "id",
-    "state",
-    "route",
-    "bytes",
-    "total",
-    "parts",
-    "started_at",
-    "finished_at",
-    "upstream_status",
-    "error",
-}
-PART_FIELDS = {"field", "filename", "content_type", "size", "sha256"}
 ADMIN = "admin-secret"
 TOKEN = "client-secret"
 

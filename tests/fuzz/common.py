@@ -12,23 +12,14 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from relay.core.inspector import UploadInspector
-from relay.core.limits import Limits
-from relay.errors import RelayError
+from tests.core.helpers import inspect
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 HEX = b"0123456789abcdefABCDEF"
 
 
-def verdict(content_type: str | None, chunks: Iterable[bytes], limits: Limits | None = None) -> dict[str, object]:
-    try:
-        inspector = UploadInspector(upload_id="fuzz", content_type=content_type, total=None, limits=limits or Limits())
-        for i, chunk in enumerate(chunks):
-            inspector.feed(chunk, float(i))
-        inspector.finish(0.0)
-    except RelayError as exc:
-        return {"error": exc.code}
-    return {"parts": [part.describe() for part in inspector.parts]}
+# The same verdict the core tests compare across splits: one definition, in tests/core/helpers.py.
+verdict = inspect
 
 
 def cut(body: bytes, points: Iterable[int]) -> list[bytes]:

@@ -7,20 +7,7 @@ import pytest
 import relay.uploads
 from relay.core.events import Completed, ErrorInfo, Failed, Part, Progress, Started
 from relay.uploads import InMemoryUploadRegistry
-
-CONTRACT_FIELDS = {
-    "id",
-    "state",
-    "route",
-    "bytes",
-    "total",
-    "parts",
-    "started_at",
-    "finished_at",
-    "upstream_status",
-    "error",
-}
-PART_FIELDS = {"field", "filename", "content_type", "size", "sha256"}
+from tests.conftest import CONTRACT_FIELDS, PART_FIELDS
 
 
 class Clock:
