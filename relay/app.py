@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from relay.admin import create_admin_app
 from relay.bus import EventBus, InMemoryEventBus
-from relay.errors import BadRequest, NotFound
+from relay.errors import NotFound
 from relay.metrics import RelayMetrics
 from relay.proxy import RelayContext, Upload, error_response, may_have_body
 from relay.settings import Route, Settings
@@ -61,10 +61,7 @@ class RelayApp:
                 linger=receive if unread else None,
             )
             return
-        try:
-            await Upload(self.ctx, route, scope, receive, send).run()
-        except UnicodeError as exc:  # a target httpx cannot express; nothing has been sent yet
-            await error_response(send, BadRequest(f"unusable request target: {exc}"), upload_id=None, close=True)
+        await Upload(self.ctx, route, scope, receive, send).run()
 
     def match(self, raw_path: bytes) -> Route | None:
         for route in self.routes:

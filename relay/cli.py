@@ -262,7 +262,6 @@ def run(settings: Settings, host: str, port: int) -> None:
     tune_malloc()
     install_nocopy_body()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is ours to write
     try:
         main_sock = bind_socket(host, port)
         sink_sock = bind_socket("127.0.0.1", 0) if any(r.upstream is None for r in settings.routes) else None

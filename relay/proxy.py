@@ -8,8 +8,8 @@ Theory of operation
    client never has to send its body. Refusals carry `Connection: close` and a bounded lingering drain
    (see LINGER_BYTES), never the whole body.
 2. The body is one async generator handed to the upstream leg. It pulls one ASGI message at a time
-   (uvicorn stops reading the socket past 64 KiB buffered, httpx asks for the next chunk only after
-   writing the previous one: backpressure end to end), feeds the sans-IO inspector and yields each chunk
+   (uvicorn stops reading the socket past 64 KiB buffered, the upstream leg asks for the next chunk only
+   once the upstream socket has room: backpressure end to end), feeds the sans-IO inspector and yields each chunk
    unchanged.
 3. One chunk is held back: chunk N leaves only after chunk N+1 (or the end of the body) has arrived and
    been inspected. So `inspector.finish()` runs before the last byte leaves, and a body that fails
@@ -18,8 +18,8 @@ Theory of operation
    and lost: 280 vs 391 MB/s and 3.3 vs 2.7 relay CPU-s/GiB for a 1 GiB upload (the future, the loop's
    self-pipe wake-up and the GIL handoff cost more than the ~0.15 ms it takes to hash a 256 KiB chunk).
 4. Any failure inside the generator (a limit, malformed multipart, the client gone) raises out of it,
-   which kills the upstream request mid-body. The error is remembered here, because httpx may wrap or
-   replace what comes out of `send()`.
+   which kills the upstream request mid-body. The error is remembered here, so it is what gets answered,
+   not what the upstream leg saw of it.
 5. Before `http.response.start` an error can still be answered as JSON; after it, only by closing the
    connection.
 """
@@ -373,7 +373,7 @@ class Upload:
         try:
             response = await upstream.send(self.method, self.raw_target, headers, self.body(), self.content_length)
         except Exception as exc:
-            # The body generator's own error is the real cause; httpx may have wrapped or replaced it.
+            # The body generator's own error is the real cause, whatever the upstream leg made of it.
             if self.body_error is not None and self.body_error is not exc:
                 raise self.body_error from exc
             raise
@@ -443,9 +443,13 @@ class Upload:
 
     async def relay_response(self, response: UpstreamResponse) -> int:
         headers = forward_response_headers(response.headers, self.upload_id) + self.cors
-        digest = self.single_file_digest()
+        digest = self.single_file_digest() if self.body_done else None
         if digest is not None:
             headers.append((b"x-upload-sha256", digest.encode()))
+        if response.early:
+            # The upstream refused before the body ended: its answer is relayed, then the rest of the
+            # body is drained for a bounded while (lingering close) so the client can read that answer.
+            headers.append((b"connection", b"close"))
         try:
             await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
             self.response_started = True
@@ -454,6 +458,8 @@ class Upload:
             # Completed before the last response byte: a client that asks about its upload the moment the
             # response ends finds it completed.
             self.complete(response.status)
+            if response.early and not self.client_gone:
+                self.ctx.metrics.bytes_drained.inc(await drain_body(self.receive))
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()

@@ -1,76 +1,237 @@
-"""The upstream leg: every httpx call of the relay lives here, so the HTTP client can be swapped.
+"""The upstream leg: HTTP/1.1 on a plain asyncio protocol, responses parsed by httptools.
 
-One `Upstream` per configured upstream base URL, each with its own `httpx.AsyncClient` (connection pool),
-created and closed by the app's lifespan. Timeouts are idle-style: httpx applies `write` to each socket
-write and `read` to each socket read, so a slow but moving upload never times out, while an upstream that
-stops accepting bytes or never answers does. `map_upstream_errors` turns httpx failures into the relay's
-error tree at this one boundary.
+Why not httpx here. The relay's request is always the same shape: a head the relay has already
+validated, then body chunks that must leave unchanged and at once. httpx, httpcore, h11 and anyio cost
+about 1 ms of CPU per request and 0.6 CPU-s per GiB on top of what the data path needs (see
+benchmarks/RESULTS.md), and httpcore is half-duplex: an upstream that refuses early (413 and close) looks
+like a broken connection. So this module writes the request itself (it is a few lines: the head, then the
+chunks, framed by Content-Length or chunked) and leaves the hard part, reading the response, to httptools:
+llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/304 and keep-alive rules.
+
+- Backpressure: the transport pauses the protocol above HIGH_WATER buffered bytes; the sender then waits
+  until it drains, so at most HIGH_WATER bytes per upload sit in the relay on the upstream side.
+- Timeouts are idle timeouts (the contract's `--upstream-timeout`): no bytes written, while the
+  transport is paused, and no bytes read, while a response is awaited, for that long gives
+  UpstreamTimeout. A slow but moving transfer never times out.
+- Full duplex: the response is parsed as it arrives, also while the body is still being sent. An early
+  final answer of 400 or more (an upstream refusing an upload it will not read) stops the body and is
+  relayed as the upstream's answer, even when the upstream then closes the connection.
+- Connections are kept alive and reused (LIFO, expiring after KEEPALIVE_EXPIRY s idle) only when the
+  request was sent whole and the response read to its end under keep-alive rules.
+- A failure of the body generator (a limit, the client gone) aborts the connection: the upstream sees a
+  short body and a reset, never a complete request.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
 
-import httpx
+import httptools
 
 from relay.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["Upstream", "UpstreamResponse", "map_upstream_errors"]
+__all__ = ["Upstream", "UpstreamResponse"]
+
+HIGH_WATER = 256 * 1024  # transport write buffer before the sender waits
+READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the socket stops being read
+KEEPALIVE_EXPIRY = 30.0
+MAX_IDLE = 64
 
 
-@contextmanager
-def map_upstream_errors() -> Iterator[None]:
-    """Translate httpx exceptions into the most specific relay error, chained `from` the cause."""
-    try:
-        yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise UpstreamUnavailable(f"could not connect to the upstream: {exc or type(exc).__name__}") from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"the upstream made no progress in time ({type(exc).__name__})") from exc
-    except (httpx.TransportError, httpx.StreamError) as exc:
-        raise UpstreamFailed(f"the upstream connection broke: {exc or type(exc).__name__}") from exc
+class _Connection(asyncio.Protocol):
+    """One upstream connection: writes with flow control, a response parsed as bytes arrive."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.in_use = False
+        self.idle_since = 0.0
+        self.lost = False
+        self.error: Exception | None = None
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.head_only = False  # a response to HEAD: no body whatever its headers say
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.until_close = False  # no Content-Length, not chunked: the body ends when the connection does
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not registered subclasses
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # bytes from an idle connection (a 408, garbage): never reuse it
+            self.fail(UpstreamFailed("the upstream sent bytes nobody asked for"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(UpstreamFailed("the upstream switched protocols; the relay speaks HTTP/1.1 only"))
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamFailed(f"the upstream sent a malformed response: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; a half-open upstream connection is of no use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.head_done and not self.complete and self.until_close and exc is None and self.error is None:
+            self.complete = True
+        elif not self.complete and self.error is None:
+            detail = f": {exc}" if exc else ""
+            self.error = UpstreamFailed(f"the upstream closed the connection{detail}")
+        self.wake()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.wake()
+
+    # -- httptools callbacks ------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_response()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # informational (100 Continue): the final answer follows
+        self.status = status
+        self.head_done = True
+        names = {name.lower() for name, _ in self.headers}
+        self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        if self.head_only:
+            self.complete = True
+        self.wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body after a HEAD answer: ignored; the connection is not reused
+            return
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self.wake()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+            self.wake()
+
+    # -- used by the sender and the response ----------------------------------------------------------
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.abort()
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout: float, what: str) -> None:
+        """Wait for the next callback (bytes, drain, close); UpstreamTimeout after `timeout` s of nothing."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream made no progress in {timeout:g} s ({what})") from None
+        finally:
+            self.waiter = None
+
+    def take_body(self) -> list[bytes]:
+        chunks = list(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if self.transport is not None and not self.lost:
+            self.transport.resume_reading()
+        return chunks
+
+    def reusable(self) -> bool:
+        return (
+            not self.lost
+            and self.error is None
+            and self.complete
+            and not self.head_only
+            and not self.body
+            and self.parser.should_keep_alive()
+        )
 
 
 class UpstreamResponse:
-    """The upstream's answer, headers in hand, body still on the wire."""
+    """The upstream's answer, headers in hand, body still on the wire.
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.headers: list[tuple[bytes, bytes]] = list(response.headers.raw)
+    `early` is true when the upstream answered before the whole request body was sent: the relay
+    stopped sending, and the connection is not reused.
+    """
+
+    def __init__(self, upstream: Upstream, conn: _Connection, *, early: bool) -> None:
+        self._upstream = upstream
+        self._conn = conn
+        self.status = conn.status
+        self.headers = conn.headers
+        self.early = early
+        self._released = False
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The body exactly as upstream sent it (no decompression)."""
-        with map_upstream_errors():
-            async for chunk in self._response.aiter_raw():
-                if chunk:
-                    yield chunk
+        """The body exactly as upstream sent it (de-chunked, never decompressed)."""
+        conn, timeout = self._conn, self._upstream.timeout
+        while True:
+            for chunk in conn.take_body():
+                yield chunk
+            if conn.complete:
+                return
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(timeout, "reading the response body")
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if not self.early and conn.reusable():
+            self._upstream.release(conn)
+        elif conn.transport is not None:
+            conn.transport.abort()
 
 
 class Upstream:
-    """A connection pool to one upstream base URL."""
+    """A pool of keep-alive connections to one upstream base URL."""
 
     def __init__(self, base_url: str, *, timeout: float, connect_timeout: float) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.base_url = base_url
-        base = httpx.URL(base_url)
-        self._base = base
-        self._base_path = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            # No cap on connections: the relay's own --max-concurrent-uploads is the cap; a pool limit here
-            # would queue uploads behind each other with their bodies already flowing in.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30.0),
-            follow_redirects=False,
-            trust_env=False,
-        )
-
-    def url_for(self, raw_target: bytes) -> httpx.URL:
-        """Base URL + the client's raw path and query, byte for byte."""
-        return self._base.copy_with(raw_path=self._base_path + raw_target)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._host_header = parts.netloc.rpartition("@")[2].encode("idna")  # IDNA: ASCII stays as it is
+        self._base_path = parts.path.rstrip("/").encode()
+        self._idle: list[_Connection] = []
 
     async def send(
         self,
@@ -83,25 +244,118 @@ class Upstream:
         """Stream `body` upstream and return once the response headers are in.
 
         With `content_length` the body goes with that Content-Length; without it, chunked. An exception
-        raised inside `body` propagates out of here and kills the upstream connection mid-body, so the
+        raised inside `body` propagates out of here after the connection is aborted mid-body, so the
         upstream never sees a complete request (see the relay's promise in the README).
         """
-        if content_length is not None:
-            headers = [*headers, (b"content-length", str(content_length).encode())]
-        # httpx.Request, not client.build_request: the client's default headers (Accept-Encoding: gzip and
-        # friends) must not be added to a request the client never made.
-        # The "target" extension makes httpcore write the request target exactly as given: httpx's URL would
-        # percent-encode `"`, `<`, `>`, `` ` ``, `{`, `}` and so not forward the target byte for byte.
-        request = httpx.Request(
-            method,
-            self.url_for(raw_target),
-            headers=headers,
-            content=body,
-            extensions={"target": self._base_path + raw_target},
-        )
-        with map_upstream_errors():
-            response = await self._client.send(request, stream=True)
-        return UpstreamResponse(response)
+        conn = await self._acquire()
+        conn.head_only = method == "HEAD"
+        head = self._head(method, raw_target, headers, content_length)
+        try:
+            early = await self._send_body(conn, head, body, chunked=content_length is None)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self.timeout, "waiting for the response headers")
+        except BaseException:
+            if conn.transport is not None:
+                conn.transport.abort()
+            raise
+        return UpstreamResponse(self, conn, early=early)
+
+    def _head(
+        self, method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]], content_length: int | None
+    ) -> bytes:
+        # The target goes byte for byte as the client sent it (after the base path); the headers were
+        # validated and filtered by relay.headers, so they are written as they are, case kept.
+        target = self._base_path + raw_target
+        lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target, self._host_header)]
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        if content_length is None:
+            lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        else:
+            lines.append(b"Content-Length: %d\r\n\r\n" % content_length)
+        return b"".join(lines)
+
+    async def _send_body(self, conn: _Connection, head: bytes, body: AsyncIterator[bytes], *, chunked: bool) -> bool:
+        """Write the head and every chunk; True when an early refusal stopped the body."""
+        transport = conn.transport
+        assert transport is not None
+        pending: bytes | None = head  # sent with the first chunk: one write for a small request
+        try:
+            async for chunk in body:
+                if conn.error is not None or conn.lost:
+                    return self._early_or_raise(conn)
+                parts = [b"%x\r\n" % len(chunk), chunk, b"\r\n"] if chunked else [chunk]
+                if pending is not None:
+                    parts.insert(0, pending)
+                    pending = None
+                transport.writelines(parts)
+                while conn.paused and not conn.lost and not self._refused(conn):
+                    await conn.wait(self.timeout, "sending the request body")
+                if self._refused(conn) or conn.lost:
+                    return self._early_or_raise(conn)
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:  # an early stop leaves the generator suspended: run its cleanup now
+                await aclose()
+        tail = [pending] if pending is not None else []
+        if chunked:
+            tail.append(b"0\r\n\r\n")
+        if tail:
+            transport.writelines(tail)
+        return False
+
+    @staticmethod
+    def _refused(conn: _Connection) -> bool:
+        return conn.head_done and conn.status >= 400
+
+    def _early_or_raise(self, conn: _Connection) -> bool:
+        """The upstream stopped taking the body: relay its answer when it gave one, else fail."""
+        if conn.head_done:
+            return True
+        raise conn.error or UpstreamFailed("the upstream closed the connection mid-body")
+
+    async def _acquire(self) -> _Connection:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.lost and conn.error is None and now - conn.idle_since < KEEPALIVE_EXPIRY:
+                conn._reset_response()
+                conn.in_use = True
+                return conn
+            if conn.transport is not None:
+                conn.transport.abort()
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    _Connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except TimeoutError:
+            raise UpstreamUnavailable(f"could not connect to the upstream within {self.connect_timeout:g} s") from None
+        except OSError as exc:
+            raise UpstreamUnavailable(f"could not connect to the upstream: {exc}") from exc
+        conn.in_use = True
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        """Back to the pool, after a whole request and a whole keep-alive response."""
+        conn.in_use = False
+        conn.idle_since = time.monotonic()
+        if len(self._idle) < MAX_IDLE:
+            self._idle.append(conn)
+        elif conn.transport is not None:
+            conn.transport.close()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()

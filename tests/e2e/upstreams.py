@@ -6,7 +6,10 @@ Modes:
   seed           the StackOverflow seed's "other server": POST /upload/{p1}/{p2}?q1=... -> {p1, p2, q1, body}
   close-mid-body reads the request headers and 64 KiB of body, then closes the connection
   stall          reads the request headers and then never reads or answers again
-  early-413      reads the headers, answers 413 at once and closes
+  early-413      reads the headers, answers 413 at once, then drains the body and closes (lingering close)
+  shapes         reads the body, then answers in the shape the path names: /upload/chunked (chunked body),
+                 /upload/eof (no length: the body ends at close), /upload/continue (100 Continue first),
+                 /upload/204 (no body), /upload/keepalive (Content-Length; the connection stays open)
   broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
   recorder       answers 200 {"seen": N, "target": T}: N connections accepted so far, T the raw request target
 
@@ -16,6 +19,7 @@ Each prints "listening on http://127.0.0.1:PORT" once bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -37,7 +41,7 @@ async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     await asyncio.sleep(3600)
 
 
-async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _answer_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await _read_head(reader)
     body = b'{"upstream": "too large"}'
     writer.write(
@@ -45,7 +49,50 @@ async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
     )
     await writer.drain()
+
+
+async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _answer_413(reader, writer)
+    writer.write_eof()
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(65536):
+            pass
     writer.close()
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
+    lines = head.lower().split(b"\r\n")
+    length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:")), None)
+    if length is not None:
+        await reader.readexactly(length)
+        return
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        await reader.readexactly(size + 2)
+    await reader.readuntil(b"\r\n")
+
+
+async def shapes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        try:
+            head = await _read_head(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        shape = head.split(b" ", 2)[1].rsplit(b"/", 1)[-1]
+        if shape == b"continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await _read_body(reader, head)
+        if shape == b"chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        elif shape == b"eof":
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Shape: eof\r\n\r\nhello world, until close")
+            await writer.drain()
+            writer.close()
+            return
+        elif shape == b"204":
+            writer.write(b"HTTP/1.1 204 No Content\r\nX-Shape: 204\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Shape: %s\r\n\r\nhello world" % shape)
+        await writer.drain()
 
 
 async def broken_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -107,6 +154,7 @@ async def main(mode: str) -> None:
         "close-mid-body": close_mid_body,
         "stall": stall,
         "early-413": early_413,
+        "shapes": shapes,
         "broken-response": broken_response,
         "recorder": recorder,
     }
