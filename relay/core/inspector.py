@@ -18,7 +18,9 @@ Rules:
    on hostile input). A `Part` event comes out of the `feed` in which the part ended; the raw body's single
    `Part` comes out of `finish`.
 3. sha256 is computed from memoryview slices of the caller's chunk: no copies, no joins. With `digest=False`
-   no hashing happens and `sha256` is None.
+   no hashing happens and `sha256` is None. `hasher` builds the hash objects (hashlib.sha256 by default;
+   the relay passes one that hashes on a worker thread, relay/hashing.py): only `update` and `hexdigest`
+   are used.
 4. At most one `Progress` per `feed`, last in the list, when the `ProgressTicker` says so.
 5. After any exception the inspector is finished; the glue must not feed it again.
 """
@@ -26,7 +28,8 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from relay.core.events import Event, Part, Progress
 from relay.core.limits import Limits
@@ -34,10 +37,15 @@ from relay.core.multipart import MultipartReader, PartHeaders, parse_boundary
 from relay.core.progress import ProgressPolicy, ProgressTicker
 from relay.errors import BodyTooLarge, FileTooLarge, TooManyFiles
 
-if TYPE_CHECKING:
-    from hashlib import _Hash
+__all__ = ["Hash", "UploadInspector"]
 
-__all__ = ["UploadInspector"]
+
+class Hash(Protocol):
+    """What the inspector needs of a hash object: hashlib's sha256 and relay.hashing's both fit."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class UploadInspector:
@@ -52,12 +60,14 @@ class UploadInspector:
         limits: Limits,
         digest: bool = True,
         progress: ProgressPolicy | None = None,
+        hasher: Callable[[], Hash] = hashlib.sha256,
     ) -> None:
         self.upload_id = upload_id
         self.content_type = content_type
         self.total = total
         self.limits = limits
         self.digest = digest
+        self._hasher = hasher
         self.bytes_received = 0
         self.parts: list[Part] = []
         self._ticker = ProgressTicker(progress)
@@ -71,7 +81,7 @@ class UploadInspector:
         self._is_file = False
         self._size = 0
         self._files = 0
-        self._sha: _Hash | None = None
+        self._sha: Hash | None = None
         boundary = parse_boundary(content_type)  # raises MalformedMultipart
         self._reader: MultipartReader | None = None
         if boundary is not None:
@@ -79,7 +89,7 @@ class UploadInspector:
                 boundary, on_part_begin=self._part_begin, on_part_data=self._part_data, on_part_end=self._part_end
             )
         elif digest:
-            self._sha = hashlib.sha256()
+            self._sha = hasher()
 
     @property
     def is_multipart(self) -> bool:
@@ -146,7 +156,7 @@ class UploadInspector:
             if max_files is not None and self._files > max_files:
                 raise TooManyFiles(f"more than {max_files} files in one request")
         self._size = 0
-        self._sha = hashlib.sha256() if self.digest else None
+        self._sha = self._hasher() if self.digest else None
 
     def _part_data(self, data: memoryview) -> None:
         size = self._size + len(data)
