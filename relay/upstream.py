@@ -285,11 +285,18 @@ class Upstream:
             async for chunk in body:
                 if conn.error is not None or conn.lost:
                     return self._early_or_raise(conn)
-                parts = [b"%x\r\n" % len(chunk), chunk, b"\r\n"] if chunked else [chunk]
-                if pending is not None:
-                    parts.insert(0, pending)
-                    pending = None
-                transport.writelines(parts)
+                if chunked:
+                    parts = [b"%x\r\n" % len(chunk), chunk, b"\r\n"]
+                elif pending is None:
+                    transport.write(chunk)  # the hot path: uvloop sends at once, writelines() would queue
+                    parts = None
+                else:
+                    parts = [chunk]
+                if parts is not None:
+                    if pending is not None:
+                        parts.insert(0, pending)
+                        pending = None
+                    transport.writelines(parts)
                 while conn.paused and not conn.lost and not self._refused(conn):
                     await conn.wait(self.timeout, "sending the request body")
                 if self._refused(conn) or conn.lost:
