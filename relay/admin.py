@@ -20,7 +20,7 @@ from relay.core.events import TERMINAL, Event, Part, Progress
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
-from relay.types import Receive, Scope, Send
+from relay.types import Message, Receive, Scope, Send
 
 __all__ = ["UNKNOWN_ID_WAIT", "create_admin_app"]
 
@@ -119,8 +119,21 @@ class _EventStream(EventSourceResponse):
         self._subscription = subscription
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = {"started": False, "ended": False}
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["ended"] = True
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, tracked_send)
+            if state["started"] and not state["ended"]:
+                # sse-starlette stops its streams on shutdown without the closing message; end the chunked
+                # body cleanly, so followers see the stream end (and uvicorn logs no incomplete response).
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self._ctx.bus.unsubscribe(self._subscription)
 

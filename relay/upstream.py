@@ -40,7 +40,10 @@ __all__ = ["Upstream", "UpstreamResponse"]
 
 HIGH_WATER = 256 * 1024  # transport write buffer before the sender waits
 READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the socket stops being read
-KEEPALIVE_EXPIRY = 30.0
+# Shorter than the idle keep-alive of common upstream servers (uvicorn, Node, Apache: 5 s). A connection
+# the upstream closes for idleness at the moment the relay reuses it would fail a request whose body is
+# already flowing and cannot be replayed; reusing only younger connections keeps clear of that moment.
+KEEPALIVE_EXPIRY = 4.0
 MAX_IDLE = 64
 
 

@@ -614,3 +614,15 @@ def test_progress_at_least_once_a_second_while_bytes_flow(relay: RunningServer) 
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
     assert all(0.1 - 1e-6 <= gap <= 1.0 + 0.25 + 0.2 for gap in gaps), gaps
     assert [data["total"] for _, data in events] == [None] * len(events)
+
+
+def test_stopping_the_relay_ends_open_event_streams_cleanly(sink: RunningServer) -> None:
+    server = start_relay(upstream=sink.url)
+    try:
+        streams = [EventStream(f"{server.url}/_relay/events"), EventStream(f"{server.url}/_relay/uploads/x/events")]
+    finally:
+        assert server.stop() == 0
+    for stream in streams:
+        stream.wait(10)  # raises what httpx raised: an incomplete chunked body would be a RemoteProtocolError
+        assert stream.ended_by_server
+    assert "without completing response" not in server.log()
