@@ -10,22 +10,23 @@ cancels the task, or re-arms itself for when the current wait would reach the li
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 __all__ = ["IdleWatch"]
 
 
 class IdleWatch:
-    """Cancels `task` when one wait (between `begin()` and `end()`) lasts `seconds` or more."""
+    """Cancels `task` when one wait (between `begin()` and `end()`) lasts `seconds` or more (None: never)."""
 
     __slots__ = ("_handle", "_loop", "_seconds", "_task", "fired", "waiting_since")
 
-    def __init__(self, seconds: float, task: asyncio.Task[object] | None = None) -> None:
+    def __init__(self, seconds: float | None, task: asyncio.Task[Any] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = task or asyncio.current_task()
         self._seconds = seconds
         self.waiting_since: float | None = None
         self.fired = False
-        self._handle = self._loop.call_at(self._loop.time() + seconds, self._check)
+        self._handle = None if seconds is None else self._loop.call_at(self._loop.time() + seconds, self._check)
 
     def begin(self) -> None:
         self.waiting_since = self._loop.time()
@@ -34,9 +35,11 @@ class IdleWatch:
         self.waiting_since = None
 
     def close(self) -> None:
-        self._handle.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
 
     def _check(self) -> None:
+        assert self._seconds is not None
         now = self._loop.time()
         since = self.waiting_since
         if since is not None and now - since >= self._seconds and self._task is not None:

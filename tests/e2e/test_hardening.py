@@ -50,6 +50,20 @@ def test_idle_client_gets_408_and_upstream_keeps_nothing(sink: RunningServer, st
     assert stored_files(store) == []
 
 
+def test_a_zero_idle_timeout_means_none(sink: RunningServer, store: Path) -> None:
+    relay = start_relay("--client-idle-timeout", "0", upstream=sink.url)
+    try:
+        with open_upload(relay, "/upload/pause.bin", 200, "Content-Type: application/octet-stream\r\n") as sock:
+            sock.sendall(b"x" * 100)
+            time.sleep(1.5)  # longer than the 1 s timeout of the test above: no limit here
+            sock.sendall(b"y" * 100)
+            answer = read_all(sock)
+    finally:
+        relay.stop()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert [path.read_bytes() for path in stored_files(store)] == [b"x" * 100 + b"y" * 100]
+
+
 def test_client_under_the_minimum_rate_is_dropped(sink: RunningServer) -> None:
     relay = start_relay("--client-min-rate", "1MiB", "--client-min-rate-grace", "0.5", upstream=sink.url)
     try:

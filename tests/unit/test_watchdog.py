@@ -82,3 +82,17 @@ def test_a_cancel_from_elsewhere_is_not_mistaken_for_idleness() -> None:
         return box[0].fired
 
     assert run(main()) is False
+
+
+def test_no_limit_never_fires() -> None:
+    async def main() -> bool:
+        watch = IdleWatch(None)
+        try:
+            watch.begin()
+            await asyncio.sleep(0.2)
+            watch.end()
+        finally:
+            watch.close()
+        return watch.fired
+
+    assert run(main()) is False
