@@ -171,14 +171,14 @@ async def _one_upload(
         first = True
         while True:
             timeout = UNKNOWN_ID_WAIT if first and not catch_up.known else None
-            event = await subscription.get(timeout)
-            if event is None:
+            live = await subscription.get(timeout)
+            if live is None:
                 return
             first = False
-            if isinstance(event, Part) and event.index < catch_up.parts_sent:
+            if isinstance(live, Part) and live.index < catch_up.parts_sent:
                 continue
-            yield _sse(event)
-            if isinstance(event, TERMINAL):
+            yield _sse(live)
+            if isinstance(live, TERMINAL):
                 return
     finally:
         ctx.bus.unsubscribe(subscription)

@@ -38,7 +38,7 @@ _SERVER_KEYS = {
 _ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
 
 
-class Size(click.ParamType):
+class Size(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "size"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -239,7 +239,7 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
     help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.",
 )
 @click.pass_context
-def command(ctx: click.Context, config: str | None, host: str, port: int, **options: Any) -> None:
+def command(ctx: click.Context, /, config: str | None, host: str, port: int, **options: Any) -> None:
     """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
 
     \b

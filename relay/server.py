@@ -16,7 +16,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http import httptools_impl
@@ -84,7 +84,7 @@ class _ChunkList:
 
 
 class _NoCopyCycle(httptools_impl.RequestResponseCycle):
-    @property  # type: ignore[override]
+    @property
     def body(self) -> Any:
         return self._body
 
@@ -161,7 +161,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
         if self.url.startswith(b"/"):
-            self.scope["extensions"] = {RAW_TARGET: self.url.split(b"#", 1)[0]}
+            cast(Any, self.scope)["extensions"] = {RAW_TARGET: self.url.split(b"#", 1)[0]}
         super().on_headers_complete()
 
     def _count(self, size: int) -> None:
@@ -232,7 +232,8 @@ def uvicorn_config(
         log_config=None,
         # On SIGTERM/SIGINT uvicorn stops accepting, lets requests in flight finish for this long, then
         # cancels them: a cancelled upload's upstream request dies mid-body, so it never looks complete.
-        timeout_graceful_shutdown=drain_timeout,
+        # Annotated int by uvicorn, used as an asyncio timeout: fractions work.
+        timeout_graceful_shutdown=drain_timeout,  # type: ignore[arg-type]
     )
 
 

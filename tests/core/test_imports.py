@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[2] / "relay" / "core"
-FORBIDDEN = {"asyncio", "starlette", "httpx", "anyio", "aiofiles", "uvicorn", "socket", "fastapi", "httpcore", "h11"}
+FORBIDDEN = {
+    "asyncio",
+    "starlette",
+    "httpx",
+    "anyio",
+    "aiofiles",
+    "uvicorn",
+    "socket",
+    "fastapi",
+    "httpcore",
+    "h11",
+    "httptools",
+}
 MODULES = sorted(CORE.glob("*.py"))
 
 
