@@ -49,12 +49,13 @@ class _Worker:
             owner, data = self.jobs.get()
             try:
                 owner._hash.update(data)  # the GIL is released in here
-            finally:  # whatever happens, nobody may wait forever for this chunk
-                size = len(data)
-                with self.lock:
-                    self.queued -= size
-                    owner._pending -= size
-                    self.progress.notify_all()
+            except Exception as exc:  # kept for hexdigest(); the worker must outlive any one hash
+                owner._error = exc
+            size = len(data)
+            with self.lock:
+                self.queued -= size
+                owner._pending -= size
+                self.progress.notify_all()
 
     def submit(self, owner: OffloadedSha256, data: Any) -> None:
         size = len(data)
@@ -86,11 +87,12 @@ def _get_worker() -> _Worker:
 class OffloadedSha256:
     """The `update` / `hexdigest` part of a hashlib object, with large updates hashed on the worker."""
 
-    __slots__ = ("_hash", "_pending", "_worker")
+    __slots__ = ("_error", "_hash", "_pending", "_worker")
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
         self._pending = 0  # bytes of this hash still queued; changed under the worker's lock
+        self._error: Exception | None = None
         self._worker = _get_worker()
 
     def update(self, data: Any) -> None:
@@ -104,11 +106,14 @@ class OffloadedSha256:
     def hexdigest(self) -> str:
         if self._pending:
             self._worker.wait_for(self)
+        if self._error is not None:
+            raise self._error
         return self._hash.hexdigest()
 
 
 def _immutable(data: Any) -> bool:
-    return type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)
+    """Bytes, or a contiguous view of bytes: safe to read later from another thread, and hashable as is."""
+    return type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes and data.c_contiguous)
 
 
 def sha256_factory() -> Any:

@@ -421,9 +421,10 @@ class Upload:
         try:
             message = await self.receive()
         except asyncio.CancelledError:
-            if not watch.fired:
+            task = asyncio.current_task()
+            # Ours only if the watch fired and no other cancel (uvicorn's shutdown) is pending, as asyncio.timeout.
+            if not watch.fired or task is None or task.uncancel() > 0:
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             raise ClientTimeout(f"no body bytes for {self.ctx.settings.client_idle_timeout:g} s") from None
         watch.end()
         if message["type"] == "http.disconnect":

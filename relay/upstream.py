@@ -10,12 +10,16 @@ llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/3
 
 - Backpressure: the transport pauses the protocol above HIGH_WATER buffered bytes; the sender then waits
   until it drains, so at most HIGH_WATER bytes per upload sit in the relay on the upstream side.
-- Timeouts are idle timeouts (the contract's `--upstream-timeout`): no bytes written, while the
-  transport is paused, and no bytes read, while a response is awaited, for that long gives
-  UpstreamTimeout. A slow but moving transfer never times out.
+- Timeouts are idle timeouts (the contract's `--upstream-timeout`): no bytes taken by the upstream,
+  while the transport is paused, and no bytes read (1xx answers and header bytes count), while a
+  response is awaited, for that long gives UpstreamTimeout. A slow but moving transfer never times out.
 - Full duplex: the response is parsed as it arrives, also while the body is still being sent. An early
   final answer of 400 or more (an upstream refusing an upload it will not read) stops the body and is
-  relayed as the upstream's answer, even when the upstream then closes the connection.
+  relayed as the upstream's answer, even when the upstream then closes the connection. An earlier
+  answer below 400 lets the body go on; if the upstream then stops reading, that answer stands too.
+  An upstream that answers and closes with the body unread makes the kernel reset the connection; if
+  the relay's next write meets the reset before the answer is read, the answer is lost (502), as it
+  would be for any proxy: well-behaved servers drain (lingering close).
 - Connections are kept alive and reused (LIFO, expiring after KEEPALIVE_EXPIRY s idle) only when the
   request was sent whole and the response read to its end under keep-alive rules.
 - A failure of the body generator (a limit, the client gone) aborts the connection: the upstream sees a
@@ -25,12 +29,13 @@ llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/3
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -67,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = False
+        self.keep_alive = False  # llhttp's verdict, taken when the message completes (it resets after)
         self.until_close = False  # no Content-Length, not chunked: the body ends when the connection does
         self.body: deque[bytes] = deque()
         self.buffered = 0
@@ -85,7 +91,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self.fail(UpstreamFailed("the upstream switched protocols; the relay speaks HTTP/1.1 only"))
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamFailed(f"the upstream sent a malformed response: {exc}"))
+            cause = exc.__context__ if isinstance(exc.__context__, UpstreamFailed) else None
+            self.fail(cause or UpstreamFailed(f"the upstream sent a malformed response: {exc}"))
+        self.wake()  # any byte is progress: header bytes and 1xx answers restart the idle timeout too
 
     def eof_received(self) -> bool:
         return False  # close our side too; a half-open upstream connection is of no use
@@ -108,6 +116,8 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: never relayed, never reused
+            raise UpstreamFailed("the upstream sent a response nobody asked for")
         self._reset_response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -119,8 +129,13 @@ class _Connection(asyncio.Protocol):
             return  # informational (100 Continue): the final answer follows
         self.status = status
         self.head_done = True
-        names = {name.lower() for name, _ in self.headers}
-        self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        # Framing as llhttp reads it: chunked when it is the last transfer coding; any other transfer coding,
+        # or neither header, means the body runs until the connection closes.
+        codings = b",".join(value for name, value in self.headers if name.lower() == b"transfer-encoding")
+        if codings:
+            self.until_close = not codings.rstrip().lower().endswith(b"chunked")
+        else:
+            self.until_close = all(name.lower() != b"content-length" for name, _ in self.headers)
         if self.head_only:
             self.complete = True
         self.wake()
@@ -137,6 +152,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()
             self.wake()
 
     # -- used by the sender and the response ----------------------------------------------------------
@@ -177,7 +193,7 @@ class _Connection(asyncio.Protocol):
             and self.complete
             and not self.head_only
             and not self.body
-            and self.parser.should_keep_alive()
+            and self.keep_alive
         )
 
 
@@ -233,6 +249,11 @@ class Upstream:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._host_header = parts.netloc.rpartition("@")[2].encode("idna")  # IDNA: ASCII stays as it is
+        # Credentials in the upstream URL become Basic auth (as httpx did), replacing a forwarded Authorization.
+        self._authorization: bytes | None = None
+        if parts.username is not None:
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self._authorization = b"Basic " + base64.b64encode(userinfo)
         self._base_path = parts.path.rstrip("/").encode()
         self._idle: list[_Connection] = []
 
@@ -272,6 +293,9 @@ class Upstream:
         # validated and filtered by relay.headers, so they are written as they are, case kept.
         target = self._base_path + raw_target
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target, self._host_header)]
+        if self._authorization is not None:
+            headers = [(name, value) for name, value in headers if name.lower() != b"authorization"]
+            lines.append(b"Authorization: %s\r\n" % self._authorization)
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
         if content_length is None:
             lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
@@ -300,20 +324,40 @@ class Upstream:
                         parts.insert(0, pending)
                         pending = None
                     transport.writelines(parts)
-                while conn.paused and not conn.lost and not self._refused(conn):
-                    await conn.wait(self.timeout, "sending the request body")
+                if conn.paused and not await self._wait_writable(conn, transport):
+                    return True  # the upstream answered and then stopped reading: its answer stands
                 if self._refused(conn) or conn.lost:
                     return self._early_or_raise(conn)
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:  # an early stop leaves the generator suspended: run its cleanup now
                 await aclose()
+        if conn.error is not None or conn.lost:  # while the last client bytes were awaited
+            return self._early_or_raise(conn)
         tail = [pending] if pending is not None else []
         if chunked:
             tail.append(b"0\r\n\r\n")
         if tail:
             transport.writelines(tail)
         return False
+
+    async def _wait_writable(self, conn: _Connection, transport: asyncio.Transport) -> bool:
+        """Wait while the transport is paused; False when the upstream answered and then stopped reading.
+
+        Progress is what the upstream reads: a wait that times out while the buffer shrank starts again,
+        so an upstream that reads slowly but steadily is never cut off.
+        """
+        while conn.paused and not conn.lost and not self._refused(conn):
+            buffered = transport.get_write_buffer_size()
+            try:
+                await conn.wait(self.timeout, "sending the request body")
+            except UpstreamTimeout:
+                if transport.get_write_buffer_size() < buffered:
+                    continue
+                if conn.head_done:
+                    return False
+                raise
+        return True
 
     @staticmethod
     def _refused(conn: _Connection) -> bool:
@@ -358,7 +402,15 @@ class Upstream:
     def release(self, conn: _Connection) -> None:
         """Back to the pool, after a whole request and a whole keep-alive response."""
         conn.in_use = False
-        conn.idle_since = time.monotonic()
+        now = conn.idle_since = time.monotonic()
+        # The pool is used from its top; expired or closed connections below it are dropped here.
+        fresh = []
+        for idle in self._idle:
+            if not idle.lost and now - idle.idle_since < KEEPALIVE_EXPIRY:
+                fresh.append(idle)
+            elif idle.transport is not None:
+                idle.transport.close()
+        self._idle = fresh
         if len(self._idle) < MAX_IDLE:
             self._idle.append(conn)
         elif conn.transport is not None:

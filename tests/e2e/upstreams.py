@@ -7,11 +7,18 @@ Modes:
   close-mid-body reads the request headers and 64 KiB of body, then closes the connection
   stall          reads the request headers and then never reads or answers again
   early-413      reads the headers, answers 413 at once, then drains the body and closes (lingering close)
+  early-413-rude reads the headers, answers 413 at once and closes with the body unread (the kernel resets)
   shapes         reads the body, then answers in the shape the path names: /upload/chunked (chunked body),
                  /upload/eof (no length: the body ends at close), /upload/continue (100 Continue first),
-                 /upload/204 (no body), /upload/keepalive (Content-Length; the connection stays open)
+                 /upload/204 (no body), /upload/keepalive (Content-Length; the connection stays open),
+                 /upload/gzip (Transfer-Encoding: gzip: the body ends at close), /upload/processing
+                 (102 Processing every 0.4 s for 1.6 s first). Every answer carries X-Connection: N, the
+                 number of connections accepted so far.
+  double         answers every request twice (200 "ok", then an unsolicited 500)
+  close-at-once  accepts connections and closes them at once, reading nothing
   broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
-  recorder       answers 200 {"seen": N, "target": T}: N connections accepted so far, T the raw request target
+  recorder       answers 200 {"seen": N, "target": T, "authorization": [A...]}: N connections accepted so far,
+                 T the raw request target, A the Authorization headers it got
 
 Each prints "listening on http://127.0.0.1:PORT" once bound.
 """
@@ -51,6 +58,23 @@ async def _answer_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await writer.drain()
 
 
+async def early_413_rude(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _answer_413(reader, writer)
+    writer.close()
+
+
+async def double(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await _read_head(reader)
+    await _read_body(reader, head)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\nhello")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
+async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
 async def early_413(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await _answer_413(reader, writer)
     writer.write_eof()
@@ -72,6 +96,9 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
 
 
 async def shapes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global CONNECTIONS
+    CONNECTIONS += 1
+    seen = b"X-Connection: %d\r\n" % CONNECTIONS
     while True:
         try:
             head = await _read_head(reader)
@@ -81,17 +108,24 @@ async def shapes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         if shape == b"continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await _read_body(reader, head)
+        if shape == b"processing":
+            for _ in range(4):
+                writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.4)
         if shape == b"chunked":
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-        elif shape == b"eof":
-            writer.write(b"HTTP/1.1 200 OK\r\nX-Shape: eof\r\n\r\nhello world, until close")
+            writer.write(b"HTTP/1.1 200 OK\r\n%sTransfer-Encoding: chunked\r\n\r\n" % seen)
+            writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        elif shape in (b"eof", b"gzip"):
+            coding = b"Transfer-Encoding: gzip\r\n" if shape == b"gzip" else b""
+            writer.write(b"HTTP/1.1 200 OK\r\n%s%s\r\nhello world, until close" % (seen, coding))
             await writer.drain()
             writer.close()
             return
         elif shape == b"204":
-            writer.write(b"HTTP/1.1 204 No Content\r\nX-Shape: 204\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\n%s\r\n" % seen)
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Shape: %s\r\n\r\nhello world" % shape)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n%s\r\nhello world" % seen)
         await writer.drain()
 
 
@@ -117,7 +151,12 @@ async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             if line.lower().startswith(b"content-length:"):
                 await reader.readexactly(int(line.split(b":")[1]))
         target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
-        body = json.dumps({"seen": CONNECTIONS, "target": target}).encode()
+        auth = [
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"authorization:")
+        ]
+        body = json.dumps({"seen": CONNECTIONS, "target": target, "authorization": auth}).encode()
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )
@@ -154,6 +193,9 @@ async def main(mode: str) -> None:
         "close-mid-body": close_mid_body,
         "stall": stall,
         "early-413": early_413,
+        "early-413-rude": early_413_rude,
+        "double": double,
+        "close-at-once": close_at_once,
         "shapes": shapes,
         "broken-response": broken_response,
         "recorder": recorder,

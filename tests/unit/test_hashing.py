@@ -6,7 +6,8 @@ import hashlib
 import random
 import threading
 
-from relay.hashing import OFFLOAD_MIN, OffloadedSha256
+from relay import hashing
+from relay.hashing import MAX_QUEUED, OFFLOAD_MIN, OffloadedSha256
 
 
 def pieces(seed: int) -> list[bytes]:
@@ -35,12 +36,15 @@ def test_a_buffer_that_changes_after_update_is_hashed_as_it_was() -> None:
 
 def test_many_hashes_from_many_threads_stay_apart_and_memory_stays_bounded() -> None:
     results: dict[int, tuple[str, str]] = {}
+    most_queued: list[int] = []
 
     def upload(n: int) -> None:
         offloaded, plain = OffloadedSha256(), hashlib.sha256()
         for piece in pieces(100 + n):
             offloaded.update(piece)
             plain.update(piece)
+            assert hashing._worker is not None
+            most_queued.append(hashing._worker.queued)
         results[n] = (offloaded.hexdigest(), plain.hexdigest())
 
     threads = [threading.Thread(target=upload, args=(n,)) for n in range(6)]
@@ -50,3 +54,15 @@ def test_many_hashes_from_many_threads_stay_apart_and_memory_stays_bounded() -> 
         thread.join(timeout=60)
     assert len(results) == 6
     assert all(offloaded == plain for offloaded, plain in results.values())
+    # submit() waits while more than MAX_QUEUED is queued, so at most one piece per thread goes over it.
+    assert max(most_queued) <= MAX_QUEUED + 6 * (1 << 20)
+
+
+def test_a_strided_view_is_hashed_as_its_bytes_and_the_worker_lives_on() -> None:
+    data = random.Random(7).randbytes(4 * OFFLOAD_MIN)
+    offloaded = OffloadedSha256()
+    offloaded.update(memoryview(data)[::2])  # not contiguous: hashlib itself would refuse it
+    assert offloaded.hexdigest() == hashlib.sha256(data[::2]).hexdigest()
+    after = OffloadedSha256()
+    after.update(data)
+    assert after.hexdigest() == hashlib.sha256(data).hexdigest()
