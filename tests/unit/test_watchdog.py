@@ -29,46 +29,32 @@ def test_a_wait_longer_than_the_limit_cancels_the_task() -> None:
     assert fired and 0.2 <= elapsed < 1.0
 
 
-def test_many_short_waits_never_fire_however_long_they_add_up() -> None:
+def fired_after(limit: float | None, waits: list[float], busy_first: float = 0.0) -> bool:
+    """Run `waits` (seconds each, between begin() and end()) under one IdleWatch; did it fire?"""
+
     async def main() -> bool:
-        watch = IdleWatch(0.15)
+        watch = IdleWatch(limit)
         try:
-            for _ in range(10):  # 10 x 0.05 s of waiting, 0.5 s in all
+            time.sleep(busy_first)  # busy, not waiting: a timer that fires late must re-arm, not cancel
+            await asyncio.sleep(0)
+            for seconds in waits:
                 watch.begin()
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(seconds)
                 watch.end()
         finally:
             watch.close()
         return watch.fired
 
-    assert run(main()) is False
+    return run(main())
+
+
+def test_many_short_waits_never_fire_however_long_they_add_up() -> None:
+    assert fired_after(0.15, [0.05] * 10) is False  # 0.5 s of waiting in all
 
 
 def test_time_outside_a_wait_does_not_count() -> None:
-    async def main() -> bool:
-        watch = IdleWatch(0.1)
-        try:
-            time.sleep(0.3)  # busy, not waiting: the timer fires late and must re-arm, not cancel
-            await asyncio.sleep(0)
-            watch.begin()
-            await asyncio.sleep(0.05)
-            watch.end()
-        finally:
-            watch.close()
-        return watch.fired
-
-    assert run(main()) is False
+    assert fired_after(0.1, [0.05], busy_first=0.3) is False
 
 
 def test_no_limit_never_fires() -> None:
-    async def main() -> bool:
-        watch = IdleWatch(None)
-        try:
-            watch.begin()
-            await asyncio.sleep(0.2)
-            watch.end()
-        finally:
-            watch.close()
-        return watch.fired
-
-    assert run(main()) is False
+    assert fired_after(None, [0.2]) is False
