@@ -421,9 +421,7 @@ class Upload:
         try:
             message = await self.receive()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            # Ours only if the watch fired and no other cancel (uvicorn's shutdown) is pending, as asyncio.timeout.
-            if not watch.fired or task is None or task.uncancel() > 0:
+            if not watch.claim():
                 raise
             raise ClientTimeout(f"no body bytes for {self.ctx.settings.client_idle_timeout:g} s") from None
         watch.end()
@@ -470,15 +468,15 @@ class Upload:
     # -- the answer -------------------------------------------------------------------------------------------
 
     async def relay_response(self, response: UpstreamResponse) -> int:
-        headers = forward_response_headers(response.headers, self.upload_id) + self.cors
-        digest = self.single_file_digest() if self.body_done else None
-        if digest is not None:
-            headers.append((b"x-upload-sha256", digest.encode()))
-        if response.early:
-            # The upstream refused before the body ended: its answer is relayed, then the rest of the
-            # body is drained for a bounded while (lingering close) so the client can read that answer.
-            headers.append((b"connection", b"close"))
         try:
+            headers = forward_response_headers(response.headers, self.upload_id) + self.cors
+            digest = self.single_file_digest() if self.body_done else None
+            if digest is not None:
+                headers.append((b"x-upload-sha256", digest.encode()))
+            if response.early:
+                # The upstream refused before the body ended: its answer is relayed, then the rest of the
+                # body is drained for a bounded while (lingering close) so the client can read that answer.
+                headers.append((b"connection", b"close"))
             await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
             self.response_started = True
             async for chunk in response.body():

@@ -21,7 +21,9 @@ llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/3
   the relay's next write meets the reset before the answer is read, the answer is lost (502), as it
   would be for any proxy: well-behaved servers drain (lingering close).
 - Connections are kept alive and reused (LIFO, expiring after KEEPALIVE_EXPIRY s idle) only when the
-  request was sent whole and the response read to its end under keep-alive rules.
+  request was sent whole and the response read to its end under keep-alive rules. The head waits for
+  the first body chunk (one write for a small upload); a reused connection found closed by then has
+  had nothing written to it, so a new connection takes its place.
 - A failure of the body generator (a limit, the client gone) aborts the connection: the upstream sees a
   short body and a reset, never a complete request.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -153,6 +156,7 @@ class _Connection(asyncio.Protocol):
         if self.head_done:
             self.complete = True
             self.keep_alive = self.parser.should_keep_alive()
+            self.idle_since = time.monotonic()  # the upstream's idle clock starts at its last byte
             self.wake()
 
     # -- used by the sender and the response ----------------------------------------------------------
@@ -185,6 +189,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.resume_reading()
         return chunks
+
+    def usable(self) -> bool:
+        """Still open as far as the relay knows (the upstream may have closed it while it sat idle)."""
+        return not self.lost and self.error is None and self.transport is not None and not self.transport.is_closing()
 
     def reusable(self) -> bool:
         return (
@@ -274,8 +282,8 @@ class Upstream:
         conn = await self._acquire()
         conn.head_only = method == "HEAD"
         head = self._head(method, raw_target, headers, content_length)
+        conn, early = await self._send_body(conn, head, body, chunked=content_length is None)
         try:
-            early = await self._send_body(conn, head, body, chunked=content_length is None)
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
@@ -303,15 +311,20 @@ class Upstream:
             lines.append(b"Content-Length: %d\r\n\r\n" % content_length)
         return b"".join(lines)
 
-    async def _send_body(self, conn: _Connection, head: bytes, body: AsyncIterator[bytes], *, chunked: bool) -> bool:
-        """Write the head and every chunk; True when an early refusal stopped the body."""
-        transport = conn.transport
-        assert transport is not None
+    async def _send_body(
+        self, conn: _Connection, head: bytes, body: AsyncIterator[bytes], *, chunked: bool
+    ) -> tuple[_Connection, bool]:
+        """Write the head and every chunk; return the connection used and whether an early answer stopped
+        the body. On any error the connection is aborted (the upstream sees a short body) and it re-raises."""
         pending: bytes | None = head  # sent with the first chunk: one write for a small request
         try:
             async for chunk in body:
+                if pending is not None and not conn.usable():
+                    conn = await self._replace(conn)  # nothing written yet: a fresh connection is safe
                 if conn.error is not None or conn.lost:
-                    return self._early_or_raise(conn)
+                    return conn, self._early_or_raise(conn)
+                transport = conn.transport
+                assert transport is not None
                 if chunked:
                     parts = [b"%x\r\n" % len(chunk), chunk, b"\r\n"]
                 elif pending is None:
@@ -325,38 +338,57 @@ class Upstream:
                         pending = None
                     transport.writelines(parts)
                 if conn.paused and not await self._wait_writable(conn, transport):
-                    return True  # the upstream answered and then stopped reading: its answer stands
+                    return conn, True  # the upstream answered and then stopped reading: its answer stands
                 if self._refused(conn) or conn.lost:
-                    return self._early_or_raise(conn)
+                    return conn, self._early_or_raise(conn)
+            if pending is not None and not conn.usable():
+                conn = await self._replace(conn)
+            if conn.error is not None or conn.lost:  # while the last client bytes were awaited
+                return conn, self._early_or_raise(conn)
+            tail = [pending] if pending is not None else []
+            if chunked:
+                tail.append(b"0\r\n\r\n")
+            if tail and conn.transport is not None:
+                conn.transport.writelines(tail)
+            return conn, False
+        except BaseException:
+            if conn.transport is not None:
+                conn.transport.abort()
+            raise
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:  # an early stop leaves the generator suspended: run its cleanup now
                 await aclose()
-        if conn.error is not None or conn.lost:  # while the last client bytes were awaited
-            return self._early_or_raise(conn)
-        tail = [pending] if pending is not None else []
-        if chunked:
-            tail.append(b"0\r\n\r\n")
-        if tail:
-            transport.writelines(tail)
-        return False
+
+    async def _replace(self, stale: _Connection) -> _Connection:
+        """A kept-alive connection the upstream closed before the relay wrote to it: open a new one."""
+        if stale.transport is not None:
+            stale.transport.abort()
+        conn = await self._connect()
+        conn.head_only = stale.head_only
+        return conn
 
     async def _wait_writable(self, conn: _Connection, transport: asyncio.Transport) -> bool:
         """Wait while the transport is paused; False when the upstream answered and then stopped reading.
 
-        Progress is what the upstream reads: a wait that times out while the buffer shrank starts again,
-        so an upstream that reads slowly but steadily is never cut off.
+        Progress is what the upstream takes: the idle deadline moves only when the write buffer shrank.
+        Bytes the upstream sends meanwhile wake this up to re-check, but do not count.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        buffered = transport.get_write_buffer_size()
         while conn.paused and not conn.lost and not self._refused(conn):
-            buffered = transport.get_write_buffer_size()
-            try:
-                await conn.wait(self.timeout, "sending the request body")
-            except UpstreamTimeout:
-                if transport.get_write_buffer_size() < buffered:
-                    continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 if conn.head_done:
                     return False
-                raise
+                raise UpstreamTimeout(f"the upstream made no progress in {self.timeout:g} s (sending the request body)")
+            with contextlib.suppress(UpstreamTimeout):
+                await conn.wait(remaining, "sending the request body")
+            now_buffered = transport.get_write_buffer_size()
+            if now_buffered < buffered:
+                deadline = loop.time() + self.timeout
+            buffered = now_buffered
         return True
 
     @staticmethod
@@ -373,7 +405,7 @@ class Upstream:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.lost and conn.error is None and now - conn.idle_since < KEEPALIVE_EXPIRY:
+            if conn.usable() and now - conn.idle_since < KEEPALIVE_EXPIRY:
                 conn._reset_response()
                 conn.in_use = True
                 return conn
@@ -402,19 +434,21 @@ class Upstream:
     def release(self, conn: _Connection) -> None:
         """Back to the pool, after a whole request and a whole keep-alive response."""
         conn.in_use = False
-        now = conn.idle_since = time.monotonic()
-        # The pool is used from its top; expired or closed connections below it are dropped here.
+        now = time.monotonic()
+        # The pool is used from its top; expired or closed connections below it are dropped here, and
+        # when it is full the oldest goes.
         fresh = []
         for idle in self._idle:
-            if not idle.lost and now - idle.idle_since < KEEPALIVE_EXPIRY:
+            if idle.usable() and now - idle.idle_since < KEEPALIVE_EXPIRY:
                 fresh.append(idle)
             elif idle.transport is not None:
                 idle.transport.close()
+        if len(fresh) >= MAX_IDLE:
+            oldest = fresh.pop(0)
+            if oldest.transport is not None:
+                oldest.transport.close()
+        fresh.append(conn)
         self._idle = fresh
-        if len(self._idle) < MAX_IDLE:
-            self._idle.append(conn)
-        elif conn.transport is not None:
-            conn.transport.close()
 
     async def aclose(self) -> None:
         for conn in self._idle:

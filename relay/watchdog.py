@@ -34,6 +34,16 @@ class IdleWatch:
     def end(self) -> None:
         self.waiting_since = None
 
+    def claim(self) -> bool:
+        """Called on CancelledError: True when the cancel was this watch's alone (and is now undone).
+
+        False when it did not fire, or when another cancel (uvicorn's shutdown) is pending as well: that
+        one must propagate, as asyncio.timeout() does.
+        """
+        if not self.fired or self._task is None:
+            return False
+        return self._task.uncancel() == 0
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()

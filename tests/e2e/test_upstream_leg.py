@@ -141,3 +141,35 @@ def test_an_upstream_that_answers_and_resets_gets_a_contract_answer(test_upstrea
             assert response.status_code == 502 and error_of(response) == "upstream_failed"
             assert record["state"] == "failed"
     assert "Traceback" not in relay.log()
+
+
+def test_a_kept_alive_connection_the_upstream_closes_before_the_first_byte_is_replaced(test_upstream) -> None:  # type: ignore[no-untyped-def]
+    upstream = test_upstream("short-keepalive")  # closes connections idle for 0.5 s
+    relay = start_relay(upstream=upstream.url)
+    try:
+        first = httpx.post(f"{relay.url}/upload/a", content=b"abc", timeout=10)
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            # The relay takes the kept-alive connection when these headers arrive (it is 0.1 s idle) ...
+            sock.sendall(b"POST /upload/b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+            time.sleep(1.0)  # ... and the upstream closes it before the first body byte comes
+            sock.sendall(b"hello")
+            answer = sock.recv(65536)
+    finally:
+        relay.stop()
+    assert first.status_code == 200 and first.headers["x-connection"] == "1"
+    # Nothing had been written to the closed connection: a new one carries the request.
+    assert answer.startswith(b"HTTP/1.1 200") and b"x-connection: 2" in answer.lower(), answer[:300]
+
+
+def test_an_upstream_that_talks_but_never_reads_the_body_is_504(test_upstream) -> None:  # type: ignore[no-untyped-def]
+    upstream = test_upstream("trickle")  # 102 Processing every 0.3 s, body never read
+    relay = start_relay("--upstream-timeout", "1", upstream=upstream.url)
+    try:
+        started = time.monotonic()
+        response = httpx.post(f"{relay.url}/upload/x", content=b"z" * (64 * 1024 * 1024), timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        relay.stop()
+    # Bytes the upstream sends are not progress for the body: only bytes it takes are.
+    assert response.status_code == 504 and error_of(response) == "upstream_timeout"
+    assert elapsed < 15

@@ -15,6 +15,8 @@ Modes:
                  (102 Processing every 0.4 s for 1.6 s first). Every answer carries X-Connection: N, the
                  number of connections accepted so far.
   double         answers every request twice (200 "ok", then an unsolicited 500)
+  short-keepalive answers 200 with X-Connection: N; closes a connection idle for 0.5 s (uvicorn does at 5 s)
+  trickle        reads the request head, never the body, and sends 102 Processing every 0.3 s
   close-at-once  accepts connections and closes them at once, reading nothing
   broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
   recorder       answers 200 {"seen": N, "target": T, "authorization": [A...]}: N connections accepted so far,
@@ -69,6 +71,29 @@ async def double(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\nhello")
     await writer.drain()
     await asyncio.sleep(3600)
+
+
+async def short_keepalive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global CONNECTIONS
+    CONNECTIONS += 1
+    seen = CONNECTIONS
+    while True:
+        try:
+            head = await asyncio.wait_for(_read_head(reader), 0.5)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        await _read_body(reader, head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Connection: %d\r\n\r\nok" % seen)
+        await writer.drain()
+
+
+async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_head(reader)
+    while True:
+        writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
 
 
 async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -196,6 +221,8 @@ async def main(mode: str) -> None:
         "early-413-rude": early_413_rude,
         "double": double,
         "close-at-once": close_at_once,
+        "short-keepalive": short_keepalive,
+        "trickle": trickle,
         "shapes": shapes,
         "broken-response": broken_response,
         "recorder": recorder,

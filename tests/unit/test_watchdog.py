@@ -58,3 +58,35 @@ def test_time_outside_a_wait_does_not_count() -> None:
 
 def test_no_limit_never_fires() -> None:
     assert fired_after(None, [0.2]) is False
+
+
+def test_a_watch_that_fired_does_not_swallow_another_cancel() -> None:
+    async def outcome(also_cancelled_elsewhere: bool) -> bool:
+        watch = IdleWatch(10)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def fire() -> None:  # what _check does when the limit passes, plus uvicorn's shutdown at the same moment
+            watch.fired = True
+            task.cancel()
+            if also_cancelled_elsewhere:
+                task.cancel()
+
+        asyncio.get_running_loop().call_soon(fire)
+        watch.begin()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return watch.claim()
+        finally:
+            watch.close()
+        return False
+
+    async def main() -> tuple[bool, bool]:
+        alone = await asyncio.create_task(outcome(False))
+        both = asyncio.create_task(outcome(True))
+        return alone, await both
+
+    alone, both = run(main())
+    assert alone is True  # the idle timeout's own cancel: claimed, becomes ClientTimeout
+    assert both is False  # another cancel pending: it must propagate
