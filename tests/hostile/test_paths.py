@@ -15,24 +15,10 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from tests.fuzz.common import HEX, decode_once
 from tests.hostile.conftest import Exchange, RelayUnderTest, exchange
 
 PREFIX = b"/upload/"
-HEX = b"0123456789abcdefABCDEF"
-
-
-def decode_once(path: bytes) -> bytes:
-    """Percent-decoding, one pass: `%` and two hex digits is one byte; anything else stays as it is."""
-    out = bytearray()
-    i = 0
-    while i < len(path):
-        if path[i : i + 1] == b"%" and len(path) >= i + 3 and path[i + 1] in HEX and path[i + 2] in HEX:
-            out.append(int(path[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out += path[i : i + 1]
-            i += 1
-    return bytes(out)
 
 
 def expected(target: bytes) -> str:
