@@ -7,17 +7,12 @@ Usage::
     >>> result.ok, result.status, result.files[0].sha256
 """
 
-from client.upload import (
-    ArgumentError,
-    FileError,
-    FileResult,
-    HttpError,
-    NetworkError,
-    UploadError,
-    UploadResult,
-    upload,
-    upload_async,
-)
+from client.errors import ArgumentError, FileError, HttpError, NetworkError, UploadError
+from client.results import FileResult, UploadResult
+from client.upload import upload, upload_async
+from client.version import version
+
+__version__ = version()
 
 __all__ = [
     "ArgumentError",
@@ -27,6 +22,7 @@ __all__ = [
     "NetworkError",
     "UploadError",
     "UploadResult",
+    "__version__",
     "upload",
     "upload_async",
 ]

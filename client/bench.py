@@ -3,6 +3,10 @@
 Runs are interleaved (relay, direct, relay, direct, ...) so a machine that slows down over time hurts both
 sides alike. The body is generated: one random 1 MiB buffer repeated, so the disk and the generator stay out
 of the measurement.
+
+Every request carries `X-Relay-Sink-Discard: 1`. The sample upstream (relay-sink, and the one relay-server
+embeds by default) then counts and hashes the body but stores nothing: without it, three runs of 256 MiB
+left 768 MB in ./received. Any other upstream ignores the header (the relay forwards it like any other).
 """
 
 from __future__ import annotations
@@ -18,22 +22,17 @@ from typing import Any
 
 import httpx
 
-from client.upload import (
-    CHUNK_SIZE,
-    DEFAULT_RELAY,
-    DEFAULT_TIMEOUT,
-    Body,
-    HttpError,
-    build_url,
-    describe_http_error,
-    multipart_segments,
-    new_boundary,
-    send_body,
-)
+from client.errors import HttpError
+from client.events import describe_http_error
+from client.sources import CHUNK_SIZE, Body, multipart_segments, new_boundary
+from client.target import DEFAULT_RELAY, build_url
+from client.upload import DEFAULT_TIMEOUT, send_body
 
-__all__ = ["DEFAULT_BENCH_PATH", "BenchResult", "GeneratedSource", "Stats", "parse_size", "run_bench"]
+__all__ = ["DEFAULT_BENCH_PATH", "DISCARD_HEADER", "BenchResult", "GeneratedSource", "Stats", "parse_size", "run_bench"]
 
 DEFAULT_BENCH_PATH = "/upload/bench"
+# Asks the sample upstream to count and hash but not store (see the module docstring).
+DISCARD_HEADER = ("X-Relay-Sink-Discard", "1")
 
 _UNITS = {
     "": 1,
@@ -122,10 +121,21 @@ def _body(size: int, multipart: bool) -> Body:
     return Body(segments, f"multipart/form-data; boundary={boundary}")
 
 
-async def _one_run(client: httpx.AsyncClient, url: str, size: int, multipart: bool, concurrency: int) -> float:
+@dataclass
+class _Target:
+    url: str
+    relay: str | None  # the relay's base URL, for "is relay-server running?"; None for the direct upstream
+    headers: dict[str, str]
+
+
+async def _one_run(client: httpx.AsyncClient, target: _Target, size: int, multipart: bool, concurrency: int) -> float:
     """One run: `concurrency` uploads at once; aggregate payload MB/s over the wall time."""
     started = time.perf_counter()
-    sends = [send_body(client, "POST", url, _body(size, multipart), {}) for _ in range(concurrency)]
+    url = target.url
+    sends = [
+        send_body(client, "POST", url, _body(size, multipart), target.headers, relay=target.relay)
+        for _ in range(concurrency)
+    ]
     for sent in await asyncio.gather(*sends):
         if not 200 <= sent.status < 300:
             raise HttpError(f"{url}: {describe_http_error(sent.status, sent.response)}")
@@ -142,16 +152,20 @@ async def run_bench(
     multipart: bool = False,
     concurrency: int = 1,
     direct: str | None = None,
+    token: str | None = None,
 ) -> BenchResult:
     """Interleave `runs` relay runs with as many direct runs (when `direct` is given)."""
-    relay_url = build_url(relay, to, [])
-    direct_url = build_url(direct, to, []) if direct else None
+    headers = dict([DISCARD_HEADER])
+    relay_target = _Target(build_url(relay, to, []), relay, headers)
+    if token:
+        relay_target.headers = {**headers, "Authorization": f"Bearer {token}"}
+    direct_target = _Target(build_url(direct, to, []), None, headers) if direct else None
     relay_rates: list[float] = []
     direct_rates: list[float] = []
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
         for _ in range(runs):
-            relay_rates.append(await _one_run(client, relay_url, size, multipart, concurrency))
-            if direct_url:
-                direct_rates.append(await _one_run(client, direct_url, size, multipart, concurrency))
+            relay_rates.append(await _one_run(client, relay_target, size, multipart, concurrency))
+            if direct_target is not None:
+                direct_rates.append(await _one_run(client, direct_target, size, multipart, concurrency))
     return BenchResult(size, runs, Stats.of(relay_rates), Stats.of(direct_rates) if direct_rates else None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -19,21 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from client.bench import DEFAULT_BENCH_PATH, BenchResult, parse_size, run_bench
-from client.progress import UploadView
-from client.report import render_table, result_line
-from client.upload import (
-    DEFAULT_FIELD,
-    DEFAULT_RELAY,
-    DEFAULT_TIMEOUT,
-    ArgumentError,
-    LocalFile,
-    UploadError,
-    UploadObserver,
-    UploadResult,
-    check_files,
-    error_summary,
-    upload_async,
-)
+from client.errors import ArgumentError, UploadError
+from client.progress import RequestProgress, UploadView
+from client.report import render_summary, result_line
+from client.results import FileResult, UploadResult, error_summary
+from client.retry import RetryDecision
+from client.sources import LocalFile, check_files
+from client.target import DEFAULT_RELAY, resolve_target
+from client.upload import DEFAULT_FIELD, DEFAULT_TIMEOUT, upload_async
+from client.version import version
 
 __all__ = ["main", "run"]
 
@@ -42,7 +36,10 @@ PROG = "relay-upload"
 UPLOAD_EXAMPLES = """\b
 Examples:
   relay-upload photo.jpg --to /upload/photos
+  relay-upload photo.jpg --to http://relay.example:8000/upload/photos
   relay-upload a.bin b.bin --to /upload/batch --form album=2026 --query tag=x
+  relay-upload photos/ --recursive --each -j 4 --to /upload/photos
+  tar c dir | relay-upload - --to /upload/backups/dir.tar
   relay-upload big.iso --raw --method PUT --to /upload/isos/big.iso --events
   relay-upload *.log --each -j 4 --to /upload/logs --json
   relay-upload bench --size 1GiB --direct http://127.0.0.1:8001
@@ -83,9 +80,12 @@ def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]
     epilog=UPLOAD_EXAMPLES,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("--to", "to", required=True, metavar="PATH", help="Path on the relay, e.g. /upload/photos.")
-@click.option("--relay", default=DEFAULT_RELAY, show_default=True, metavar="URL", help="Relay base URL.")
+@click.argument("files", nargs=-1, required=True, metavar="FILE|DIR|-...")
+@click.option(
+    "--to", "to", required=True, metavar="PATH|URL", help="Path on the relay (/upload/photos), or a full URL."
+)
+@click.option("--relay", metavar="URL", help=f"Relay base URL.  [default: {DEFAULT_RELAY}]")
+@click.option("-r", "--recursive", is_flag=True, help="Upload the files under each DIR given.")
 @click.option("--field", default=DEFAULT_FIELD, show_default=True, metavar="NAME", help="Multipart field for files.")
 @click.option("--form", multiple=True, metavar="k=v", help="Extra multipart form field (repeatable).")
 @click.option("--query", multiple=True, metavar="k=v", help="Query parameter appended to the URL (repeatable).")
@@ -100,16 +100,23 @@ def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]
 @click.option("--each", is_flag=True, help="One request per file instead of one multipart request.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Concurrent requests.")
 @click.option("--events", is_flag=True, help="Follow the relay's events and check each part's sha256.")
+@click.option("--token", envvar="RELAY_TOKEN", metavar="TOKEN", help="Bearer token for the relay's --token.")
 @click.option("--admin-token", envvar="RELAY_ADMIN_TOKEN", metavar="TOKEN", help="Bearer token for /_relay/.")
 @click.option(
-    "--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries before any byte is sent."
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Retries after a 429 (waiting its Retry-After) or a connection failure before the first body byte.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (one line per request).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display and no summary table.")
+@click.version_option(version(), "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def upload_command(
     files: tuple[str, ...],
     to: str,
-    relay: str,
+    relay: str | None,
+    recursive: bool,
     field: str,
     form: tuple[str, ...],
     query: tuple[str, ...],
@@ -119,12 +126,22 @@ def upload_command(
     each: bool,
     jobs: int,
     events: bool,
+    token: str | None,
     admin_token: str | None,
     retries: int,
     as_json: bool,
     quiet: bool,
 ) -> int:
-    """Stream FILE... to the upload relay (multipart by default), with progress and sha256."""
+    """Stream FILE... to the upload relay (multipart by default), with progress and sha256.
+
+    A DIR needs --recursive; "-" sends standard input as one raw, chunked body.
+    """
+    local = check_files(files, recursive=recursive)
+    _check_stdin(local)
+    if raw and not each and len(local) != 1:
+        raise ArgumentError("--raw sends exactly one file (use --each for several)")
+    # Resolved here, once: a --to URL that contradicts --relay is a usage error before anything is sent.
+    relay, to = resolve_target(to, relay)
     options: dict[str, Any] = {
         "relay": relay,
         "field": field,
@@ -135,16 +152,23 @@ def upload_command(
         "method": method.upper(),
         "events": events,
         "admin_token": admin_token,
+        "token": token,
         "retries": retries,
     }
-    if raw and not each and len(files) != 1:
-        raise ArgumentError("--raw sends exactly one file (use --each for several)")
-    local = check_files(files)
     err = Console(stderr=True)
     show_progress = err.is_terminal and not quiet and not as_json
     view = UploadView(err, events=events) if show_progress else None
     outcomes = asyncio.run(_upload_all(local, to, options, each=each, jobs=jobs, view=view))
     return _report(outcomes, as_json=as_json, quiet=quiet)
+
+
+def _check_stdin(files: list[LocalFile]) -> None:
+    if not any(f.is_stdin for f in files):
+        return
+    if len(files) != 1:
+        raise ArgumentError("'-' (standard input) is sent alone, as one raw body")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ArgumentError("'-' reads standard input, which is a terminal: pipe or redirect the data in")
 
 
 Outcome = UploadResult | UploadError
@@ -159,14 +183,17 @@ async def _upload_all(
     gate = asyncio.Semaphore(jobs)
 
     async def one(index: int, group: list[LocalFile], client: httpx.AsyncClient) -> Outcome:
-        observer: UploadObserver | None = None
-        if view is not None:
-            observer = view.request(tasks[index : index + 1] if each else tasks)
+        observer = view.request(tasks[index : index + 1] if each else tasks) if view is not None else None
+        on_retry = _retry_note(view, observer, group[0].path if each else "")
         async with gate:
             try:
-                return await upload_async([f.path for f in group], to, client=client, observer=observer, **options)
+                paths = [f.path for f in group]
+                return await upload_async(paths, to, client=client, observer=observer, on_retry=on_retry, **options)
             except UploadError as exc:
                 return exc
+            finally:
+                if observer is not None:
+                    observer.done()
 
     async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
         if view is None:
@@ -177,24 +204,47 @@ async def _upload_all(
     return list(zip(groups, outcomes, strict=True))
 
 
+def _retry_note(
+    view: UploadView | None, observer: RequestProgress | None, label: str
+) -> Callable[[RetryDecision], None] | None:
+    """What to do before a retry: rewind the request's progress rows and say why on the live display."""
+    if view is None or observer is None:
+        return None  # no display: the retry shows only in the result's "attempts"
+    prefix = f"{label}: " if label else ""
+
+    def note(decision: RetryDecision) -> None:
+        observer.restart()
+        view.note(f"{prefix}{decision.reason}; retrying in {decision.delay:.1f} s")
+
+    return note
+
+
+def _as_result(group: list[LocalFile], outcome: Outcome) -> UploadResult:
+    """Every request has a result for the report, failed ones too (status None and the error)."""
+    if isinstance(outcome, UploadResult):
+        return outcome
+    if outcome.result is not None:
+        return outcome.result
+    files = [FileResult(f.path, f.size, None) for f in group]
+    return UploadResult(None, None, 0, 0.0, files, None, error=str(outcome))
+
+
 def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, quiet: bool) -> int:
-    """Print results (JSON lines or a table), one error line per failed request; return the exit code."""
-    results = [o for _, o in outcomes if isinstance(o, UploadResult)]
+    """Print a result for every request (JSON lines or a summary), one error line per failed request."""
+    results = [_as_result(group, outcome) for group, outcome in outcomes]
     if as_json:
         for result in results:
             sys.stdout.write(result_line(result) + "\n")
         sys.stdout.flush()
     elif results and not quiet:
-        render_table(Console(), results)
+        render_summary(Console(), results)
     code = 0
-    for group, outcome in outcomes:
+    for (group, outcome), result in zip(outcomes, results, strict=True):
+        if result.ok:
+            continue
         prefix = f"{group[0].path}: " if len(outcomes) > 1 else ""
-        if isinstance(outcome, UploadError):
-            _fail(prefix + str(outcome))
-            code = max(code, outcome.exit_code)
-        elif not outcome.ok:
-            _fail(prefix + error_summary(outcome))
-            code = max(code, 1)
+        _fail(prefix + error_summary(result))
+        code = max(code, outcome.exit_code if isinstance(outcome, UploadError) else 1)
     return code
 
 
@@ -204,6 +254,7 @@ def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, q
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--relay", default=DEFAULT_RELAY, show_default=True, metavar="URL", help="Relay base URL.")
+@click.option("--token", envvar="RELAY_TOKEN", metavar="TOKEN", help="Bearer token for the relay's --token.")
 @click.option("--to", "to", default=DEFAULT_BENCH_PATH, show_default=True, metavar="PATH", help="Upload path.")
 @click.option("--size", required=True, metavar="SIZE", help="Body size per upload: 10MiB, 1GB, 4096...")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per target.")
@@ -212,16 +263,35 @@ def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, q
 @click.option("--direct", metavar="URL", help="Upstream base URL to compare with (same path).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def bench_command(
-    relay: str, to: str, size: str, runs: int, multipart: bool, concurrency: int, direct: str | None, as_json: bool
+    relay: str,
+    token: str | None,
+    to: str,
+    size: str,
+    runs: int,
+    multipart: bool,
+    concurrency: int,
+    direct: str | None,
+    as_json: bool,
 ) -> int:
-    """Measure upload throughput through the relay (and directly to the upstream with --direct)."""
+    """Measure upload throughput through the relay (and directly to the upstream with --direct).
+
+    Every request carries `X-Relay-Sink-Discard: 1`: the sample upstream (relay-sink, embedded or not) counts
+    and hashes the bytes but stores nothing, so benchmarks do not fill ./received.
+    """
     try:
         nbytes = parse_size(size)
     except ValueError as exc:
         raise ArgumentError(f"--size: {exc}") from None
     result = asyncio.run(
         run_bench(
-            size=nbytes, relay=relay, to=to, runs=runs, multipart=multipart, concurrency=concurrency, direct=direct
+            size=nbytes,
+            relay=relay,
+            to=to,
+            runs=runs,
+            multipart=multipart,
+            concurrency=concurrency,
+            direct=direct,
+            token=token,
         )
     )
     if as_json:

@@ -1,7 +1,11 @@
-"""The Rich progress view on stderr: one row per file, a total row, and with --events what the relay received.
+"""The Rich progress view on stderr: a row per file being sent, a total row, and with --events what the relay received.
 
 Only shown when stderr is a terminal and neither --quiet nor --json is given (cli.py decides). `console` and
 `get_time` are injectable so tests can render exact frames with a fake clock.
+
+When there are more files than the terminal has rows, a row per file would be cut by the live display (rows
+1 to N, then "...", the total lost). Then the view is *compact*: a file's row is shown only while its bytes
+flow, and the total row counts the files done, so the active rows and the total always fit.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from rich.progress import (
 )
 from rich.table import Column
 
-from client.upload import LocalFile
+from client.sources import LocalFile
 
 __all__ = ["RequestProgress", "UploadView"]
+
+# Rows the live display needs besides the file rows: the total, and one spare so nothing scrolls.
+_SPARE_ROWS = 2
 
 
 class UploadView:
@@ -55,6 +62,14 @@ class UploadView:
             *columns, console=console, get_time=get_time, auto_refresh=auto_refresh, refresh_per_second=5
         )
         self.total_task: TaskID | None = None
+        self.compact = False
+        self.files_done = 0
+        self.files_count = 0
+        self._done: set[TaskID] = set()
+        self._shown: set[TaskID] = set()
+        # Sizes and bytes sent per file row, kept here: Rich's own task list is copied on every read.
+        self._sizes: dict[TaskID, int | None] = {}
+        self._sent: dict[TaskID, int] = {}
 
     def __enter__(self) -> UploadView:
         self.progress.start()
@@ -64,10 +79,17 @@ class UploadView:
         self.progress.stop()
 
     def add_files(self, files: Sequence[LocalFile]) -> list[TaskID]:
+        self.files_count = len(files)
+        self.compact = len(files) + _SPARE_ROWS > self.progress.console.height
         # The base name: a long directory would push the numbers off the row.
-        tasks = [self.progress.add_task(escape(f.name), total=f.size, relay="") for f in files]
+        tasks = [
+            self.progress.add_task(escape(f.name), total=f.size, relay="", visible=not self.compact) for f in files
+        ]
+        self._sizes = {task: f.size for task, f in zip(tasks, files, strict=True)}
+        self._sent = dict.fromkeys(tasks, 0)
         if len(files) > 1:
-            self.total_task = self.progress.add_task("[bold]total", total=sum(f.size for f in files), relay="")
+            total = None if None in (f.size for f in files) else sum(f.size or 0 for f in files)
+            self.total_task = self.progress.add_task(self._total_label(), total=total, relay="")
         return tasks
 
     def request(self, file_tasks: Sequence[TaskID], relay_task: TaskID | None = None) -> RequestProgress:
@@ -79,6 +101,44 @@ class UploadView:
     def refresh(self) -> None:
         self.progress.refresh()
 
+    def note(self, text: str) -> None:
+        """A line above the live rows (a retry, say), kept on screen after the display ends."""
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def _total_label(self) -> str:
+        if not self.compact:
+            return "[bold]total"
+        return f"[bold]total[/] {self.files_done}/{self.files_count} files"
+
+    def advanced(self, task: TaskID, nbytes: int) -> None:
+        """After bytes of `task` went: in compact mode show its row while it runs, hide it once it is whole."""
+        self._sent[task] = self._sent.get(task, 0) + nbytes
+        if not self.compact or task in self._done:
+            return
+        size = self._sizes.get(task)
+        if size is not None and self._sent[task] >= size:
+            self.finished(task)
+        elif task not in self._shown:
+            self._shown.add(task)
+            self.progress.update(task, visible=True)
+
+    def rewound(self, task: TaskID) -> None:
+        """`task` starts again from its first byte (a retried request)."""
+        self._sent[task] = 0
+        self._shown.discard(task)
+        self.progress.reset(task, visible=not self.compact)
+
+    def finished(self, task: TaskID) -> None:
+        """`task` is over (sent whole, or its request ended): in compact mode its row folds into the count."""
+        if task in self._done:
+            return
+        self._done.add(task)
+        self.files_done += 1
+        if self.compact:
+            self.progress.update(task, visible=False)
+            if self.total_task is not None:
+                self.progress.update(self.total_task, description=self._total_label())
+
 
 class RequestProgress:
     """Implements upload.UploadObserver on top of an UploadView."""
@@ -88,12 +148,15 @@ class RequestProgress:
         self.file_tasks = file_tasks
         self.relay_task = relay_task
         self.relay_text = ""
+        self.sent = 0
 
     def file_sent(self, index: int, nbytes: int) -> None:
         progress = self.view.progress
+        self.sent += nbytes
         progress.advance(self.file_tasks[index], nbytes)
         if self.view.total_task is not None:
             progress.advance(self.view.total_task, nbytes)
+        self.view.advanced(self.file_tasks[index], nbytes)
 
     def relay_received(self, nbytes: int, total: int | None) -> None:
         if self.relay_task is None:
@@ -106,6 +169,19 @@ class RequestProgress:
         task = self.file_tasks[index]
         text = f"{self.relay_text} {mark}".strip() if task == self.relay_task else mark
         self.view.progress.update(task, relay=text)
+
+    def restart(self) -> None:
+        """The request is sent again: its bytes so far no longer count."""
+        progress = self.view.progress
+        for task in self.file_tasks:
+            self.view.rewound(task)
+        if self.view.total_task is not None:
+            progress.advance(self.view.total_task, -self.sent)
+        self.sent = 0
+
+    def done(self) -> None:
+        for task in self.file_tasks:
+            self.view.finished(task)
 
 
 def _amount(done: int, total: int | None) -> str:

@@ -113,18 +113,21 @@ def test_result_json_shape() -> None:
         upload_id="abc",
         bytes_sent=2_000_000,
         seconds=0.5,
-        files=[FileResult("./x.bin", 10, "f" * 64)],
+        files=[FileResult("./x.bin", 10, "f" * 64, sent=10, seconds=0.25)],
         response={"ok": True},
     )
+    file = {"path": "./x.bin", "size": 10, "sha256": "f" * 64}
+    per_file = {"bytes_sent": 10, "partial": False, "seconds": 0.25, "throughput_mbps": 0.0}
     assert result_json(result) == {
         "status": 201,
         "upload_id": "abc",
         "bytes_sent": 2_000_000,
         "seconds": 0.5,
         "throughput_mbps": 4.0,
-        "files": [{"path": "./x.bin", "size": 10, "sha256": "f" * 64}],
+        "files": [{**file, **per_file}],
         "sha256": {"./x.bin": "f" * 64},
         "response": {"ok": True},
+        "attempts": 1,
     }
 
 
