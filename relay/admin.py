@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import time
@@ -153,7 +154,9 @@ def _catch_up(ctx: RelayContext, upload_id: str) -> _CatchUp:
     if record is None:
         return _CatchUp(known=False, events=(), parts_sent=0, finished=False)
     now = record.terminal.ts if record.terminal else time.time()
-    events: list[Event] = [Progress(upload_id, record.bytes, record.total, now), *record.parts]
+    # Replayed parts carry the current count: within one stream `bytes` never goes down (contract).
+    parts = [dataclasses.replace(part, bytes=record.bytes) for part in record.parts]
+    events: list[Event] = [Progress(upload_id, record.bytes, record.total, now), *parts]
     if record.terminal is not None:
         events.append(record.terminal)
     return _CatchUp(known=True, events=tuple(events), parts_sent=len(record.parts), finished=record.finished)

@@ -77,7 +77,10 @@ class RelayApp:
                 if not route.upstream:
                     raise RuntimeError("a route has no upstream: run through relay-server or set one")
                 self.ctx.upstreams[key] = Upstream(
-                    route.upstream, timeout=settings.upstream_timeout, connect_timeout=settings.upstream_connect_timeout
+                    route.upstream,
+                    timeout=settings.upstream_timeout,
+                    connect_timeout=settings.upstream_connect_timeout,
+                    ca_file=settings.upstream_ca,
                 )
 
     async def shutdown(self) -> None:

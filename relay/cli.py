@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+from relay.clitools import run_click
 from relay.core.limits import Limits
 from relay.settings import (
     DEFAULT_METHODS,
@@ -26,14 +28,14 @@ from relay.settings import (
     parse_size,
 )
 
-__all__ = ["main", "run_click", "settings_from_options"]
+__all__ = ["main", "settings_from_options"]
 
 PROG = "relay-server"
 _SERVER_KEYS = {
     "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
     "upstream_timeout", "upstream_connect_timeout", "digest", "admin_token", "token", "forward_authorization",
     "trust_forwarded", "max_concurrent_uploads", "token_file", "max_uploads_per_client", "client_idle_timeout",
-    "client_min_rate", "cors_origin", "drain_timeout", "client_min_rate_grace", "header_timeout",
+    "client_min_rate", "cors_origin", "drain_timeout", "client_min_rate_grace", "header_timeout", "upstream_ca",
 }  # fmt: skip
 _ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
 
@@ -136,7 +138,21 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
         cors_origins=tuple(options["cors_origin"]),
         drain_timeout=options["drain_timeout"],
         store=Path(options["store"]),
+        upstream_ca=_check_ca(options["upstream_ca"]),
     )
+
+
+def _check_ca(path: str | None) -> str | None:
+    """Load the CA file once at start-up, so a wrong one is one line and exit 2, not a 502 per upload."""
+    if not path:
+        return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ValueError(f"--upstream-ca {path}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--upstream-ca {path} is not a PEM file of CA certificates: {exc}") from None
+    return path
 
 
 def _read_tokens(path: str | None) -> tuple[str, ...]:
@@ -238,6 +254,11 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
     callback=_positive,
     help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.",
 )
+@click.option(
+    "--upstream-ca",
+    default=None,
+    help="PEM file of CA certificates to verify HTTPS upstreams with (instead of the system CAs).",
+)
 @click.pass_context
 def command(ctx: click.Context, /, config: str | None, host: str, port: int, **options: Any) -> None:
     """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
@@ -307,20 +328,6 @@ def _with_upstream(settings: Settings, url: str) -> Settings:
 
     routes = tuple(route if route.upstream else replace(route, upstream=url) for route in settings.routes)
     return replace(settings, routes=routes)
-
-
-def run_click(command: click.Command, prog: str, argv: list[str] | None = None) -> None:
-    """Run a click command with one-line errors: `PROG: error: ...` on stderr and exit code 2, never click's
-    multi-line usage block. relay-server and relay-sink share it."""
-    try:
-        command.main(args=argv, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        print(f"{prog}: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -523,7 +523,13 @@ class Upload:
         self.fail_quietly(exc)
         self.log_line(exc.status_code, f"failed:{exc.code}")
         if self.response_started:
-            raise exc  # only closing the connection is left; uvicorn does that when the app raises
+            # Only closing the connection is left. The protocol glue does it without a traceback; under
+            # another server, raising makes it close the connection.
+            abort = self.scope.get("extensions", {}).get("relay.abort")
+            if abort is None:
+                raise exc
+            abort()
+            return
         if self.client_gone:
             return
         await self.answer(exc, unread_body=not self.body_done)

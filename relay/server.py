@@ -38,6 +38,7 @@ log = logging.getLogger("relay.server")
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0
 RAW_TARGET = "relay.raw_target"  # scope["extensions"] key
+ABORT = "relay.abort"  # scope["extensions"] key: a callable that ends the response by closing the connection
 
 
 def tune_malloc() -> bool:
@@ -93,7 +94,10 @@ class _NoCopyCycle(httptools_impl.RequestResponseCycle):
         self._body = _ChunkList() if isinstance(value, bytearray) and not value else value
 
 
-NOCOPY_UVICORN = ("0.54.",)  # versions whose RequestResponseCycle.body use this was checked against
+# Versions whose RequestResponseCycle.body use this was checked against (0.55 changed nothing of it: the
+# diff of httptools_impl.py is the header value's trailing whitespace and the task context). pyproject.toml
+# keeps uvicorn below the next minor version, and constraints.txt pins the one CI tests.
+NOCOPY_UVICORN = ("0.54.", "0.55.")
 
 
 def install_nocopy_body() -> bool:
@@ -129,8 +133,32 @@ class HeaderLimitProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._header_bytes = 0
         self._headers_too_large = False
+        self._in_head = True
+        self._head_began_here = True
+        self._raw_head_bytes = 0
         self._arm_header_timer()
         super().on_message_begin()
+
+    def data_received(self, data: bytes) -> None:
+        """Count the bytes of a head still being read, not only its completed lines.
+
+        httptools reports a header only once its line has ended, and buffers it until then: a head that never
+        ends (`X-Endless: zzzz...` with no CRLF) would be read whole into memory. A read that arrives while a
+        head is open counts in full; the read that began the head is left to the per-line count (it may hold
+        the end of a pipelined request before it). Both counts are lower bounds of the head's size and are
+        kept apart (lines completed in a counted read would otherwise count twice), so memory stays under
+        the limit plus two reads.
+        """
+        self._head_began_here = False
+        super().data_received(data)
+        if not getattr(self, "_in_head", False) or self._head_began_here or self.transport.is_closing():
+            return
+        self._raw_head_bytes += len(data)  # the head is still open after this read: all of it is head
+        if self._raw_head_bytes > self.max_header_bytes:
+            self._headers_too_large = True
+            self._reply_and_close(
+                431, "Request Header Fields Too Large", "headers_too_large", "request headers too large"
+            )
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -158,11 +186,22 @@ class HeaderLimitProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self._header_bytes = 0
+        self._in_head = False
+        extensions: dict[str, Any] = {ABORT: self._abort_response}
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
         if self.url.startswith(b"/"):
-            cast(Any, self.scope)["extensions"] = {RAW_TARGET: self.url.split(b"#", 1)[0]}
+            extensions[RAW_TARGET] = self.url.split(b"#", 1)[0]
+        cast(Any, self.scope)["extensions"] = extensions
         super().on_headers_complete()
+
+    def _abort_response(self) -> None:
+        """End a response that has started and cannot be finished (the upstream broke mid-answer): close the
+        connection so the client sees a truncated body, and mark the cycle disconnected so uvicorn logs no
+        "Exception in ASGI application" for a failure the relay has already recorded."""
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+        self.transport.close()
 
     def _count(self, size: int) -> None:
         self._header_bytes = getattr(self, "_header_bytes", 0) + size

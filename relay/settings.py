@@ -108,6 +108,7 @@ class Settings:
     registry_size: int = DEFAULT_REGISTRY_SIZE
     registry_ttl: float = DEFAULT_REGISTRY_TTL
     store: Path = Path("received")
+    upstream_ca: str | None = None  # PEM file: verify HTTPS upstreams against it instead of the system CAs
 
     def __post_init__(self) -> None:
         if not self.routes:

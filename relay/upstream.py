@@ -12,7 +12,17 @@ llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/3
   until it drains, so at most HIGH_WATER bytes per upload sit in the relay on the upstream side.
 - Timeouts are idle timeouts (the contract's `--upstream-timeout`): no bytes taken by the upstream,
   while the transport is paused, and no bytes read (1xx answers and header bytes count), while a
-  response is awaited, for that long gives UpstreamTimeout. A slow but moving transfer never times out.
+  response is awaited, for that long gives UpstreamTimeout. A slow but moving transfer never times out:
+  what the upstream took is measured, not guessed from "the transport became writable" (on loopback the
+  kernel's send buffer is several MiB and wakes a writer only when much of it has drained, which at
+  1 MiB/s is seconds apart). When the idle deadline comes, the kernel is asked how far the upstream has
+  got (TCP_INFO: bytes it acknowledged plus the receive window it announced, i.e. how far it lets the
+  relay send); further than at the last sample is progress. This also sees an upstream that still reads
+  the body out of its own receive buffer after the relay's last write, as far as its kernel announces it
+  (window updates come when its free space doubles): the silent stretch left is the last part of its
+  receive buffer, about a second at 1 MiB/s on loopback here.
+  Time spent waiting for the relay's own client (its next body chunk, or reading the response) is not
+  the upstream's and never counts.
 - Full duplex: the response is parsed as it arrives, also while the body is still being sent. An early
   final answer of 400 or more (an upstream refusing an upload it will not read) stops the body and is
   relayed as the upstream's answer, even when the upstream then closes the connection. An earlier
@@ -20,7 +30,8 @@ llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/3
   An upstream that answers and closes with the body unread makes the kernel reset the connection; if
   the relay's next write meets the reset before the answer is read, the answer is lost (502), as it
   would be for any proxy: well-behaved servers drain (lingering close).
-- Connections are kept alive and reused (LIFO, expiring after KEEPALIVE_EXPIRY s idle) only when the
+- Connections are kept alive and reused (LIFO, expiring after KEEPALIVE_EXPIRY s idle, or sooner when the
+  upstream's `Keep-Alive: timeout=N` says it closes idle connections earlier) only when the
   request was sent whole and the response read to its end under keep-alive rules. The head waits for
   the first body chunk (one write for a small upload); a reused connection found closed by then has
   had nothing written to it, so a new connection takes its place.
@@ -33,7 +44,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -52,7 +65,55 @@ READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the socket stops 
 # the upstream closes for idleness at the moment the relay reuses it would fail a request whose body is
 # already flowing and cannot be replayed; reusing only younger connections keeps clear of that moment.
 KEEPALIVE_EXPIRY = 4.0
+# A `Keep-Alive: timeout=N` from the upstream: the connection is dropped this long before N runs out.
+KEEPALIVE_MARGIN = 1.0
 MAX_IDLE = 64
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked (u64) and tcpi_snd_wnd (u32, the peer's window, Linux 5.19+).
+TCP_INFO_SIZE = 232
+TCPI_BYTES_ACKED = 120
+TCPI_SND_WND = 228
+
+
+def keepalive_expiry(headers: list[tuple[bytes, bytes]]) -> float:
+    """Seconds an idle connection may be reused, from the response's `Keep-Alive` header (RFC 2068 19.7.1).
+
+    `timeout=N` is the upstream's idle timeout: the relay stops reusing the connection KEEPALIVE_MARGIN s
+    before it, never later than KEEPALIVE_EXPIRY; `max=0` means no further request. Malformed parameters
+    are ignored (the default applies).
+    """
+    expiry = KEEPALIVE_EXPIRY
+    for name, value in headers:
+        if name.lower() != b"keep-alive":
+            continue
+        for param in value.split(b","):
+            key, _, raw = param.partition(b"=")
+            key, raw = key.strip().lower(), raw.strip().strip(b'"')
+            if not raw.isdigit():
+                continue
+            if key == b"timeout":
+                expiry = min(expiry, max(0.0, int(raw) - KEEPALIVE_MARGIN))
+            elif key == b"max" and int(raw) == 0:
+                expiry = 0.0
+    return expiry
+
+
+def upstream_progress(transport: asyncio.Transport) -> int:
+    """How far the upstream lets the relay send: bytes it acknowledged plus the window it announced.
+
+    It grows when the upstream takes bytes off the relay's send queue and when it reads what its own receive
+    buffer holds (its kernel announces the room). Where TCP_INFO is not there, fewer bytes waiting in the
+    transport is the measure (negated, so that larger is further, too).
+    """
+    sock = transport.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE) if sock is not None else b""
+    except (OSError, ValueError, AttributeError):  # not a TCP socket, or already closed
+        raw = b""
+    if len(raw) < TCPI_BYTES_ACKED + 8:
+        return -transport.get_write_buffer_size()
+    (acked,) = struct.unpack_from("=Q", raw, TCPI_BYTES_ACKED)
+    window = struct.unpack_from("=I", raw, TCPI_SND_WND)[0] if len(raw) >= TCPI_SND_WND + 4 else 0
+    return int(acked + window)
 
 
 class _Connection(asyncio.Protocol):
@@ -76,6 +137,7 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.keep_alive = False  # llhttp's verdict, taken when the message completes (it resets after)
+        self.expiry = KEEPALIVE_EXPIRY  # idle seconds this connection may still be reused after the response
         self.until_close = False  # no Content-Length, not chunked: the body ends when the connection does
         self.body: deque[bytes] = deque()
         self.buffered = 0
@@ -156,6 +218,7 @@ class _Connection(asyncio.Protocol):
         if self.head_done:
             self.complete = True
             self.keep_alive = self.parser.should_keep_alive()
+            self.expiry = keepalive_expiry(self.headers)
             self.idle_since = time.monotonic()  # the upstream's idle clock starts at its last byte
             self.wake()
 
@@ -224,8 +287,13 @@ class UpstreamResponse:
         """The body exactly as upstream sent it (de-chunked, never decompressed)."""
         conn, timeout = self._conn, self._upstream.timeout
         while True:
-            for chunk in conn.take_body():
-                yield chunk
+            if conn.body:
+                # Bytes that arrived while the client was reading the last ones are already here (reading may
+                # even be paused on them): take them before waiting, or no callback would ever come. The
+                # time spent in `yield` is the client's, so the idle wait below starts only after it.
+                for chunk in conn.take_body():
+                    yield chunk
+                continue
             if conn.complete:
                 return
             if conn.error is not None:
@@ -246,16 +314,18 @@ class UpstreamResponse:
 class Upstream:
     """A pool of keep-alive connections to one upstream base URL."""
 
-    def __init__(self, base_url: str, *, timeout: float, connect_timeout: float) -> None:
+    def __init__(self, base_url: str, *, timeout: float, connect_timeout: float, ca_file: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.base_url = base_url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.ca_file = ca_file
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        # Verified against the system CAs, or only against --upstream-ca when given (a private CA).
+        self._ssl = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         self._host_header = parts.netloc.rpartition("@")[2].encode("idna")  # IDNA: ASCII stays as it is
         # Credentials in the upstream URL become Basic auth (as httpx did), replacing a forwarded Authorization.
         self._authorization: bytes | None = None
@@ -287,7 +357,7 @@ class Upstream:
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
-                await conn.wait(self.timeout, "waiting for the response headers")
+                await self._wait_answer(conn)
         except BaseException:
             if conn.transport is not None:
                 conn.transport.abort()
@@ -371,25 +441,45 @@ class Upstream:
     async def _wait_writable(self, conn: _Connection, transport: asyncio.Transport) -> bool:
         """Wait while the transport is paused; False when the upstream answered and then stopped reading.
 
-        Progress is what the upstream takes: the idle deadline moves only when the write buffer shrank.
-        Bytes the upstream sends meanwhile wake this up to re-check, but do not count.
+        Progress is what the upstream takes (`upstream_progress`, sampled at each wake-up and when the
+        deadline comes), so a slow but steady reader, whose progress the kernel does not report as
+        writability for seconds, is seen. Bytes the upstream sends meanwhile wake this up to re-check, but
+        do not count.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        buffered = transport.get_write_buffer_size()
+        mark = upstream_progress(transport)
         while conn.paused and not conn.lost and not self._refused(conn):
             remaining = deadline - loop.time()
             if remaining <= 0:
+                now_mark = upstream_progress(transport)
+                if now_mark > mark:
+                    mark, deadline = now_mark, loop.time() + self.timeout
+                    continue
                 if conn.head_done:
                     return False
                 raise UpstreamTimeout(f"the upstream made no progress in {self.timeout:g} s (sending the request body)")
             with contextlib.suppress(UpstreamTimeout):
                 await conn.wait(remaining, "sending the request body")
-            now_buffered = transport.get_write_buffer_size()
-            if now_buffered < buffered:
-                deadline = loop.time() + self.timeout
-            buffered = now_buffered
+            now_mark = upstream_progress(transport)
+            if now_mark > mark:
+                mark, deadline = now_mark, loop.time() + self.timeout
         return True
+
+    async def _wait_answer(self, conn: _Connection) -> None:
+        """Wait for the next byte of the answer. Until the upstream has read the whole body (several MiB may
+        still sit in the kernel's buffers), each idle period in which it took some of it is progress too."""
+        transport = conn.transport
+        mark = upstream_progress(transport) if transport is not None else 0
+        while True:
+            try:
+                await conn.wait(self.timeout, "waiting for the response headers")
+                return
+            except UpstreamTimeout:
+                now_mark = upstream_progress(transport) if transport is not None else 0
+                if now_mark <= mark:
+                    raise
+                mark = now_mark
 
     @staticmethod
     def _refused(conn: _Connection) -> bool:
@@ -405,7 +495,7 @@ class Upstream:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.usable() and now - conn.idle_since < KEEPALIVE_EXPIRY:
+            if conn.usable() and now - conn.idle_since < conn.expiry:
                 conn._reset_response()
                 conn.in_use = True
                 return conn
@@ -426,6 +516,13 @@ class Upstream:
                 )
         except TimeoutError:
             raise UpstreamUnavailable(f"could not connect to the upstream within {self.connect_timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            hint = "" if self.ca_file else "; give its CA with --upstream-ca FILE"
+            raise UpstreamUnavailable(
+                f"the upstream's TLS certificate was not accepted: {exc.verify_message or exc.reason}{hint}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise UpstreamUnavailable(f"TLS with the upstream failed: {exc.reason or exc}") from exc
         except OSError as exc:
             raise UpstreamUnavailable(f"could not connect to the upstream: {exc}") from exc
         conn.in_use = True
@@ -434,12 +531,16 @@ class Upstream:
     def release(self, conn: _Connection) -> None:
         """Back to the pool, after a whole request and a whole keep-alive response."""
         conn.in_use = False
+        if conn.expiry <= 0:  # the upstream closes it at once, or takes no further request on it
+            if conn.transport is not None:
+                conn.transport.close()
+            return
         now = time.monotonic()
         # The pool is used from its top; expired or closed connections below it are dropped here, and
         # when it is full the oldest goes.
         fresh = []
         for idle in self._idle:
-            if idle.usable() and now - idle.idle_since < KEEPALIVE_EXPIRY:
+            if idle.usable() and now - idle.idle_since < idle.expiry:
                 fresh.append(idle)
             elif idle.transport is not None:
                 idle.transport.close()

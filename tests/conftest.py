@@ -28,11 +28,11 @@ CONTRACT_FIELDS = {
 PART_FIELDS = {"field", "filename", "content_type", "size", "sha256"}
 
 
-def start_test_upstream(mode: str) -> RunningServer:
+def start_test_upstream(mode: str, env: dict[str, str] | None = None) -> RunningServer:
     return start_process(
         [sys.executable, "-m", "tests.e2e.upstreams", mode],
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        env={"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})},
     )
 
 
@@ -40,8 +40,8 @@ def start_test_upstream(mode: str) -> RunningServer:
 def test_upstream() -> Iterator:
     started: list[RunningServer] = []
 
-    def start(mode: str) -> RunningServer:
-        server = start_test_upstream(mode)
+    def start(mode: str, env: dict[str, str] | None = None) -> RunningServer:
+        server = start_test_upstream(mode, env)
         started.append(server)
         return server
 

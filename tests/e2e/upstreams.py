@@ -19,8 +19,13 @@ Modes:
   trickle        reads the request head, never the body, and sends 102 Processing every 0.3 s
   close-at-once  accepts connections and closes them at once, reading nothing
   broken-response sends a 200 with Content-Length 1000 and 10 bytes of body, then closes
-  recorder       answers 200 {"seen": N, "target": T, "authorization": [A...]}: N connections accepted so far,
-                 T the raw request target, A the Authorization headers it got
+  recorder       answers 200 {"seen": N, "target": T, "authorization": [A...], "sha256": H}: N connections
+                 accepted so far, T the raw request target, A the Authorization headers it got, H the body's sha256
+  big-response   reads the body, then answers /upload/big-cl with RESPONSE_CL_SIZE bytes (Content-Length) and
+                 /upload/big-chunked with RESPONSE_CHUNKED_SIZE bytes (chunked), both response_bytes()
+  slow-reader    reads the request body at SLOW_READ_RATE bytes/s, then answers 200 {"bytes": N, "sha256": H}
+  keepalive-timeout answers 200 with X-Connection: N and `Keep-Alive: timeout=2`; closes a connection idle for 2 s
+  tls-recorder   recorder over TLS; the certificate and key files are named by $TLS_CERT and $TLS_KEY
 
 Each prints "listening on http://127.0.0.1:PORT" once bound.
 """
@@ -29,10 +34,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
+import random
+import ssl
 import sys
 
 CONNECTIONS = 0
+RESPONSE_CL_SIZE = 100 * 1024 * 1024
+RESPONSE_CHUNKED_SIZE = 20 * 1024 * 1024
+SLOW_READ_RATE = 1024 * 1024
+_BLOCK = random.Random(7).randbytes(1024 * 1024 - 7)  # an odd length, so blocks never line up with reads
+
+
+def response_bytes(size: int) -> bytes:
+    """The big-response body: seeded random bytes, the same in the test and here."""
+    return (_BLOCK * (size // len(_BLOCK) + 1))[:size]
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
@@ -172,18 +190,80 @@ async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             head = await _read_head(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             return
+        body = b""
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):
-                await reader.readexactly(int(line.split(b":")[1]))
+                body = await reader.readexactly(int(line.split(b":")[1]))
         target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
         auth = [
             line.split(b":", 1)[1].strip().decode()
             for line in head.split(b"\r\n")
             if line.lower().startswith(b"authorization:")
         ]
-        body = json.dumps({"seen": CONNECTIONS, "target": target, "authorization": auth}).encode()
+        seen = {
+            "seen": CONNECTIONS,
+            "target": target,
+            "authorization": auth,
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        body = json.dumps(seen).encode()
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+
+
+async def big_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await _read_head(reader)
+    await _read_body(reader, head)
+    if b"/big-chunked" in head.split(b"\r\n", 1)[0]:
+        body = response_bytes(RESPONSE_CHUNKED_SIZE)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for at in range(0, len(body), 300_000):
+            piece = body[at : at + 300_000]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+    else:
+        body = response_bytes(RESPONSE_CL_SIZE)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for at in range(0, len(body), 1024 * 1024):
+            writer.write(body[at : at + 1024 * 1024])
+            await writer.drain()
+    await writer.drain()
+    writer.close()
+
+
+async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await _read_head(reader)
+    lines = head.lower().split(b"\r\n")
+    left = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
+    digest, total, step = hashlib.sha256(), 0, SLOW_READ_RATE // 16
+    while left:
+        piece = await reader.readexactly(min(step, left))
+        digest.update(piece)
+        total += len(piece)
+        left -= len(piece)
+        await asyncio.sleep(1 / 16)
+    body = json.dumps({"bytes": total, "sha256": digest.hexdigest()}).encode()
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+async def keepalive_timeout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global CONNECTIONS
+    CONNECTIONS += 1
+    seen = CONNECTIONS
+    while True:
+        try:
+            head = await asyncio.wait_for(_read_head(reader), 2.0)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        await _read_body(reader, head)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=2\r\nX-Connection: %d\r\n\r\nok" % seen
         )
         await writer.drain()
 
@@ -226,8 +306,16 @@ async def main(mode: str) -> None:
         "shapes": shapes,
         "broken-response": broken_response,
         "recorder": recorder,
+        "big-response": big_response,
+        "slow-reader": slow_reader,
+        "keepalive-timeout": keepalive_timeout,
+        "tls-recorder": recorder,
     }
-    server = await asyncio.start_server(handlers[mode], "127.0.0.1", 0)
+    tls = None
+    if mode.startswith("tls-"):
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+    server = await asyncio.start_server(handlers[mode], "127.0.0.1", 0, ssl=tls)
     print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
