@@ -10,9 +10,9 @@ Usage::
 from client.errors import ArgumentError, FileError, HttpError, NetworkError, UploadError
 from client.results import FileResult, UploadResult
 from client.upload import upload, upload_async
-from client.version import version
+from client.version import version as _version
 
-__version__ = version()
+__version__ = _version()
 
 __all__ = [
     "ArgumentError",
