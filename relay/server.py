@@ -39,6 +39,10 @@ MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0
 RAW_TARGET = "relay.raw_target"  # scope["extensions"] key
 ABORT = "relay.abort"  # scope["extensions"] key: a callable that ends the response by closing the connection
+# scope["extensions"] key: send_interim(status, headers) -> bool writes a 1xx interim response (ASGI has no message
+# for one but 103; the resumable uploads' 104 needs it) before the final answer.
+INTERIM = "relay.send_interim"
+_INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
 
 def tune_malloc() -> bool:
@@ -187,13 +191,35 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._header_bytes = 0
         self._in_head = False
-        extensions: dict[str, Any] = {ABORT: self._abort_response}
+        extensions: dict[str, Any] = {ABORT: self._abort_response, INTERIM: self._send_interim}
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
         if self.url.startswith(b"/"):
             extensions[RAW_TARGET] = self.url.split(b"#", 1)[0]
         cast(Any, self.scope)["extensions"] = extensions
         super().on_headers_complete()
+
+    def _send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Write an interim (1xx) response now, ahead of the final one; False when it cannot be sent.
+
+        Only to HTTP/1.1 clients (RFC 9110 15.2: never to HTTP/1.0), only before the final response has started,
+        and never 100/101 (uvicorn owns 100 Continue; 101 changes protocols). Header names and values must be
+        plain tokens and visible text: they go on the wire as given.
+        """
+        cycle = self.cycle
+        if not 102 <= status <= 199 or cycle is None or cycle.response_started or self.transport.is_closing():
+            return False
+        if self.scope.get("http_version") != "1.1":
+            return False
+        for name, value in headers:
+            if not name or any(byte in b"\r\n:" for byte in name) or any(byte in b"\r\n" for byte in value):
+                raise ValueError(f"unsafe interim header {name!r}")
+        reason = _INTERIM_REASONS.get(status, b"Informational")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
+        return True
 
     def _abort_response(self) -> None:
         """End a response that has started and cannot be finished (the upstream broke mid-answer): close the
