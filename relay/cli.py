@@ -12,17 +12,22 @@ import logging
 import signal
 import ssl
 import sys
-import tomllib
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
 
 from relay.clitools import run_click
+from relay.config import SourcedOption, load_config, routes_from_tables
 from relay.core.limits import Limits
 from relay.settings import (
-    DEFAULT_METHODS,
     DEFAULT_PREFIX,
+    DEFAULT_RESUMABLE_EXPIRY,
+    DEFAULT_RESUMABLE_MAX_INCOMPLETE,
+    DEFAULT_RESUMABLE_PREFIX,
+    DEFAULT_SPOOL,
     Route,
     Settings,
     parse_size,
@@ -31,13 +36,7 @@ from relay.settings import (
 __all__ = ["main", "settings_from_options"]
 
 PROG = "relay-server"
-_SERVER_KEYS = {
-    "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
-    "upstream_timeout", "upstream_connect_timeout", "digest", "admin_token", "token", "forward_authorization",
-    "trust_forwarded", "max_concurrent_uploads", "token_file", "max_uploads_per_client", "client_idle_timeout",
-    "client_min_rate", "cors_origin", "drain_timeout", "client_min_rate_grace", "header_timeout", "upstream_ca",
-}  # fmt: skip
-_ROUTE_KEYS = {"prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files"}
+option = partial(click.option, cls=SourcedOption)
 
 
 class Size(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -50,72 +49,24 @@ class Size(click.ParamType):  # type: ignore[type-arg]  # generic only in newer 
             self.fail(str(exc), param, ctx)
 
 
-def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Read the TOML file: [server] becomes click's default_map, [[routes]] is kept for later."""
-    if not value:
-        return value
-    try:
-        data = tomllib.loads(Path(value).read_text())
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc.strerror}", ctx, param) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise click.BadParameter(f"{value} is not valid TOML: {exc}", ctx, param) from exc
-    server = data.get("server", {})
-    routes = data.get("routes", [])
-    if not isinstance(server, dict) or not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
-        raise click.BadParameter(f"{value}: [server] must be a table and [[routes]] an array of tables", ctx, param)
-    unknown = set(server) - _SERVER_KEYS
-    if unknown:
-        raise click.BadParameter(f"unknown [server] keys in {value}: {', '.join(sorted(unknown))}", ctx, param)
-    ctx.default_map = {**(ctx.default_map or {}), **server}
-    ctx.meta["routes"] = routes
-    return value
-
-
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise click.BadParameter("must be positive", ctx, param)
     return value
 
 
-def _route_from_table(table: dict[str, Any], defaults: Limits) -> Route:
-    unknown = set(table) - _ROUTE_KEYS
-    if unknown:
-        raise ValueError(f"unknown keys in a [[routes]] table: {', '.join(sorted(unknown))}")
-    if "prefix" not in table:
-        raise ValueError("every [[routes]] table needs a prefix")
-
-    def size(key: str, fallback: int | None) -> int | None:
-        if key not in table:
-            return fallback
-        return parse_size(table[key]) or None
-
-    limits = Limits(
-        max_body_size=size("max_body_size", defaults.max_body_size),
-        max_file_size=size("max_file_size", defaults.max_file_size),
-        max_files=int(table["max_files"]) or None if "max_files" in table else defaults.max_files,
-    )
-    methods = tuple(method.upper() for method in table.get("methods", DEFAULT_METHODS))
-    return Route(prefix=str(table["prefix"]), upstream=table.get("upstream"), methods=methods, limits=limits)
-
-
-def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, Any]]) -> Settings:
+def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settings:
     """Build the frozen Settings from resolved option values; raises ValueError on a bad combination."""
     limits = Limits(
         max_body_size=options["max_body_size"] or None,
         max_file_size=options["max_file_size"] or None,
         max_files=options["max_files"] or None,
     )
-    if route_tables:
-        routes = tuple(_route_from_table(table, limits) for table in route_tables)
+    routes = routes_from_tables(ctx, limits)
+    if routes:
         if options["upstream"]:
             routes = tuple(
-                route
-                if route.upstream
-                else Route(
-                    prefix=route.prefix, upstream=options["upstream"], methods=route.methods, limits=route.limits
-                )
-                for route in routes
+                route if route.upstream else replace(route, upstream=options["upstream"]) for route in routes
             )
     else:
         routes = (Route(prefix=options["route"], upstream=options["upstream"] or None, limits=limits),)
@@ -139,6 +90,10 @@ def settings_from_options(options: dict[str, Any], route_tables: list[dict[str, 
         drain_timeout=options["drain_timeout"],
         store=Path(options["store"]),
         upstream_ca=_check_ca(options["upstream_ca"]),
+        resumable_prefix=options["resumable_prefix"],
+        spool=options["spool"],
+        resumable_expiry=options["resumable_expiry"],
+        resumable_max_incomplete=options["resumable_max_incomplete"],
     )
 
 
@@ -171,93 +126,108 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
 @click.command(
     context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"], "show_default": True}
 )
-@click.option(
+@option(
     "--config",
     type=click.Path(dir_okay=False),
     is_eager=True,
-    callback=_load_config,
+    callback=load_config,
     help="TOML file with [server] settings and [[routes]].",
 )
-@click.option("--host", default="127.0.0.1", help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
-@click.option("--upstream", default=None, help="Upstream base URL. Without it the sample upstream runs in-process.")
-@click.option("--store", default="received", help="Where the embedded sample upstream stores uploads.")
-@click.option("--route", default=DEFAULT_PREFIX, help="Path prefix that is relayed (case-sensitive).")
-@click.option("--max-body-size", type=Size(), default="10GiB", help="Largest request body; 0 = no limit.")
-@click.option("--max-file-size", type=Size(), default="0", help="Largest file part; 0 = no limit.")
-@click.option("--max-files", type=click.IntRange(0), default=100, help="Most file parts per request; 0 = no limit.")
-@click.option(
+@option("--host", default="127.0.0.1", help="Address to listen on.")
+@option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
+@option("--upstream", default=None, help="Upstream base URL. Without it the sample upstream runs in-process.")
+@option("--store", default="received", help="Where the embedded sample upstream stores uploads.")
+@option("--route", default=DEFAULT_PREFIX, help="Path prefix that is relayed (case-sensitive).")
+@option("--max-body-size", type=Size(), default="10GiB", help="Largest request body; 0 = no limit.")
+@option("--max-file-size", type=Size(), default="0", help="Largest file part; 0 = no limit.")
+@option("--max-files", type=click.IntRange(0), default=100, help="Most file parts per request; 0 = no limit.")
+@option(
     "--upstream-timeout",
     type=float,
     default=60.0,
     callback=_positive,
     help="Seconds the upstream may make no progress.",
 )
-@click.option(
+@option(
     "--upstream-connect-timeout",
     type=float,
     default=5.0,
     callback=_positive,
     help="Seconds to connect to the upstream.",
 )
-@click.option("--digest", type=click.Choice(["sha256", "none"]), default="sha256", help="Hash each part.")
-@click.option("--admin-token", default=None, help="Bearer token for /_relay/ (all but health).")
-@click.option("--token", default=None, help="Bearer token required on relayed routes.")
-@click.option(
+@option("--digest", type=click.Choice(["sha256", "none"]), default="sha256", help="Hash each part.")
+@option("--admin-token", default=None, help="Bearer token for /_relay/ (all but health).")
+@option("--token", default=None, help="Bearer token required on relayed routes.")
+@option(
     "--forward-authorization", is_flag=True, default=False, help="Forward the client's Authorization header upstream."
 )
-@click.option(
-    "--trust-forwarded", is_flag=True, default=False, help="Keep the client's X-Forwarded-For and append the peer."
-)
-@click.option(
-    "--max-concurrent-uploads", type=click.IntRange(0), default=0, help="Uploads in progress at once; 0 = no cap."
-)
-@click.option(
+@option("--trust-forwarded", is_flag=True, default=False, help="Keep the client's X-Forwarded-For and append the peer.")
+@option("--max-concurrent-uploads", type=click.IntRange(0), default=0, help="Uploads in progress at once; 0 = no cap.")
+@option(
     "--token-file",
     type=click.Path(dir_okay=False),
     default=None,
     help="File of accepted relay tokens, one per line (with or instead of --token).",
 )
-@click.option(
+@option(
     "--max-uploads-per-client",
     type=click.IntRange(0),
     default=0,
     help="Uploads in progress per client address; 0 = no cap.",
 )
-@click.option(
+@option(
     "--client-idle-timeout",
     type=click.FloatRange(0),
     default=60.0,
     help="Seconds without a body byte before the upload is dropped (408); 0 = none.",
 )
-@click.option(
+@option(
     "--client-min-rate",
     type=Size(),
     default="0",
     help="Minimum average body rate in bytes/s after the grace period (408); 0 = none.",
 )
-@click.option(
+@option(
     "--client-min-rate-grace", type=click.FloatRange(0), default=10.0, help="Seconds before --client-min-rate applies."
 )
-@click.option(
+@option(
     "--header-timeout",
     type=float,
     default=30.0,
     callback=_positive,
     help="Seconds a client may take to send its request headers (408 after).",
 )
-@click.option("--cors-origin", multiple=True, help="Allowed browser origin (exact, repeatable).")
-@click.option(
+@option("--cors-origin", multiple=True, help="Allowed browser origin (exact, repeatable).")
+@option(
     "--drain-timeout",
     type=float,
     default=30.0,
     callback=_positive,
     help="On SIGTERM/SIGINT, seconds to let uploads in flight finish.",
 )
-@click.option(
+@option(
     "--upstream-ca",
     default=None,
     help="PEM file of CA certificates to verify HTTPS upstreams with (instead of the system CAs).",
+)
+@option(
+    "--resumable-prefix",
+    default=DEFAULT_RESUMABLE_PREFIX,
+    help="Path prefix of resumable uploads' URLs (tus); must not overlap a route or /_relay/.",
+)
+@option("--spool", default=DEFAULT_SPOOL, help="Where resumable uploads' bytes live: DIR or s3://BUCKET/PREFIX.")
+@option(
+    "--resumable-expiry",
+    type=float,
+    default=DEFAULT_RESUMABLE_EXPIRY,
+    callback=_positive,
+    help="Seconds an incomplete resumable upload is kept without an append.",
+)
+@option(
+    "--resumable-max-incomplete",
+    type=click.IntRange(1),
+    default=DEFAULT_RESUMABLE_MAX_INCOMPLETE,
+    help="Incomplete resumable uploads at once (429 at creation over it).",
 )
 @click.pass_context
 def command(ctx: click.Context, /, config: str | None, host: str, port: int, **options: Any) -> None:
@@ -270,7 +240,7 @@ def command(ctx: click.Context, /, config: str | None, host: str, port: int, **o
       RELAY_MAX_FILE_SIZE=100MiB relay-server --config relay.toml
     """
     try:
-        settings = settings_from_options(options, ctx.meta.get("routes", []))
+        settings = settings_from_options(ctx, options)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
     run(settings, host, port)
@@ -324,8 +294,6 @@ def run(settings: Settings, host: str, port: int) -> None:
 
 
 def _with_upstream(settings: Settings, url: str) -> Settings:
-    from dataclasses import replace
-
     routes = tuple(route if route.upstream else replace(route, upstream=url) for route in settings.routes)
     return replace(settings, routes=routes)
 

@@ -18,6 +18,13 @@ __all__ = [
     "DEFAULT_MAX_FILES",
     "DEFAULT_METHODS",
     "DEFAULT_PREFIX",
+    "DEFAULT_RESUMABLE_EXPIRY",
+    "DEFAULT_RESUMABLE_MAX_INCOMPLETE",
+    "DEFAULT_RESUMABLE_PREFIX",
+    "DEFAULT_SPOOL",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "RESUMABLE_FORWARDS",
     "Route",
     "Settings",
     "parse_size",
@@ -36,6 +43,13 @@ DEFAULT_CLIENT_IDLE_TIMEOUT = 60.0
 DEFAULT_MIN_RATE_GRACE = 10.0
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_RESUMABLE_PREFIX = "/resumable/"
+DEFAULT_SPOOL = "./spool"
+DEFAULT_RESUMABLE_EXPIRY = 86400.0
+DEFAULT_RESUMABLE_MAX_INCOMPLETE = 1000
+RESUMABLE_FORWARDS = ("multipart", "raw")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 _UNITS = {
     "": 1,
@@ -64,6 +78,8 @@ class Route:
     """Requests under `prefix` (raw path, case-sensitive) go to `upstream` + the same raw target.
 
     `upstream=None` means the embedded sample upstream; the CLI fills in its address once it listens.
+    `resumable*`: whether the route takes tus / IETF resumable uploads, and how a finished one goes upstream
+    (`multipart` with the file in the form field `resumable_field`, or the `raw` bytes as the body).
     """
 
     prefix: str = DEFAULT_PREFIX
@@ -72,6 +88,9 @@ class Route:
     limits: Limits = field(
         default_factory=lambda: Limits(max_body_size=DEFAULT_MAX_BODY_SIZE, max_files=DEFAULT_MAX_FILES)
     )
+    resumable: bool = True
+    resumable_forward: str = "multipart"
+    resumable_field: str = "file"
 
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/"):
@@ -80,6 +99,10 @@ class Route:
             raise ValueError("route prefix must not be under /_relay/")
         if self.upstream is not None and not re.match(r"^https?://[^/?#]+", self.upstream):
             raise ValueError(f"upstream must be an http:// or https:// URL: {self.upstream!r}")
+        if self.resumable_forward not in RESUMABLE_FORWARDS:
+            raise ValueError(f"resumable_forward must be 'multipart' or 'raw', not {self.resumable_forward!r}")
+        if not self.resumable_field:
+            raise ValueError("resumable_field must not be empty")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +132,15 @@ class Settings:
     registry_ttl: float = DEFAULT_REGISTRY_TTL
     store: Path = Path("received")
     upstream_ca: str | None = None  # PEM file: verify HTTPS upstreams against it instead of the system CAs
+    resumable_prefix: str = DEFAULT_RESUMABLE_PREFIX
+    spool: str = DEFAULT_SPOOL  # a directory, or s3://BUCKET/PREFIX
+    resumable_expiry: float = DEFAULT_RESUMABLE_EXPIRY
+    resumable_max_incomplete: int = DEFAULT_RESUMABLE_MAX_INCOMPLETE
+    ssl_certfile: str | None = None  # TLS termination: both or neither, checked by the CLI at start-up
+    ssl_keyfile: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    health_checks_upstream: bool = False  # /_relay/health answers 503 when no upstream is reachable
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -125,6 +157,28 @@ class Settings:
         prefixes = [route.prefix for route in self.routes]
         if len(set(prefixes)) != len(prefixes):
             raise ValueError("two routes have the same prefix")
+        self._check_resumable()
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+
+    def _check_resumable(self) -> None:
+        prefix = self.resumable_prefix
+        if not (prefix.startswith("/") and prefix.endswith("/")):
+            raise ValueError(f"--resumable-prefix must start and end with '/': {prefix!r}")
+        # One being a string prefix of the other would make a path ambiguous between the two.
+        for other in ["/_relay/", *(route.prefix for route in self.routes)]:
+            if prefix.startswith(other) or other.startswith(prefix):
+                raise ValueError(f"--resumable-prefix {prefix} overlaps {other}")
+        if not self.spool:
+            raise ValueError("--spool must not be empty")
+        if self.resumable_expiry <= 0:
+            raise ValueError("--resumable-expiry must be positive")
+        if self.resumable_max_incomplete < 1:
+            raise ValueError("--resumable-max-incomplete must be at least 1")
 
     @property
     def accepted_tokens(self) -> tuple[str, ...]:

@@ -1,0 +1,101 @@
+"""relay-server's command line through the real command: --version, the resumable settings, errors that say
+where a bad value came from (config file, table, key; environment variable), start-up checks, signals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.testing import start_relay
+
+RELAY = [sys.executable, "-m", "relay"]
+UPSTREAM = ["--upstream", "http://127.0.0.1:9"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run relay-server to completion; a bad value must make it exit at once (the timeout says it did not)."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+    return subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=20, env={**clean, **(env or {})}, cwd=cwd
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("relay-server: error:"), result.stderr
+    return result.stderr
+
+
+# -- resumable settings (flags, environment, config) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--resumable-prefix", "resumable/"], "start and end with '/'"),
+        (["--resumable-prefix", "/resumable"], "start and end with '/'"),
+        (["--resumable-prefix", "/upload/tus/"], "overlaps /upload/"),
+        (["--resumable-prefix", "/"], "overlaps"),
+        (["--resumable-prefix", "/_relay/tus/"], "overlaps /_relay/"),
+        (["--route", "/resumable/x/"], "overlaps /resumable/x/"),
+        (["--resumable-expiry", "0"], "resumable-expiry"),
+        (["--resumable-expiry", "soon"], "resumable-expiry"),
+        (["--resumable-max-incomplete", "0"], "resumable-max-incomplete"),
+        (["--spool", ""], "--spool"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_resumable_settings(args: list[str], words: str) -> None:
+    assert words in one_line_error(run_cli("--port", "0", *UPSTREAM, *args))
+
+
+@pytest.mark.parametrize(
+    ("route", "words"),
+    [
+        ('resumable = "yes"', "resumable: not true or false: 'yes'"),
+        ('resumable_forward = "tar"', "resumable_forward: must be 'multipart' or 'raw', not 'tar'"),
+        ('resumable_field = ""', "resumable_field: not a non-empty string: ''"),
+        ('max_files = "x"', "max_files: not a whole number: 'x'"),
+        ("max_files = -1", "max_files: must not be negative: -1"),
+        ('max_file_size = "lots"', "max_file_size: not a size: 'lots'"),
+        ('methods = "POST"', "methods: not a list of method names: 'POST'"),
+        ('upstream = "ftp://x"', "upstream must be an http:// or https:// URL"),
+    ],
+)
+def test_route_errors_name_the_file_the_table_and_the_key(tmp_path: Path, route: str, words: str) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[[routes]]\nprefix = "/a/"\n\n[[routes]]\nprefix = "/upload/"\n{route}\n')
+    error = one_line_error(run_cli("--port", "0", "--config", str(config)))
+    assert f"{config}: [[routes]] #2 (/upload/): {words}" in error, error
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    error = one_line_error(run_cli("--port", "0", *UPSTREAM, env={"RELAY_MAX_BODY_SIZE": "12XB"}))
+    assert "RELAY_MAX_BODY_SIZE" in error and "--max-body-size" not in error, error
+    error = one_line_error(run_cli("--port", "0", *UPSTREAM, env={"RELAY_RESUMABLE_MAX_INCOMPLETE": "0"}))
+    assert "RELAY_RESUMABLE_MAX_INCOMPLETE" in error, error
+
+
+def test_a_bad_server_value_in_the_config_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('[server]\nmax_body_size = "12XB"\nresumable_expiry = 5\n')
+    error = one_line_error(run_cli("--port", "0", *UPSTREAM, "--config", str(config)))
+    assert f"{config}: [server] max_body_size" in error, error
+
+
+def test_good_resumable_settings_start(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[server]\nresumable_prefix = "/tus/"\nresumable_expiry = 60\n'
+        '[[routes]]\nprefix = "/a/"\nresumable = false\nresumable_forward = "raw"\nresumable_field = "data"\n'
+        'max_files = "3"\n'
+    )
+    relay = start_relay(
+        "--config", str(config), "--spool", str(tmp_path / "spool"), "--resumable-max-incomplete", "5", upstream=None
+    )
+    assert relay.stop() == 0
