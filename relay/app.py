@@ -14,6 +14,7 @@ from relay.metrics import RelayMetrics
 from relay.proxy import RelayContext, Upload, error_response, may_have_body
 from relay.settings import Route, Settings
 from relay.types import Receive, Scope, Send
+from relay.ui import create_ui_app
 from relay.uploads import InMemoryUploadRegistry, UploadRegistry
 from relay.upstream import Upstream
 
@@ -37,6 +38,7 @@ class RelayApp:
             upstreams={},
         )
         self.admin = create_admin_app(self.ctx)
+        self.ui = create_ui_app(settings)
         # Longest prefix first, so /upload/big/ wins over /upload/.
         self.routes = sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True)
 
@@ -47,6 +49,9 @@ class RelayApp:
         if scope["type"] != "http":
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path == b"/_relay/ui" or raw_path.startswith(b"/_relay/ui/"):
+            await self.ui(scope, receive, send)
+            return
         if raw_path.startswith(_ADMIN_PREFIX) or raw_path == _ADMIN_PREFIX.rstrip(b"/"):
             await self.admin(scope, receive, send)
             return
