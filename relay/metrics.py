@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["CONTENT_TYPE", "RelayMetrics"]
+from relay.settings import relay_version
+
+__all__ = ["CONTENT_TYPE", "RelayMetrics", "status_class"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SIZE_BUCKETS = tuple(float(2**power) for power in range(10, 41, 2))  # 1 KiB .. 1 TiB
@@ -35,11 +39,33 @@ class RelayMetrics:
         self.rejections = Counter(
             "relay_rejections", "Errors answered by the relay, by code", ["code"], registry=self.registry
         )
+        self.upstream_responses = Counter(
+            "relay_upstream_responses",
+            "Upstream answers to relayed uploads, by status class",
+            ["status_class"],
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "relay_build_info",
+            "Always 1; labels: the relay and Python versions",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=relay_version(), python=platform.python_version()).set(1)
 
-    def finished(self, outcome: str, seconds: float, size: int) -> None:
+    def finished(self, outcome: str, seconds: float, size: int, *, upstream_status: int | None = None) -> None:
+        """An upload ended; a completed one is also counted by the class of the upstream's status, since a
+        `completed` upload may still be one the upstream answered 500 to."""
         self.uploads.labels(outcome=outcome).inc()
+        if upstream_status is not None:
+            self.upstream_responses.labels(status_class=status_class(upstream_status)).inc()
         self.duration.observe(seconds)
         self.size.observe(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def status_class(status: int) -> str:
+    """200 -> "2xx"; anything outside 100-599 is "other"."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,8 +67,6 @@ from relay.upstream import Upstream, UpstreamResponse
 from relay.watchdog import IdleWatch
 
 __all__ = ["RelayContext", "Upload", "error_response"]
-
-log = logging.getLogger("relay.upload")
 
 # Lingering close. An error answered while the client may still be sending is written at once, then the
 # relay keeps reading (and dropping) the body for a bounded while before it closes. Closing a socket with
@@ -317,22 +314,19 @@ class Upload:
             return
         self.begin()
         try:
-            status = await self.forward()
+            await self.forward()
         except RelayError as exc:
             await self.fail(exc)
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when the drain timeout runs out: the upstream request
             # dies with this task, mid-body.
             self.fail_quietly(ShuttingDown())
-            self.log_line(503, "failed:shutting_down")
             raise
         except Exception:
             # uvicorn's send() raises when it has already closed the connection (a bad request pipelined
             # behind this one): record the end so the id is not "receiving" forever.
             self.fail_quietly(ClientDisconnected("the connection closed under the relay"))
             raise
-        else:
-            self.log_line(status, "completed")
         finally:
             self.end()
 
@@ -340,7 +334,16 @@ class Upload:
         """Refused from its headers: recorded as `rejected`, answered, connection closed."""
         now = time.time()
         self.ctx.emit(
-            Started(self.upload_id, 0, self.content_length, now, self.route.prefix, self.method, self.scope["path"])
+            Started(
+                self.upload_id,
+                0,
+                self.content_length,
+                now,
+                self.route.prefix,
+                self.method,
+                self.scope["path"],
+                self.client_key,
+            )
         )
         self.ctx.emit(
             Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True)
@@ -348,7 +351,6 @@ class Upload:
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
-        self.log_line(exc.status_code, f"rejected:{exc.code}")
         await self.answer(exc, extra=extra, unread_body=may_have_body(self.headers))
 
     def begin(self) -> None:
@@ -357,7 +359,14 @@ class Upload:
         self.ctx.metrics.in_flight.inc()
         self.ctx.emit(
             Started(
-                self.upload_id, 0, self.content_length, time.time(), self.route.prefix, self.method, self.scope["path"]
+                self.upload_id,
+                0,
+                self.content_length,
+                time.time(),
+                self.route.prefix,
+                self.method,
+                self.scope["path"],
+                self.client_key,
             )
         )
 
@@ -506,7 +515,7 @@ class Upload:
         assert self.inspector is not None
         received = self.inspector.bytes_received
         self.ctx.emit(Completed(self.upload_id, received, self.content_length, time.time(), status))
-        self.ctx.metrics.finished("completed", time.monotonic() - self.started, received)
+        self.ctx.metrics.finished("completed", time.monotonic() - self.started, received, upstream_status=status)
 
     def fail_quietly(self, exc: RelayError) -> None:
         if self.finished:
@@ -521,7 +530,6 @@ class Upload:
 
     async def fail(self, exc: RelayError) -> None:
         self.fail_quietly(exc)
-        self.log_line(exc.status_code, f"failed:{exc.code}")
         if self.response_started:
             # Only closing the connection is left. The protocol glue does it without a traceback; under
             # another server, raising makes it close the connection.
@@ -543,19 +551,3 @@ class Upload:
             self.send, exc, upload_id=self.upload_id, close=unread_body, extra=(extra or []) + self.cors, linger=linger
         )
         self.ctx.metrics.bytes_drained.inc(drained)
-
-    def log_line(self, status: int, outcome: str) -> None:
-        seconds = time.monotonic() - self.started
-        received = self.inspector.bytes_received if self.inspector else 0
-        rate = received / seconds / 1e6 if seconds > 0 else 0.0
-        log.info(
-            "upload %s %s %s bytes=%d seconds=%.3f MB/s=%.1f status=%d outcome=%s",
-            self.upload_id,
-            self.method,
-            self.raw_path.decode("latin-1"),
-            received,
-            seconds,
-            rate,
-            status,
-            outcome,
-        )

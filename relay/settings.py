@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from relay.core.limits import Limits
@@ -28,6 +29,7 @@ __all__ = [
     "Route",
     "Settings",
     "parse_size",
+    "relay_version",
 ]
 
 DEFAULT_PREFIX = "/upload/"
@@ -58,6 +60,16 @@ _UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
 }  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def relay_version() -> str:
+    """The installed `upload-relay` distribution's version; the package's constant when run from a bare tree."""
+    try:
+        return metadata.version("upload-relay")
+    except metadata.PackageNotFoundError:
+        from relay import __version__
+
+        return __version__
 
 
 def parse_size(text: str | int) -> int:

@@ -32,6 +32,8 @@ class UploadRecord:
     upstream_status: int | None = None
     error: dict[str, str] | None = None
     terminal: Completed | Failed | None = None
+    client: str = ""  # the client's address
+    path: str = ""  # the request's path
 
     @property
     def finished(self) -> bool:
@@ -49,6 +51,8 @@ class UploadRecord:
             "finished_at": self.finished_at,
             "upstream_status": self.upstream_status,
             "error": self.error,
+            "client": self.client,
+            "path": self.path,
         }
 
 
@@ -98,6 +102,8 @@ class InMemoryUploadRegistry:
             total=event.total,
             started_at=event.ts,
             state=state.transition(None, state.RECEIVING),
+            client=event.client,
+            path=event.path,
         )
 
     def _finish(self, record: UploadRecord, event: Completed | Failed, new_state: str) -> None:

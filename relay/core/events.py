@@ -30,6 +30,7 @@ class Started:
     route: str = ""
     method: str = ""
     path: str = ""
+    client: str = ""  # the client's address (the trusted X-Forwarded-For hop with --trust-forwarded)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

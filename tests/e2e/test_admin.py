@@ -283,7 +283,7 @@ def test_registry_record_has_the_contract_fields(relay: RunningServer, big_uploa
     response = admin_get(relay, f"/_relay/uploads/{big_upload.upload_id}")
     assert response.status_code == 200
     record = response.json()
-    assert set(record) == CONTRACT_FIELDS
+    assert set(record) == CONTRACT_FIELDS | {"client", "path"}  # issue 16: records gain client and path
     assert record["id"] == big_upload.upload_id
     assert record["state"] == "completed"
     assert record["route"] == "/upload/"
@@ -309,7 +309,10 @@ def test_uploads_are_listed_newest_first(relay: RunningServer) -> None:
     listed = [record["id"] for record in admin_get(relay, "/_relay/uploads").json()["uploads"]]
     assert [upload_id for upload_id in listed if upload_id in ids] == ids[::-1]
     assert listed[:3] == ids[::-1]
-    assert all(set(record) == CONTRACT_FIELDS for record in admin_get(relay, "/_relay/uploads").json()["uploads"])
+    assert all(
+        set(record) == CONTRACT_FIELDS | {"client", "path"}
+        for record in admin_get(relay, "/_relay/uploads").json()["uploads"]
+    )
 
 
 def test_all_events_stream_sees_two_uploads(relay: RunningServer) -> None:

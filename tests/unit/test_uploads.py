@@ -65,6 +65,8 @@ def test_lifecycle_started_progress_part_completed() -> None:
         "finished_at": 11.0,
         "upstream_status": 201,
         "error": None,
+        "client": "",
+        "path": "/upload/u1",
     }
 
 
@@ -73,7 +75,7 @@ def test_to_dict_has_exactly_the_contract_fields() -> None:
     start(registry, "u1", total=None)
     registry.apply(Part("u1", 5, None, 1.5, 0, None, None, "text/plain", 5, None))
     as_dict = registry.get("u1").to_dict()  # type: ignore[union-attr]
-    assert set(as_dict) == CONTRACT_FIELDS
+    assert set(as_dict) == CONTRACT_FIELDS | {"client", "path"}  # issue 16: records gain client and path
     assert set(as_dict["parts"][0]) == PART_FIELDS
     assert as_dict["total"] is None and as_dict["finished_at"] is None and as_dict["error"] is None
 
