@@ -100,8 +100,12 @@ def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]
 @click.option("--each", is_flag=True, help="One request per file instead of one multipart request.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Concurrent requests.")
 @click.option("--events", is_flag=True, help="Follow the relay's events and check each part's sha256.")
-@click.option("--token", envvar="RELAY_TOKEN", metavar="TOKEN", help="Bearer token for the relay's --token.")
-@click.option("--admin-token", envvar="RELAY_ADMIN_TOKEN", metavar="TOKEN", help="Bearer token for /_relay/.")
+@click.option(
+    "--token", envvar="RELAY_TOKEN", show_envvar=True, metavar="TOKEN", help="Bearer token for the relay's --token."
+)
+@click.option(
+    "--admin-token", envvar="RELAY_ADMIN_TOKEN", show_envvar=True, metavar="TOKEN", help="Bearer token for /_relay/."
+)
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
@@ -254,7 +258,9 @@ def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, q
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--relay", default=DEFAULT_RELAY, show_default=True, metavar="URL", help="Relay base URL.")
-@click.option("--token", envvar="RELAY_TOKEN", metavar="TOKEN", help="Bearer token for the relay's --token.")
+@click.option(
+    "--token", envvar="RELAY_TOKEN", show_envvar=True, metavar="TOKEN", help="Bearer token for the relay's --token."
+)
 @click.option("--to", "to", default=DEFAULT_BENCH_PATH, show_default=True, metavar="PATH", help="Upload path.")
 @click.option("--size", required=True, metavar="SIZE", help="Body size per upload: 10MiB, 1GB, 4096...")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per target.")

@@ -24,6 +24,7 @@ from client.retry import MAX_RETRY_AFTER, parse_retry_after
 from relay.testing import RunningServer, start_relay
 from tests.client.conftest import ROOT, run_client
 from tests.client.test_cli import free_port, one_error_line
+from tests.client.test_display import run_with_terminal_stderr
 
 # -- --token ---------------------------------------------------------------------------------------------------------
 
@@ -213,3 +214,19 @@ def test_connection_refused_is_retried_until_the_relay_is_up(sink: RunningServer
         relay.stop()
     assert client.returncode == 0, stderr
     assert json.loads(stdout)["attempts"] >= 2
+
+
+def test_retry_is_announced_on_the_terminal(files: list[Path]) -> None:
+    server = Scripted([answer("429 Too Many Requests", "Retry-After: 0\r\n"), answer("200 OK")])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, screen, stdout = run_with_terminal_stderr(
+            str(files[1]), "--to", "/upload/x", "--relay", server.url, "--retries", "1", columns=120, lines=20
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, screen
+    assert "HTTP 429 too_many_uploads: busy; retrying in 0.0 s" in screen
+    assert " 200 " in stdout
