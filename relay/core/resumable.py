@@ -70,6 +70,7 @@ from relay.core.resumable_headers import (
     Protocol,
     ResumableRequest,
     UnsupportedMediaType,
+    UnsupportedTusVersion,
     UploadInvalid,
     encode_metadata,
     interim_104,
@@ -100,6 +101,7 @@ __all__ = [
     "decide_append_end",
     "decide_create",
     "decide_delete",
+    "decide_error",
     "decide_forward_end",
     "decide_head",
     "decide_options",
@@ -319,6 +321,8 @@ def recover(upload: ResumableUpload, durable: int, *, now: float) -> tuple[Resum
     if upload.state == FORWARDING:
         return upload, committed
     if upload.state == RECEIVING:
+        if durable == upload.offset:
+            return upload, durable  # nothing new: the expiry clock is not reset by a restart
         upload = apply(upload, APPEND_BEGIN, now=now, writer=RECOVERY_WRITER)
     keep = committed if upload.append_checksum else durable
     if upload.length is not None:
@@ -419,6 +423,20 @@ def _too_large(protocol: Protocol, length: int, limits: Limits) -> Decision | No
         error = FileTooLarge(f"Upload-Length {length} exceeds the file limit of {limits.max_file_size}")
         return _error(protocol, error, headers=tus_max)
     return None
+
+
+def decide_error(protocol: Protocol, error: RelayError, *, limits: Limits, upload_id: str | None = None) -> Decision:
+    """The answer to an error raised before any decision (parse_request's): 412 names the versions spoken,
+    a 413 the size limit."""
+    headers: tuple[Header, ...] = ()
+    if isinstance(error, UnsupportedTusVersion):
+        headers = (_h("Tus-Version", TUS_VERSION),)
+    elif error.status_code == 413 and _max_size(limits) is not None:
+        headers = (_h("Tus-Max-Size", _max_size(limits)),)
+    decision = _error(protocol, error, headers=headers)
+    if upload_id is None:
+        return decision
+    return replace(decision, headers=decision.headers + (_h("X-Upload-ID", upload_id),))
 
 
 def decide_options(protocol: Protocol | None, limits: Limits) -> Decision:
@@ -664,9 +682,9 @@ def _declare_length(
     if req.protocol != "tus" and req.upload_complete and req.content_length is not None:
         from_body = upload.offset + req.content_length
         if declared is not None and declared != from_body:
-            declared = -1  # both indicators present and different
-        else:
-            declared = from_body
+            error = InconsistentLength(f"Upload-Length {declared} but this request ends the upload at {from_body}")
+            return upload, _error(req.protocol, error, upload=upload, kind="inconsistent-upload-length")
+        declared = from_body
     if declared is None or declared == upload.length:
         return upload, None
     if upload.length is not None or declared < upload.offset:

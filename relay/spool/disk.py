@@ -46,7 +46,8 @@ T = TypeVar("T")
 class _Worker:
     """The spool's writer thread: a FIFO of jobs, and backpressure the event loop can await."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queued: int) -> None:
+        self.max_queued = max_queued
         self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.queued = 0
@@ -67,7 +68,7 @@ class _Worker:
         """Worker thread: `size` queued bytes are done; wake the loop's waiters once under half the cap."""
         with self.lock:
             self.queued -= size
-            if self.queued > MAX_QUEUED // 2 or not self.waiters:
+            if self.queued > self.max_queued // 2 or not self.waiters:
                 return
             waiters, self.waiters = self.waiters, []
         for loop, future in waiters:
@@ -79,7 +80,7 @@ class _Worker:
     async def room(self) -> None:
         """Return at once while the queue is under MAX_QUEUED; otherwise wait, without blocking the loop."""
         with self.lock:
-            if self.queued <= MAX_QUEUED:
+            if self.queued <= self.max_queued:
                 return
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append((asyncio.get_running_loop(), future))
@@ -190,10 +191,10 @@ class DiskWriter:
 class DiskSpool:
     """The `Spool` on a local directory (relay/spool/base.py)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_queued: int = MAX_QUEUED) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._worker = _Worker()
+        self._worker = _Worker(max_queued)
 
     def _path(self, upload_id: str, suffix: str) -> Path:
         if not _ID.fullmatch(upload_id):
