@@ -24,6 +24,8 @@ Transition table (event: from -> to). Anything else raises IllegalTransition.
     expire            receiving, forwarding -> failed (code expired)
     terminate         receiving, forwarding -> failed (code terminated)
     invalidate        appending  -> failed         (code inconsistent_upload_length)
+    lose              receiving, appending, forwarding -> failed (code data_lost: the spool has less
+                      than was acknowledged, found by recover())
 
 Rules:
 1. Only one writer. append-begin is legal only from `receiving`: a new HEAD/PATCH/DELETE meeting an
@@ -42,7 +44,20 @@ bytes. After a restart `recover()` reconciles: an upload found `appending` had i
 bytes up to the data file's durable size are kept (append-break), unless that append carried a tus
 checksum, which can no longer be verified: then they are discarded. A data file shorter than the
 committed offset means lost data: the upload is failed (the draft: "if the server loses any part of the
-state, it MUST deactivate the upload resource").
+state, it MUST deactivate the upload resource"). The glue records `appending` in the info file before
+the first byte only for appends that carry a tus checksum; other appends are recorded when they end
+(one fsync of the info file per append, not two).
+
+Decisions, one per kind of request (protocol differences: docs/resumable-protocols.md):
+    OPTIONS                      decide_options
+    creation on a routed path    decide_create       -> respond 201 | append (after a 104 for the drafts) | forward
+    HEAD                         decide_head
+    PATCH (or overridden POST)   decide_append_begin -> append | forward (retry) | respond (error, replay)
+    the append's body is over    decide_append_end   -> respond | forward | none (client gone) | delete
+    the upstream answered        decide_forward_end  -> respond (tus 2xx) | upstream (its own answer)
+    DELETE                       decide_delete
+    errors from parsing          decide_error;  other methods: method_not_allowed
+The expiry sweeper asks `sweep`; a restart runs `recover` on every listed upload.
 """
 
 from __future__ import annotations
@@ -81,13 +96,27 @@ from relay.core.resumable_headers import (
 from relay.errors import BadRequest, BodyTooLarge, FileTooLarge, MethodNotAllowed, NotFound, RelayError, TooManyUploads
 
 __all__ = [
+    "APPEND_BEGIN",
+    "APPEND_BREAK",
+    "APPEND_COMMIT",
+    "APPEND_DISCARD",
     "APPENDING",
+    "COMPLETE",
     "COMPLETED",
+    "CREATE",
     "EVENTS",
+    "EXPIRE",
     "FAILED",
+    "FORWARD_ERROR",
+    "FORWARD_OK",
     "FORWARDING",
+    "INVALIDATE",
+    "LENGTH_SET",
+    "LOSE",
     "RECEIVING",
+    "RECOVERY_WRITER",
     "STATES",
+    "TERMINATE",
     "TRANSITIONS",
     "Decision",
     "IllegalTransition",
@@ -107,6 +136,7 @@ __all__ = [
     "decide_options",
     "method_not_allowed",
     "recover",
+    "sweep",
 ]
 
 RECEIVING, APPENDING, FORWARDING, COMPLETED, FAILED = "receiving", "appending", "forwarding", "completed", "failed"
@@ -114,13 +144,8 @@ STATES = frozenset({RECEIVING, APPENDING, FORWARDING, COMPLETED, FAILED})
 
 CREATE, APPEND_BEGIN, APPEND_COMMIT, APPEND_BREAK = "create", "append-begin", "append-commit", "append-break"
 APPEND_DISCARD, LENGTH_SET, COMPLETE = "append-discard", "length-set", "complete"
-FORWARD_OK, FORWARD_ERROR, EXPIRE, TERMINATE, INVALIDATE = (
-    "forward-ok",
-    "forward-error",
-    "expire",
-    "terminate",
-    "invalidate",
-)
+FORWARD_OK, FORWARD_ERROR, EXPIRE, TERMINATE = "forward-ok", "forward-error", "expire", "terminate"
+INVALIDATE, LOSE = "invalidate", "lose"
 
 TRANSITIONS: Mapping[tuple[str | None, str], str] = {
     (None, CREATE): RECEIVING,
@@ -138,6 +163,9 @@ TRANSITIONS: Mapping[tuple[str | None, str], str] = {
     (RECEIVING, TERMINATE): FAILED,
     (FORWARDING, TERMINATE): FAILED,
     (APPENDING, INVALIDATE): FAILED,
+    (RECEIVING, LOSE): FAILED,
+    (APPENDING, LOSE): FAILED,
+    (FORWARDING, LOSE): FAILED,
 }
 EVENTS = frozenset(event for _, event in TRANSITIONS)
 INCOMPLETE = frozenset({RECEIVING, APPENDING})
@@ -273,7 +301,7 @@ def apply(
         return replace(upload, state=new, error=error)
     if event == INVALIDATE:
         _check_writer(upload, event, writer)
-    code = {EXPIRE: "expired", TERMINATE: "terminated"}.get(event, UploadInvalid.code)
+    code = {EXPIRE: "expired", TERMINATE: "terminated", LOSE: "data_lost"}.get(event, UploadInvalid.code)
     info = error or ErrorInfo(code, f"the upload was {code.replace('_', ' ')}")
     return replace(upload, state=new, writer=None, append_start=None, append_checksum=False, error=info)
 
@@ -290,8 +318,8 @@ def create(
     metadata: Mapping[str, str],
 ) -> ResumableUpload:
     """A new upload in `receiving` (the `create` move)."""
-    _ = TRANSITIONS[(None, CREATE)]
     return ResumableUpload(
+        state=TRANSITIONS[(None, CREATE)],
         id=upload_id,
         route=route,
         target=target,
@@ -317,7 +345,7 @@ def recover(upload: ResumableUpload, durable: int, *, now: float) -> tuple[Resum
     committed = upload.append_start if upload.state == APPENDING and upload.append_start is not None else upload.offset
     if durable < committed:
         lost = ErrorInfo("data_lost", f"the spool holds {durable} bytes, {committed} were acknowledged")
-        return replace(upload, state=FAILED, writer=None, append_start=None, error=lost), durable
+        return apply(upload, LOSE, now=now, error=lost), durable
     if upload.state == FORWARDING:
         return upload, committed
     if upload.state == RECEIVING:
@@ -329,6 +357,15 @@ def recover(upload: ResumableUpload, durable: int, *, now: float) -> tuple[Resum
         keep = min(keep, upload.length)
     event = APPEND_DISCARD if upload.append_checksum else APPEND_BREAK
     return apply(upload, event, now=now, writer=upload.writer, offset=keep), keep
+
+
+def sweep(upload: ResumableUpload, now: float) -> Literal["keep", "expire", "forget"]:
+    """What the expiry sweeper does with an upload (also right after a restart): `expire` an incomplete or
+    undelivered one past its time (apply EXPIRE, delete its data), `forget` a delivered or failed one past
+    its time (delete its record), `keep` the rest. An upload with an open append is kept: it is not idle."""
+    if now < upload.expires_at or upload.state == APPENDING:
+        return "keep"
+    return "expire" if upload.state in (RECEIVING, FORWARDING) else "forget"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Layout: `<root>/<id>.data` (the bytes, appended at the end) and `<root>/<id>.json` (the info document,
 replaced atomically: temporary file, fsync, rename, fsync of the directory). Temporary files start
-with a dot and are never listed.
+with a dot, are never listed, and those a crash left behind are removed when the spool opens.
 
 Why a writer thread. A `write()` to a file can block for milliseconds when the page cache is full and
 the kernel throttles dirty pages, and `fsync` blocks until the disk has the data: both on the event
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
 import queue
 import re
@@ -194,6 +195,9 @@ class DiskSpool:
     def __init__(self, root: str | os.PathLike[str], *, max_queued: int = MAX_QUEUED) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(".*.json.tmp"):  # a crash during save_info; the old document stands
+            leftover.unlink(missing_ok=True)
+        self._temporaries = itertools.count(os.getpid() * 1_000_000)
         self._worker = _Worker(max_queued)
 
     def _path(self, upload_id: str, suffix: str) -> Path:
@@ -206,7 +210,11 @@ class DiskSpool:
 
         def create() -> None:
             os.close(os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # FileExistsError if taken
-            self._write_info(upload_id, info)
+            try:
+                self._write_info(upload_id, info)
+            except BaseException:
+                data.unlink(missing_ok=True)  # no half-created upload keeps the id taken
+                raise
 
         await asyncio.to_thread(create)
 
@@ -270,7 +278,9 @@ class DiskSpool:
     def _write_info(self, upload_id: str, info: bytes) -> None:
         """Atomic and durable: a crash leaves the old document or the new one (Rule 4)."""
         final = self._path(upload_id, ".json")
-        temporary = self.root / f".{upload_id}.json.tmp"
+        # Unique per call: two saves of one upload in flight must not write into one temporary file. Which
+        # of them lands last is the caller's business (it records an upload's moves one at a time).
+        temporary = self.root / f".{upload_id}.{next(self._temporaries)}.json.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(info)

@@ -55,6 +55,7 @@ from relay.core.resumable import (
     decide_options,
     method_not_allowed,
     recover,
+    sweep,
 )
 from relay.core.resumable_headers import (
     Protocol,
@@ -235,14 +236,38 @@ def test_from_json_refuses_unknown_versions_and_states() -> None:
             40,  # a checksummed append can no longer be verified: discarded
         ),
         (new_upload(offset=40), 30, FAILED, 40, 30),  # lost data
+        (new_upload(offset=40, state=APPENDING, writer="w", append_start=40), 39, FAILED, 40, 39),
         (new_upload(offset=100, state=FORWARDING), 100, FORWARDING, 100, 100),
         (new_upload(offset=100, state=COMPLETED), 0, COMPLETED, 100, 0),
     ],
 )
 def test_recover(upload: ResumableUpload, durable: int, state: str, offset: int, keep: int) -> None:
-    recovered, size = recover(upload, durable, now=NOW)
+    recovered, size = recover(upload, durable, now=NOW + 1)
     assert (recovered.state, recovered.offset, size) == (state, offset, keep)
     assert recovered.writer is None
+    if state == FAILED:
+        assert recovered.error is not None and recovered.error.code == "data_lost"
+
+
+def test_recover_without_news_keeps_the_expiry() -> None:
+    upload = new_upload(offset=40)
+    assert recover(upload, 40, now=NOW + 100)[0].expires_at == upload.expires_at
+
+
+@pytest.mark.parametrize(
+    ("state", "now", "expected"),
+    [
+        (RECEIVING, NOW, "keep"),
+        (RECEIVING, NOW + 3600, "expire"),
+        (FORWARDING, NOW + 3600, "expire"),
+        (APPENDING, NOW + 7200, "keep"),
+        (COMPLETED, NOW + 3599, "keep"),
+        (COMPLETED, NOW + 3600, "forget"),
+        (FAILED, NOW + 3600, "forget"),
+    ],
+)
+def test_sweep(state: str, now: float, expected: str) -> None:
+    assert sweep(new_upload(state=state), now) == expected
 
 
 # Decisions ------------------------------------------------------------------------------------------

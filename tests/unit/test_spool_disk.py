@@ -181,6 +181,7 @@ def test_restart_lists_uploads_and_reports_offsets(tmp_path: Path) -> None:
 
     run(first, tmp_path)
     assert run(second, tmp_path) == (["a", "b", "c"], [0, 1000, 2000], b'{"n": 42}', None)
+    assert not list(tmp_path.glob(".*")), "the crash's temporary file is swept when the spool opens"
 
 
 def test_create_refuses_a_taken_id_and_non_ids(tmp_path: Path) -> None:
