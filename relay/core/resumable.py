@@ -706,7 +706,8 @@ def decide_append_begin(
         return refusal
     room = _room(upload, limits)
     if req.protocol == "tus" and room is not None and req.content_length is not None and req.content_length > room:
-        return _error(req.protocol, BeyondUploadLength(), upload=upload, headers=(_h("Upload-Offset", upload.offset),))
+        error, headers = _past_the_end(req, upload, limits)
+        return _error(req.protocol, error, upload=upload, headers=headers)
     appending = apply(upload, APPEND_BEGIN, now=now, writer=writer, checksum=req.checksum is not None)
     return Decision(action="append", upload=appending, max_bytes=room)
 
@@ -756,7 +757,7 @@ def decide_append_end(
     """
     start = upload.append_start if upload.append_start is not None else upload.offset
     if overflow:
-        return _overflow(req, upload, writer, start + written, now)
+        return _overflow(req, upload, writer, start + written, now, limits)
     if not ended:
         event = APPEND_DISCARD if upload.append_checksum else APPEND_BREAK  # unverifiable bytes are not kept
         return Decision(action="none", upload=apply(upload, event, now=now, writer=writer, offset=start + written))
@@ -782,20 +783,34 @@ def decide_append_end(
     return Decision(status=status, headers=_progress_headers(req, record, limits, now, location), upload=record)
 
 
-def _overflow(req: ResumableRequest, upload: ResumableUpload, writer: str, offset: int, now: float) -> Decision:
+def _past_the_end(
+    req: ResumableRequest, upload: ResumableUpload, limits: Limits
+) -> tuple[RelayError, tuple[Header, ...]]:
+    """413 for bytes past the length, or, while the length is deferred, past the size limit."""
+    headers = (_h("Upload-Offset", upload.offset),)
+    if upload.length is not None:
+        return BeyondUploadLength(), headers
+    limit = _max_size(limits)
+    return BodyTooLarge(f"the upload passed the size limit of {limit} bytes"), (*headers, _h("Tus-Max-Size", limit))
+
+
+def _overflow(
+    req: ResumableRequest, upload: ResumableUpload, writer: str, offset: int, now: float, limits: Limits
+) -> Decision:
     """Bytes past the length. tus: 413, the request's bytes discarded (contract). -05: keep up to the
-    length, 400. -09..-11: reject and deactivate the upload resource, inconsistent-upload-length."""
+    length, 400. -09..-11: reject and deactivate the upload resource, inconsistent-upload-length.
+    Past the size limit of a deferred-length upload: tus discards (413); the drafts deactivate ("the server
+    might also deactivate the upload resource if the offset exceeds the maximum size", -11 §4.1.3)."""
     if req.protocol == "tus":
         record = apply(upload, APPEND_DISCARD, now=now, writer=writer)
-        return _error(
-            req.protocol,
-            BeyondUploadLength(),
-            upload=record,
-            headers=(_h("Upload-Offset", record.offset),),
-            record=record,
-        )
+        error, headers = _past_the_end(req, record, limits)
+        return _error(req.protocol, error, upload=record, headers=headers, record=record)
+    if upload.length is None:
+        error, headers = _past_the_end(req, upload, limits)
+        record = apply(upload, INVALIDATE, now=now, writer=writer, error=ErrorInfo(error.code, error.message))
+        return replace(_error(req.protocol, error, upload=record, record=record), action="delete")
     if req.protocol == "ietf-6":
-        record = apply(upload, APPEND_COMMIT, now=now, writer=writer, offset=min(offset, upload.length or offset))
+        record = apply(upload, APPEND_COMMIT, now=now, writer=writer, offset=min(offset, upload.length))
         return _error(req.protocol, InconsistentLength("bytes past the upload's length"), upload=record, record=record)
     record = apply(upload, INVALIDATE, now=now, writer=writer)
     refusal = _error(req.protocol, UploadInvalid(), upload=record, kind="inconsistent-upload-length", record=record)

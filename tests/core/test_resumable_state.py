@@ -498,6 +498,24 @@ def test_ietf_bytes_past_the_length_per_version() -> None:
     assert end.action == "delete" and json.loads(end.body)["type"].endswith("#inconsistent-upload-length")
 
 
+@pytest.mark.parametrize(("protocol", "state"), [("tus", RECEIVING), ("ietf-6", FAILED), ("ietf-8", FAILED)])
+def test_deferred_upload_past_the_size_limit(protocol: Protocol, state: str) -> None:
+    upload = new_upload(protocol=protocol, length=None, offset=9_990)
+    begin = decide_append_begin(patch(protocol, 9_990), upload, writer="w", now=NOW, limits=LIMITS)
+    assert begin.max_bytes == 10 and begin.upload is not None
+    end = decide_append_end(
+        patch(protocol, 9_990), begin.upload, writer="w", written=10, ended=False, overflow=True, now=NOW, limits=LIMITS
+    )
+    assert end.status == 413 and end.upload is not None and end.upload.state == state
+    assert json.loads(end.body)["error"]["code"] == "body_too_large"
+    if protocol == "tus":
+        assert headers_of(end)["Tus-Max-Size"] == "10000" and end.upload.offset == 9_990
+        early = decide_append_begin(
+            patch("tus", 9_990, (b"content-length", b"11")), upload, writer="w", now=NOW, limits=LIMITS
+        )
+        assert early.status == 413 and json.loads(early.body)["error"]["code"] == "body_too_large"
+
+
 def test_tus_deferred_length_set_on_a_patch() -> None:
     req = patch("tus", 40, (b"upload-length", b"60"))
     begin = decide_append_begin(req, new_upload(length=None, offset=40), writer="w", now=NOW, limits=LIMITS)
