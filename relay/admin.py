@@ -1,14 +1,21 @@
-"""/_relay/: health, metrics, the uploads registry and the Server-Sent Events streams."""
+"""/_relay/: health, metrics, the uploads registry and the Server-Sent Events streams.
+
+Health for load balancers: `UpstreamProbe` connects (TCP, plus the TLS handshake for https://) to each upstream
+every PROBE_INTERVAL seconds in a background job that relay-server runs beside the servers; `/_relay/health`
+only reads its last results, so a health check never waits on an upstream and never touches an upload's path.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import hmac
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,18 +23,73 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from relay.adminauth import admin_refusal
 from relay.bus import Subscription
 from relay.core.events import TERMINAL, Event, Part, Progress
+from relay.core.state import COMPLETED, FAILED, RECEIVING, REJECTED
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
 from relay.types import Message, Receive, Scope, Send
 
-__all__ = ["UNKNOWN_ID_WAIT", "create_admin_app"]
+__all__ = ["PROBE_INTERVAL", "UNKNOWN_ID_WAIT", "UpstreamProbe", "create_admin_app", "upstream_probe"]
 
 UNKNOWN_ID_WAIT = 30.0  # seconds a subscriber to an id not seen yet waits for it to start
 PING_SECONDS = 15
 _HTTP_ERRORS: dict[int, type[RelayError]] = {404: NotFound, 405: MethodNotAllowed, 401: Unauthorized}
+PROBE_INTERVAL = 5.0
+MAX_LIST_LIMIT = 10_000
+_STATES = (RECEIVING, "forwarding", COMPLETED, FAILED, REJECTED)  # forwarding: resumable uploads
+
+
+@dataclass
+class _Reach:
+    reachable: bool = False
+    checked_at: float | None = None
+    error: str | None = "not checked yet"
+
+
+class UpstreamProbe:
+    """The last connect attempt to each upstream (see the module docstring)."""
+
+    def __init__(self, urls: list[str], *, connect_timeout: float, ca_file: str | None = None) -> None:
+        self.results = {url: _Reach() for url in dict.fromkeys(urls)}
+        self.connect_timeout = connect_timeout
+        self.ca_file = ca_file
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        return {url: dataclasses.asdict(reach) for url, reach in self.results.items()}
+
+    def any_reachable(self) -> bool:
+        return any(reach.reachable for reach in self.results.values())
+
+    async def run(self, interval: float = PROBE_INTERVAL) -> None:
+        """Check every upstream now, then every `interval` seconds, until cancelled."""
+        while True:
+            await asyncio.gather(*(self.check(url) for url in self.results))
+            await asyncio.sleep(interval)
+
+    async def check(self, url: str) -> None:
+        parsed = urlsplit(url)
+        secure = parsed.scheme == "https"
+        tls = ssl.create_default_context(cafile=self.ca_file) if secure else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, writer = await asyncio.open_connection(
+                    parsed.hostname, parsed.port or (443 if secure else 80), ssl=tls
+                )
+            writer.close()
+            self.results[url] = _Reach(True, time.time(), None)
+        except TimeoutError:
+            self.results[url] = _Reach(False, time.time(), f"no connection within {self.connect_timeout:g} s")
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.results[url] = _Reach(False, time.time(), str(exc) or type(exc).__name__)
+
+
+def upstream_probe(app: FastAPI) -> UpstreamProbe:
+    """The probe of an admin app from `create_admin_app`: relay-server runs its `run()` in the background."""
+    probe: UpstreamProbe = app.state.upstream_probe
+    return probe
 
 
 def _sse(event: Event) -> dict[str, str]:
@@ -61,27 +123,41 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         return JSONResponse({"error": BadRequest("invalid request").to_dict()}, status_code=400)
 
     def require_admin(request: Request) -> None:
-        token = ctx.settings.admin_token
-        if token is None:
-            return
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
-            raise Unauthorized("an admin bearer token is required")
+        refusal = admin_refusal(ctx.settings.admin_token, request.headers.get("authorization"), request.cookies)
+        if refusal is not None:
+            raise Unauthorized(refusal)
 
     admin = [Depends(require_admin)]
+    probe = UpstreamProbe(
+        [route.upstream for route in ctx.settings.routes if route.upstream],
+        connect_timeout=ctx.settings.upstream_connect_timeout,
+        ca_file=ctx.settings.upstream_ca,
+    )
+    app.state.upstream_probe = probe
 
-    @app.get("/_relay/health")
-    async def health() -> dict[str, Any]:
+    @app.api_route("/_relay/health", methods=["GET", "HEAD"])
+    async def health() -> JSONResponse:
+        # HEAD gets the same status and headers with no body (uvicorn drops a HEAD response's body).
         routes = [{"prefix": route.prefix, "upstream": route.upstream} for route in ctx.settings.routes]
-        return {"status": "ok", "uploads_in_flight": ctx.in_flight, "routes": routes}
+        unavailable = ctx.settings.health_checks_upstream and not probe.any_reachable()
+        body = {
+            "status": "unavailable" if unavailable else "ok",
+            "uploads_in_flight": ctx.in_flight,
+            "routes": routes,
+            "upstreams": probe.report(),
+        }
+        return JSONResponse(body, status_code=503 if unavailable else 200)
 
     @app.get("/_relay/metrics", dependencies=admin)
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/_relay/uploads", dependencies=admin)
-    async def uploads() -> dict[str, Any]:
-        return {"uploads": [record.to_dict() for record in ctx.registry.recent()]}
+    async def uploads(request: Request) -> dict[str, Any]:
+        state, limit = _list_query(request)
+        # The registry keeps a bounded number of records: filtering all of them is cheap.
+        records = ctx.registry.recent(MAX_LIST_LIMIT) if state else ctx.registry.recent(limit)
+        return {"uploads": [record.to_dict() for record in records if state in (None, record.state)][:limit]}
 
     @app.get("/_relay/uploads/{upload_id}", dependencies=admin)
     async def upload(upload_id: str) -> dict[str, Any]:
@@ -108,6 +184,17 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         raise NotFound(f"no admin endpoint /_relay/{rest}")
 
     return app
+
+
+def _list_query(request: Request) -> tuple[str | None, int]:
+    """`?state=` (one of the record states) and `?limit=` (1..10000, default 100); anything else is 400."""
+    state = request.query_params.get("state")
+    if state is not None and state not in _STATES:
+        raise BadRequest(f"state must be one of {', '.join(_STATES)}")
+    text = request.query_params.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+    return state, int(text)
 
 
 class _EventStream(EventSourceResponse):

@@ -8,9 +8,7 @@ A bad value is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import ssl
 import sys
 from dataclasses import replace
 from functools import partial
@@ -20,7 +18,15 @@ from typing import Any
 import click
 
 from relay.clitools import run_click
-from relay.config import SourcedOption, load_config, routes_from_tables
+from relay.config import (
+    SourcedOption,
+    check_ca,
+    check_store,
+    check_tls,
+    load_config,
+    read_tokens,
+    routes_from_tables,
+)
 from relay.core.limits import Limits
 from relay.settings import (
     DEFAULT_PREFIX,
@@ -28,14 +34,18 @@ from relay.settings import (
     DEFAULT_RESUMABLE_MAX_INCOMPLETE,
     DEFAULT_RESUMABLE_PREFIX,
     DEFAULT_SPOOL,
+    LOG_FORMATS,
+    LOG_LEVELS,
     Route,
     Settings,
     parse_size,
+    relay_version,
 )
 
 __all__ = ["main", "settings_from_options"]
 
 PROG = "relay-server"
+FORCED_EXIT = 130  # a second Ctrl-C cut uploads short: the shell's "interrupted"
 option = partial(click.option, cls=SourcedOption)
 
 
@@ -56,7 +66,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 
 
 def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settings:
-    """Build the frozen Settings from resolved option values; raises ValueError on a bad combination."""
+    """Build the frozen Settings from resolved option values; raises ValueError on a bad combination or a
+    file (token file, CA, TLS certificate and key, store) that cannot be used."""
+    check_tls(options["ssl_certfile"], options["ssl_keyfile"])
     limits = Limits(
         max_body_size=options["max_body_size"] or None,
         max_file_size=options["max_file_size"] or None,
@@ -80,7 +92,7 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         forward_authorization=options["forward_authorization"],
         trust_forwarded=options["trust_forwarded"],
         max_concurrent_uploads=options["max_concurrent_uploads"] or None,
-        tokens=_read_tokens(options["token_file"]),
+        tokens=read_tokens(options["token_file"]),
         max_uploads_per_client=options["max_uploads_per_client"] or None,
         client_idle_timeout=options["client_idle_timeout"] or None,
         client_min_rate=options["client_min_rate"] or None,
@@ -89,38 +101,23 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         cors_origins=tuple(options["cors_origin"]),
         drain_timeout=options["drain_timeout"],
         store=Path(options["store"]),
-        upstream_ca=_check_ca(options["upstream_ca"]),
+        upstream_ca=check_ca(options["upstream_ca"]),
         resumable_prefix=options["resumable_prefix"],
         spool=options["spool"],
         resumable_expiry=options["resumable_expiry"],
         resumable_max_incomplete=options["resumable_max_incomplete"],
+        ssl_certfile=options["ssl_certfile"] or None,
+        ssl_keyfile=options["ssl_keyfile"] or None,
+        log_level=options["log_level"],
+        log_format=options["log_format"],
+        health_checks_upstream=options["health_checks_upstream"],
     )
 
 
-def _check_ca(path: str | None) -> str | None:
-    """Load the CA file once at start-up, so a wrong one is one line and exit 2, not a 502 per upload."""
-    if not path:
-        return None
-    try:
-        ssl.create_default_context(cafile=path)
-    except FileNotFoundError:
-        raise ValueError(f"--upstream-ca {path}: no such file") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"--upstream-ca {path} is not a PEM file of CA certificates: {exc}") from None
-    return path
-
-
-def _read_tokens(path: str | None) -> tuple[str, ...]:
-    if not path:
-        return ()
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read --token-file {path}: {exc.strerror}") from exc
-    tokens = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    if not tokens:
-        raise ValueError(f"--token-file {path} holds no token")
-    return tokens
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"{PROG} {relay_version()}")
+        ctx.exit(0)
 
 
 @click.command(
@@ -229,6 +226,32 @@ def _read_tokens(path: str | None) -> tuple[str, ...]:
     default=DEFAULT_RESUMABLE_MAX_INCOMPLETE,
     help="Incomplete resumable uploads at once (429 at creation over it).",
 )
+@option(
+    "--ssl-certfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM certificate (chain) to serve HTTPS with; needs --ssl-keyfile.",
+)
+@option("--ssl-keyfile", type=click.Path(dir_okay=False), default=None, help="PEM private key of --ssl-certfile.")
+@option("--log-level", type=click.Choice(LOG_LEVELS), default="info", help="Least severe log records shown.")
+@option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", help="Log records as text or one JSON per line."
+)
+@option(
+    "--health-checks-upstream",
+    is_flag=True,
+    default=False,
+    help="/_relay/health answers 503 while no upstream is reachable.",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    allow_from_autoenv=False,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 @click.pass_context
 def command(ctx: click.Context, /, config: str | None, host: str, port: int, **options: Any) -> None:
     """Relay uploads to an upstream, chunk by chunk, inspecting them on the way.
@@ -241,54 +264,65 @@ def command(ctx: click.Context, /, config: str | None, host: str, port: int, **o
     """
     try:
         settings = settings_from_options(ctx, options)
+        if any(route.upstream is None for route in settings.routes):
+            check_store(settings.store)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
-    run(settings, host, port)
+    if run(settings, host, port):
+        sys.exit(FORCED_EXIT)
 
 
-def run(settings: Settings, host: str, port: int) -> None:
+def run(settings: Settings, host: str, port: int) -> bool:
+    """Serve until a signal; True when a second Ctrl-C forced the quit."""
+    from relay.accesslog import AccessLog, configure_logging
+    from relay.admin import upstream_probe
     from relay.app import RelayApp
     from relay.server import bind_socket, install_nocopy_body, loop_factory, serve, tune_malloc
 
     tune_malloc()
     install_nocopy_body()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         main_sock = bind_socket(host, port)
         sink_sock = bind_socket("127.0.0.1", 0) if any(r.upstream is None for r in settings.routes) else None
     except OSError as exc:
         raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     follower = None
+    embedded: set[str] = set()
     if sink_sock is not None:
         from relay.sink import create_sink_app
 
         sink_url = f"http://127.0.0.1:{sink_sock.getsockname()[1]}"
+        embedded = {route.prefix for route in settings.routes if route.upstream is None}
         settings = _with_upstream(settings, sink_url)
         follower = (create_sink_app(settings.store), sink_sock)
-    app = RelayApp(settings)
+    relay = RelayApp(settings)
+    scheme = "https" if settings.ssl_certfile else "http"
     bound = main_sock.getsockname()
+    url = f"{scheme}://[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{scheme}://{bound[0]}:{bound[1]}"
 
     def ready() -> None:
+        lines = [f"{PROG} {relay_version()} listening on {url}"]
         for route in settings.routes:
-            where = (
-                f"{route.upstream} (embedded sample upstream, storing in {settings.store})"
-                if sink_sock
-                else route.upstream
-            )
-            print(f"{PROG} listening on http://{bound[0]}:{bound[1]}, relaying {route.prefix} to {where}", flush=True)
+            note = f" (embedded sample upstream, storing in {settings.store})" if route.prefix in embedded else ""
+            lines.append(f"{PROG}: relaying {route.prefix} to {route.upstream}{note}")
+        print("\n".join(lines), flush=True)
 
     # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down; with these handlers in place that
     # re-raise is harmless and a signalled relay exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(
+        return runner.run(
             serve(
-                (app, main_sock),
+                (AccessLog(relay), main_sock),
                 follower=follower,
                 on_ready=ready,
                 header_timeout=settings.header_timeout,
                 drain_timeout=settings.drain_timeout,
+                ssl_certfile=settings.ssl_certfile,
+                ssl_keyfile=settings.ssl_keyfile,
+                background=[upstream_probe(relay.admin).run],
             )
         )
 

@@ -10,10 +10,16 @@ key itself and names the file, the table and the key in each message:
 
 `SourcedOption` does the same for flags whose value came from the environment or the [server] table: click
 would name the flag (`'--max-body-size'`) even when the user never typed it.
+
+The files the configuration names (token file, CA file, TLS certificate and key, the embedded upstream's store)
+are checked here at start-up, each failure one sentence naming the flag: a bad file must be exit 2 at once,
+not a traceback or a 502 per upload later.
 """
 
 from __future__ import annotations
 
+import ssl
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,16 @@ from click.core import ParameterSource
 from relay.core.limits import Limits
 from relay.settings import DEFAULT_METHODS, RESUMABLE_FORWARDS, Route, parse_size
 
-__all__ = ["SERVER_KEYS", "SourcedOption", "load_config", "routes_from_tables"]
+__all__ = [
+    "SERVER_KEYS",
+    "SourcedOption",
+    "check_ca",
+    "check_store",
+    "check_tls",
+    "load_config",
+    "read_tokens",
+    "routes_from_tables",
+]
 
 SERVER_KEYS = {
     "host", "port", "upstream", "store", "route", "max_body_size", "max_file_size", "max_files",
@@ -156,3 +171,62 @@ def _text(table: dict[str, Any], key: str, fallback: str) -> str:
     if not isinstance(value, str) or (key in table and not value):
         raise ValueError(f"{key}: not a non-empty string: {value!r}")
     return value
+
+
+def check_ca(path: str | None) -> str | None:
+    """Load the CA file once at start-up, so a wrong one is one line and exit 2, not a 502 per upload."""
+    if not path:
+        return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ValueError(f"--upstream-ca {path}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--upstream-ca {path} is not a PEM file of CA certificates: {exc}") from None
+    return path
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Both or neither, and they must load as a server's certificate chain and its private key."""
+    if not certfile and not keyfile:
+        return
+    if not certfile or not keyfile:
+        given, missing = ("--ssl-certfile", "--ssl-keyfile") if certfile else ("--ssl-keyfile", "--ssl-certfile")
+        raise ValueError(f"{given} needs {missing} too")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{flag} {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a PEM certificate and its private key "
+            f"({getattr(exc, 'reason', None) or exc})"
+        ) from None
+
+
+def check_store(store: Path) -> None:
+    """The embedded upstream's store must be a directory we can create and write in."""
+    try:
+        (store / ".tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=store / ".tmp"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--store {store}: cannot create or write there: {exc.strerror or exc}") from None
+
+
+def read_tokens(path: str | None) -> tuple[str, ...]:
+    if not path:
+        return ()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ValueError(f"cannot read --token-file {path}: {reason}") from exc
+    tokens = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ValueError(f"--token-file {path} holds no token")
+    return tokens

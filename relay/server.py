@@ -15,14 +15,15 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from relay.types import ASGIApp
+from relay.accesslog import quiet_lifecycle
+from relay.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "HeaderLimitProtocol",
@@ -281,6 +282,8 @@ def uvicorn_config(
     guarded: bool = True,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     drain_timeout: float = 10.0,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> uvicorn.Config:
     protocol = type("RelayHttpProtocol", (HeaderLimitProtocol,), {"header_timeout": header_timeout})
     return uvicorn.Config(
@@ -299,6 +302,8 @@ def uvicorn_config(
         # cancels them: a cancelled upload's upstream request dies mid-body, so it never looks complete.
         # Annotated int by uvicorn, used as an asyncio timeout: fractions work.
         timeout_graceful_shutdown=drain_timeout,  # type: ignore[arg-type]
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
 
 
@@ -308,6 +313,41 @@ class _Follower(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class _EndQuietly:
+    """The outermost ASGI layer: a request cancelled because the server is going away (the drain timeout ran
+    out, or a second Ctrl-C) ends by closing its connection, not with uvicorn's "Exception in ASGI application"
+    traceback. The app below has already recorded the upload as failed (`shutting_down`)."""
+
+    def __init__(self, app: ASGIApp, server: uvicorn.Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.server.should_exit:
+                raise
+            abort = scope.get("extensions", {}).get(ABORT)
+            if abort is not None:
+                abort()
+
+
+def _force_quit(server: uvicorn.Server) -> None:
+    """What uvicorn's force_exit leaves undone: it stops waiting for requests but still waits for their
+    connections to close (asyncio's Server.wait_closed) and leaves them running. Close them and cancel them."""
+    server.should_exit = server.force_exit = True
+    for connection in list(server.server_state.connections):
+        cycle = getattr(connection, "cycle", None)
+        if cycle is not None:
+            cycle.disconnected = True  # no "returned without completing response" for what we cut short
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
+    for task in list(server.server_state.tasks):
+        task.cancel()
 
 
 def _url(sock: socket.socket) -> str:
@@ -322,20 +362,37 @@ async def serve(
     on_ready: Callable[[], Any] | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     drain_timeout: float = 10.0,
-) -> None:
-    """Serve `main` (and `follower`, the embedded upstream) until a signal; call `on_ready` once listening."""
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+) -> bool:
+    """Serve `main` (and `follower`, the embedded upstream) until a signal; call `on_ready` once listening.
+
+    `background` jobs run while the relay serves and are cancelled after. Returns True when a second SIGINT
+    forced the quit (uploads in flight were cut short).
+    """
     main_app, main_sock = main
     host, port = main_sock.getsockname()[:2]
-    main_server = uvicorn.Server(
-        uvicorn_config(main_app, host=host, port=port, header_timeout=header_timeout, drain_timeout=drain_timeout)
+    config = uvicorn_config(
+        main_app,
+        host=host,
+        port=port,
+        header_timeout=header_timeout,
+        drain_timeout=drain_timeout,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
+    main_server = uvicorn.Server(config)
+    config.app = _EndQuietly(main_app, main_server)
     servers: list[tuple[uvicorn.Server, socket.socket]] = []
     if follower is not None:
         f_app, f_sock = follower
         f_host, f_port = f_sock.getsockname()[:2]
         # The embedded upstream outlives the relay's drain: it is stopped only once the relay has finished.
         f_config = uvicorn_config(f_app, host=f_host, port=f_port, guarded=False, drain_timeout=drain_timeout)
-        servers.append((_Follower(f_config), f_sock))
+        f_server = _Follower(f_config)
+        f_config.app = _EndQuietly(f_app, f_server)
+        servers.append((f_server, f_sock))
     servers.append((main_server, main_sock))
 
     async def announce() -> None:
@@ -353,7 +410,23 @@ async def serve(
             for server, _ in servers:
                 server.should_exit = True
 
-    tasks = [asyncio.ensure_future(server.serve(sockets=[sock])) for server, sock in servers[:-1]]
+    async def watch_force_quit() -> None:
+        while not main_server.force_exit:
+            await asyncio.sleep(0.05)
+        for server, _ in servers:
+            _force_quit(server)
+
+    loop = asyncio.get_running_loop()
+    # The embedded upstream runs in a context whose uvicorn INFO lines are dropped: the relay's say it all.
+    tasks = [loop.create_task(server.serve(sockets=[sock]), context=quiet_lifecycle()) for server, sock in servers[:-1]]
     tasks.append(asyncio.ensure_future(run_main()))
     tasks.append(asyncio.ensure_future(announce()))
-    await asyncio.gather(*tasks)
+    helpers = [asyncio.ensure_future(job()) for job in background]
+    helpers.append(asyncio.ensure_future(watch_force_quit()))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return main_server.force_exit

@@ -498,6 +498,14 @@ def _serve(store: Path | None, host: str, port: int) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from relay.settings import relay_version
+
+        click.echo(f"{PROG} {relay_version()}")
+        ctx.exit(0)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0 picks a free port.")
@@ -509,6 +517,14 @@ def _serve(store: Path | None, host: str, port: int) -> None:
     help="Where uploads are stored (default ./received).",
 )
 @click.option("--discard", is_flag=True, help="Store nothing; still count and hash.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 def command(host: str, port: int, directory: Path | None, discard: bool) -> None:
     """The sample upstream: stores each upload under DIR/<request id>/, all or nothing."""
     if discard and directory is not None:

@@ -4,8 +4,8 @@ Installed as a pytest plugin (entry point `upload_relay`), so a project that dep
 fixtures `relay_sink`, `relay_server` and the factories `start_sink` / `start_relay` in its own tests.
 
 Each server is its own process (`python -m relay ...`, `python -m relay.sink ...`) started with `--port 0`;
-the port is read from the "listening on http://..." line the server prints. Output goes to a log file, not a
-pipe, so a chatty server can never block on a full pipe. Servers are stopped by PID by the fixture that
+the port is read from the "listening on http://..." (or https://) line the server prints. Output goes to a log
+file, not a pipe, so a chatty server can never block on a full pipe. Servers are stopped by PID by the fixture that
 started them.
 """
 
@@ -26,7 +26,8 @@ import pytest
 
 __all__ = ["RunningServer", "relay_server", "relay_sink", "start_process", "start_relay", "start_sink"]
 
-_LISTENING = re.compile(r"listening on (http://[0-9.]+:(\d+))")
+# "listening on http://127.0.0.1:8000", or https:// with --ssl-certfile, or an IPv6 literal in brackets.
+_LISTENING = re.compile(r"listening on (https?://(?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):(\d+))")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class RunningServer:
 def start_process(
     args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 20.0, cwd: str | Path | None = None
 ) -> RunningServer:
-    """Run `args` and wait for its "listening on http://HOST:PORT" line."""
+    """Run `args` and wait for its "listening on http(s)://HOST:PORT" line."""
     fd, log_name = tempfile.mkstemp(prefix="relay-test-", suffix=".log")
     log_path = Path(log_name)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
