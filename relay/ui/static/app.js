@@ -89,7 +89,7 @@ function applyRecord(record) {
     finishedAt: record.finished_at, upstreamStatus: record.upstream_status, error: record.error,
     resumable: Boolean(record.resumable), offset: record.offset ?? upload.offset,
   });
-  upload.path ||= record.route;
+  upload.path ||= record.path || record.route;
   upload.parts = record.parts.map((part) => ({ filename: part.filename, field: part.field, sha256: part.sha256 }));
   if (record.bytes > upload.bytes) upload.bytes = record.bytes;
   upload.known = true;
@@ -211,7 +211,7 @@ function renderFinished(upload) {
   setText(cells.size, formatBytes(upload.bytes));
   const took = upload.finishedAt && upload.startedAt ? upload.finishedAt - upload.startedAt : NaN;
   setText(cells.time, `${formatTime(upload.finishedAt)} (${formatDuration(took)})`);
-  const digests = upload.parts.filter(Boolean).map((part) => `${part.filename || part.field || "body"}: ${part.sha256 || "–"}`);
+  const digests = upload.parts.filter(Boolean).map((part) => `${part.filename || part.field || "body"}  ${part.sha256 || "–"}`);
   setText(cells.sha256, digests.join("\n"));
 }
 
