@@ -4,13 +4,18 @@ where a bad value came from (config file, table, key; environment variable), sta
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
+import httpx
 import pytest
 
-from relay.testing import start_relay
+from relay.testing import RunningServer, start_relay, start_sink
 
 RELAY = [sys.executable, "-m", "relay"]
 UPSTREAM = ["--upstream", "http://127.0.0.1:9"]
@@ -99,3 +104,83 @@ def test_good_resumable_settings_start(tmp_path: Path) -> None:
         "--config", str(config), "--spool", str(tmp_path / "spool"), "--resumable-max-incomplete", "5", upstream=None
     )
     assert relay.stop() == 0
+
+
+# -- --version -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("module", "prog"), [("relay", "relay-server"), ("relay.sink", "relay-sink")])
+def test_version(module: str, prog: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=20, env=os.environ
+    )
+    assert result.returncode == 0 and result.stderr == "", result
+    assert result.stdout == f"{prog} {metadata.version('upload-relay')}\n"
+
+
+def test_relay_version_is_not_read_from_the_environment() -> None:
+    result = run_cli("--port", "0", "--store", "/proc/nope", env={"RELAY_VERSION": "1"})
+    assert "--store /proc/nope" in one_line_error(result)
+
+
+# -- start-up checks -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["/proc/nope", "/dev/null/x"])
+def test_a_store_that_cannot_be_created_is_one_line(store: str) -> None:
+    error = one_line_error(run_cli("--port", "0", "--store", store))
+    assert f"--store {store}: cannot create or write there" in error, error
+
+
+def test_a_store_is_not_checked_when_every_route_has_an_upstream() -> None:
+    relay = start_relay("--store", "/proc/nope", upstream="http://127.0.0.1:9")
+    assert relay.stop() == 0
+
+
+# -- signals ---------------------------------------------------------------------------------------------------
+
+
+def upload_in_flight(relay: RunningServer) -> socket.socket:
+    """A raw upload that has sent its head and part of its body, and waits."""
+    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    sock.sendall(b"POST /upload/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 5000)
+    deadline = time.monotonic() + 5
+    while '"state":"receiving"' not in httpx.get(f"{relay.url}/_relay/uploads", timeout=5).text.replace(" ", ""):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.05)
+    return sock
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["upstream", "embedded"])
+def test_a_second_ctrl_c_during_the_drain_quits_at_once_without_a_traceback(tmp_path: Path, embedded: bool) -> None:
+    sink = None if embedded else start_sink(None)
+    relay = start_relay("--drain-timeout", "60", "--store", str(tmp_path), upstream=sink.url if sink else None)
+    try:
+        with upload_in_flight(relay):
+            relay.proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            assert relay.proc.poll() is None  # the first Ctrl-C drains: the upload may still finish
+            started = time.monotonic()
+            relay.proc.send_signal(signal.SIGINT)
+            code = relay.proc.wait(10)
+            elapsed = time.monotonic() - started
+    finally:
+        relay.stop()
+        if sink is not None:
+            sink.stop()
+    assert code == 130 and elapsed < 3, (code, elapsed, relay.log())
+    assert "Traceback" not in relay.log() and "CancelledError" not in relay.log(), relay.log()
+
+
+def test_the_drain_timeout_cancels_without_a_traceback() -> None:
+    sink = start_sink(None)
+    relay = start_relay("--drain-timeout", "0.5", upstream=sink.url)
+    try:
+        with upload_in_flight(relay):
+            relay.proc.send_signal(signal.SIGINT)
+            code = relay.proc.wait(10)
+    finally:
+        relay.stop()
+        sink.stop()
+    assert code == 0, relay.log()
+    assert "Traceback" not in relay.log() and "Exception in ASGI application" not in relay.log(), relay.log()
