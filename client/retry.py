@@ -19,8 +19,12 @@ from __future__ import annotations
 import email.utils
 import time
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MAX_RETRY_AFTER", "RetryDecision", "backoff", "parse_retry_after"]
+from client.errors import NetworkError, UploadError
+from client.events import describe_http_error
+
+__all__ = ["MAX_RETRY_AFTER", "RetryDecision", "after_answer", "after_failure", "backoff", "parse_retry_after"]
 
 # The longest Retry-After we honour; a larger value waits this long.
 MAX_RETRY_AFTER = 60.0
@@ -57,3 +61,17 @@ class RetryDecision:
 
     delay: float
     reason: str
+
+
+def after_failure(exc: UploadError, attempt: int, replayable: bool) -> RetryDecision | None:
+    """Retry a connection failure only when no body byte went: otherwise the upload may have arrived."""
+    if isinstance(exc, NetworkError) and exc.before_body and replayable:
+        return RetryDecision(backoff(attempt), str(exc))
+    return None
+
+
+def after_answer(status: int | None, retry_after: str | None, response: Any, replayable: bool) -> RetryDecision | None:
+    """Retry a 429: decided from the headers, before the body was read, so sending again duplicates nothing."""
+    if status == 429 and replayable:
+        return RetryDecision(parse_retry_after(retry_after), describe_http_error(429, response))
+    return None

@@ -36,7 +36,7 @@ from client.events import (
     read_capped,
 )
 from client.results import FileResult, UploadObserver, UploadResult, _NoObserver, error_summary
-from client.retry import RetryDecision, backoff, parse_retry_after
+from client.retry import RetryDecision, after_answer, after_failure
 from client.sources import (
     CHUNK_SIZE,
     Body,
@@ -264,20 +264,6 @@ def _verify(result: UploadResult, watcher: EventWatcher, request: _Request) -> N
 # --- retries ---------------------------------------------------------------------------------------------------
 
 
-def _retry_after_failure(exc: UploadError, request: _Request, attempt: int) -> RetryDecision | None:
-    # Only a request whose body never started can be replayed after a failure: it may have arrived otherwise.
-    if isinstance(exc, NetworkError) and exc.before_body and request.replayable:
-        return RetryDecision(backoff(attempt), str(exc))
-    return None
-
-
-def _retry_after_answer(result: UploadResult, request: _Request) -> RetryDecision | None:
-    # A 429 is decided from the headers, before the body is read: sending again cannot duplicate anything.
-    if result.status == 429 and request.replayable:
-        return RetryDecision(parse_retry_after(result.retry_after), describe_http_error(429, result.response))
-    return None
-
-
 async def _with_retries(
     client: httpx.AsyncClient, request: _Request, retries: int, on_retry: Callable[[RetryDecision], None] | None
 ) -> UploadResult:
@@ -286,14 +272,15 @@ async def _with_retries(
         try:
             result = await _attempt(client, request)
         except UploadError as exc:
-            decision = _retry_after_failure(exc, request, attempt) if attempt < retries else None
+            decision = after_failure(exc, attempt, request.replayable) if attempt < retries else None
             if decision is None:
                 if exc.result is not None:
                     exc.result.attempts = attempt + 1
                 raise
         else:
             result.attempts = attempt + 1
-            decision = _retry_after_answer(result, request) if attempt < retries else None
+            decision = after_answer(result.status, result.retry_after, result.response, request.replayable)
+            decision = decision if attempt < retries else None
             if decision is None:
                 return result
         attempt += 1
@@ -313,12 +300,10 @@ def _split_pairs(pairs: Mapping[str, str] | Sequence[tuple[str, str]] | None) ->
     return list(pairs)
 
 
-def _check_arguments(paths: list[str], raw: bool, method: str) -> None:
-    if not paths:
-        raise ArgumentError("no file given")
-    if "-" in paths and len(paths) != 1:
+def _check_arguments(files: list[LocalFile], raw: bool, method: str) -> None:
+    if any(f.is_stdin for f in files) and len(files) != 1:
         raise ArgumentError("'-' (standard input) is sent alone, as one raw body")
-    if raw and len(paths) != 1:
+    if raw and len(files) != 1:
         raise ArgumentError("--raw sends exactly one file per request")
     if method not in ("POST", "PUT", "PATCH"):
         raise ArgumentError(f"method must be POST, PUT or PATCH, not {method}")
@@ -329,6 +314,7 @@ async def upload_async(
     to: str,
     *,
     relay: str | None = None,
+    recursive: bool = False,
     field: str = DEFAULT_FIELD,
     form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
@@ -348,8 +334,10 @@ async def upload_async(
     """Upload `files` in one request to `relay` + `to`; see `upload` for the arguments."""
     paths = [os.fspath(f) for f in files]
     method = method.upper()
-    _check_arguments(paths, raw, method)
-    local = check_files(paths)
+    if not paths:
+        raise ArgumentError("no file given")
+    local = check_files(paths, recursive=recursive)
+    _check_arguments(local, raw, method)
     relay, to = resolve_target(to, relay)
     header_pairs = _split_pairs(headers)
     if token:
@@ -359,10 +347,21 @@ async def upload_async(
     # we can follow the upload and ask the relay about it afterwards.
     upload_id = upload_id or httpx.Headers(header_pairs).get("X-Upload-ID") or new_upload_id()
     request = _Request(
-        local, relay, to, build_url(relay, to, _split_pairs(query)), field, _split_pairs(form), header_pairs,
-        raw or local[0].is_stdin, method, upload_id, events, admin_token, observer or _NoObserver(),
-        StdinSource(local[0]) if local[0].is_stdin else None,
-    )  # fmt: skip
+        files=local,
+        relay=relay,
+        to=to,
+        url=build_url(relay, to, _split_pairs(query)),
+        field_name=field,
+        form=_split_pairs(form),
+        headers=header_pairs,
+        raw=raw or local[0].is_stdin,  # stdin has no name to put in a multipart part: it goes as the body
+        method=method,
+        upload_id=upload_id,
+        events=events,
+        admin_token=admin_token,
+        observer=observer or _NoObserver(),
+        stdin=StdinSource(local[0]) if local[0].is_stdin else None,
+    )
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=timeout)
@@ -378,9 +377,10 @@ def upload(files: Sequence[str | os.PathLike[str]], to: str, **options: Any) -> 
 
     One multipart request (`field` for every file, `form` fields first), or with `raw=True` one file as the
     whole body; "-" is standard input, sent raw and chunked. `to` is a path on `relay`, or a full URL.
-    Keyword options: relay, field, form, query, headers, raw, method, events, admin_token, token, upload_id,
-    retries, timeout, observer, on_retry. HTTP errors are returned (check `result.ok`); bad arguments, bad
-    files and network failures raise `ArgumentError`, `FileError`, `NetworkError` (all `UploadError`).
+    Keyword options: relay, recursive, field, form, query, headers, raw, method, events, admin_token, token,
+    upload_id, retries, timeout, observer, on_retry. HTTP errors are returned (check `result.ok`); bad
+    arguments, bad files and network failures raise `ArgumentError`, `FileError`, `NetworkError` (all
+    `UploadError`); one raised during a request carries what was sent before it broke in `exc.result`.
 
         result = upload(["photo.jpg"], "/upload/photos", relay="http://127.0.0.1:8000", form={"album": "x"})
         print(result.status, result.files[0].sha256)
