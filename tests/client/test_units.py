@@ -15,11 +15,13 @@ import client
 from client.bench import GeneratedSource, parse_size
 from client.progress import UploadView
 from client.report import result_json
+from client.sources import StdinSource
 from client.upload import (
     Body,
     FileError,
     FileResult,
     FileSource,
+    LocalFile,
     UploadResult,
     build_url,
     check_files,
@@ -178,3 +180,27 @@ def test_progress_marks_verified_parts(tmp_path: Path) -> None:
         observer.part_verified(0, False)
         view.refresh()
     assert "sha256 MISMATCH" in out.getvalue()
+
+
+def test_stdin_source_has_no_length_and_a_digest_once_read_to_the_end() -> None:
+    data = bytes(range(256)) * 5000  # over one chunk
+    source = StdinSource(LocalFile("-", None, "application/octet-stream"), stream=io.BufferedReader(io.BytesIO(data)))
+    body = Body([source], "application/octet-stream")
+    assert body.length is None  # sent chunked
+    assert asyncio.run(_collect(body)) == data
+    assert source.digest == hashlib.sha256(data).hexdigest() and body.stats[0].sent == len(data)
+
+
+def test_a_partly_read_file_has_no_digest(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"z" * (3 * 1024 * 1024))
+    source = FileSource(check_files([str(path)])[0])
+
+    async def first_chunk_only() -> None:
+        chunks = source.chunks()
+        await anext(chunks)
+        await chunks.aclose()
+
+    asyncio.run(first_chunk_only())
+    assert 0 < source.read < path.stat().st_size
+    assert source.digest is None  # never the digest of a prefix presented as the file's
