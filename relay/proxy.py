@@ -66,7 +66,16 @@ from relay.uploads import UploadRegistry
 from relay.upstream import Upstream, UpstreamResponse
 from relay.watchdog import IdleWatch
 
-__all__ = ["RelayContext", "Upload", "error_response"]
+__all__ = [
+    "RelayContext",
+    "Upload",
+    "check_token",
+    "client_address",
+    "cors_headers",
+    "drain_body",
+    "error_response",
+    "may_have_body",
+]
 
 # Lingering close. An error answered while the client may still be sending is written at once, then the
 # relay keeps reading (and dropping) the body for a bounded while before it closes. Closing a socket with
@@ -146,6 +155,45 @@ async def drain_body(receive: Receive, *, max_bytes: int = LINGER_BYTES, seconds
     return drained
 
 
+PLAIN_EXPOSED = b"X-Upload-ID, X-Upload-Sha256"
+
+
+def check_token(settings: Settings, headers: list[tuple[bytes, bytes]]) -> None:
+    """--token / --token-file: `Authorization: Bearer` must match one of them (else Unauthorized)."""
+    tokens = settings.accepted_tokens
+    if not tokens:
+        return
+    given = header_value(headers, b"authorization") or b""
+    scheme, _, credential = given.partition(b" ")
+    # Compare against every token (no early exit), each in constant time.
+    matches = [hmac.compare_digest(credential.strip(), token.encode()) for token in tokens]
+    if scheme.lower() != b"bearer" or not any(matches):
+        raise Unauthorized()
+
+
+def client_address(settings: Settings, scope: Scope) -> str:
+    """The peer, or with --trust-forwarded the nearest hop a trusted proxy reported in X-Forwarded-For."""
+    peer = str((scope.get("client") or ("unknown",))[0])
+    if settings.trust_forwarded:
+        chain = b",".join(value for key, value in scope["headers"] if key == b"x-forwarded-for")
+        hops = [hop.strip() for hop in chain.split(b",") if hop.strip()]
+        if hops:
+            return hops[-1].decode("latin-1")
+    return peer
+
+
+def cors_headers(settings: Settings, headers: list[tuple[bytes, bytes]], expose: bytes) -> list[tuple[bytes, bytes]]:
+    """CORS response headers for an allowed Origin: exact match only, never `*`."""
+    origin = header_value(headers, b"origin")
+    if origin is None or origin.decode("latin-1") not in settings.cors_origins:
+        return []
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"vary", b"Origin"),
+        (b"access-control-expose-headers", expose),
+    ]
+
+
 def may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
     for key, value in headers:
         if key == b"transfer-encoding" or (key == b"content-length" and value.strip() not in (b"", b"0")):
@@ -223,36 +271,13 @@ class Upload:
         )
 
     def check_token(self) -> None:
-        tokens = self.ctx.settings.accepted_tokens
-        if not tokens:
-            return
-        given = header_value(self.headers, b"authorization") or b""
-        scheme, _, credential = given.partition(b" ")
-        # Compare against every token (no early exit), each in constant time.
-        matches = [hmac.compare_digest(credential.strip(), token.encode()) for token in tokens]
-        if scheme.lower() != b"bearer" or not any(matches):
-            raise Unauthorized()
+        check_token(self.ctx.settings, self.headers)
 
     def client_address(self) -> str:
-        """The peer, or with --trust-forwarded the nearest hop a trusted proxy reported in X-Forwarded-For."""
-        peer = str((self.scope.get("client") or ("unknown",))[0])
-        if self.ctx.settings.trust_forwarded:
-            chain = b",".join(value for key, value in self.headers if key == b"x-forwarded-for")
-            hops = [hop.strip() for hop in chain.split(b",") if hop.strip()]
-            if hops:
-                return hops[-1].decode("latin-1")
-        return peer
+        return client_address(self.ctx.settings, self.scope)
 
     def cors_headers(self) -> list[tuple[bytes, bytes]]:
-        """CORS response headers for an allowed Origin: exact match only, never `*`."""
-        origin = header_value(self.headers, b"origin")
-        if origin is None or origin.decode("latin-1") not in self.ctx.settings.cors_origins:
-            return []
-        return [
-            (b"access-control-allow-origin", origin),
-            (b"vary", b"Origin"),
-            (b"access-control-expose-headers", b"X-Upload-ID, X-Upload-Sha256"),
-        ]
+        return cors_headers(self.ctx.settings, self.headers, PLAIN_EXPOSED)
 
     async def preflight(self) -> None:
         """Answer a CORS preflight on a routed path; an origin not listed gets no allow headers."""
@@ -333,7 +358,7 @@ class Upload:
     async def refuse(self, exc: RelayError) -> None:
         """Refused from its headers: recorded as `rejected`, answered, connection closed."""
         now = time.time()
-        self.ctx.emit(
+        self.emit(
             Started(
                 self.upload_id,
                 0,
@@ -345,7 +370,7 @@ class Upload:
                 self.client_key,
             )
         )
-        self.ctx.emit(
+        self.emit(
             Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True)
         )
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
@@ -357,7 +382,7 @@ class Upload:
         self.ctx.in_flight += 1
         self.ctx.per_client[self.client_key] = self.ctx.per_client.get(self.client_key, 0) + 1
         self.ctx.metrics.in_flight.inc()
-        self.ctx.emit(
+        self.emit(
             Started(
                 self.upload_id,
                 0,
@@ -472,7 +497,11 @@ class Upload:
 
     def emit_all(self, events: list[Event]) -> None:
         for event in events:
-            self.ctx.emit(event)
+            self.emit(event)
+
+    def emit(self, event: Event) -> None:
+        """Every event of this upload passes here (a resumable upload's forward translates them)."""
+        self.ctx.emit(event)
 
     # -- the answer -------------------------------------------------------------------------------------------
 
@@ -514,7 +543,7 @@ class Upload:
         self.finished = True
         assert self.inspector is not None
         received = self.inspector.bytes_received
-        self.ctx.emit(Completed(self.upload_id, received, self.content_length, time.time(), status))
+        self.emit(Completed(self.upload_id, received, self.content_length, time.time(), status))
         self.ctx.metrics.finished("completed", time.monotonic() - self.started, received, upstream_status=status)
 
     def fail_quietly(self, exc: RelayError) -> None:
@@ -522,7 +551,7 @@ class Upload:
             return
         self.finished = True
         received = self.inspector.bytes_received if self.inspector else 0
-        self.ctx.emit(
+        self.emit(
             Failed(self.upload_id, received, self.content_length, time.time(), ErrorInfo(exc.code, exc.message))
         )
         self.ctx.metrics.rejections.labels(code=exc.code).inc()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.core import state
-from relay.core.events import Completed, Event, Failed, Part, Started
+from relay.core.events import Completed, Event, Failed, Part, ResumableNote, Started
 
 __all__ = ["InMemoryUploadRegistry", "UploadRecord", "UploadRegistry"]
 
@@ -34,6 +34,8 @@ class UploadRecord:
     terminal: Completed | Failed | None = None
     client: str = ""  # the client's address
     path: str = ""  # the request's path
+    resumable: bool = False
+    expires_at: float | None = None  # resumable only: when it expires without another append
 
     @property
     def finished(self) -> bool:
@@ -53,11 +55,13 @@ class UploadRecord:
             "error": self.error,
             "client": self.client,
             "path": self.path,
+            # A resumable upload adds these; its `bytes` is the offset and its `total` the upload length.
+            **({"resumable": True, "offset": self.bytes, "expires_at": self.expires_at} if self.resumable else {}),
         }
 
 
 class UploadRegistry(Protocol):
-    def apply(self, event: Event) -> None: ...
+    def apply(self, event: Event | ResumableNote) -> None: ...
 
     def get(self, upload_id: str) -> UploadRecord | None: ...
 
@@ -73,9 +77,12 @@ class InMemoryUploadRegistry:
         self._records: OrderedDict[str, UploadRecord] = OrderedDict()  # oldest first
         self._finished: OrderedDict[str, float] = OrderedDict()  # id -> monotonic finish time, oldest first
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event | ResumableNote) -> None:
         if isinstance(event, Started):
             self._start(event)
+            return
+        if isinstance(event, ResumableNote):
+            self._note(event)
             return
         record = self._records.get(event.upload_id)
         if record is None or record.finished:
@@ -105,6 +112,24 @@ class InMemoryUploadRegistry:
             client=event.client,
             path=event.path,
         )
+
+    def _note(self, note: ResumableNote) -> None:
+        """A resumable upload between requests; recreates its record when this relay has none (a restart)."""
+        record = self._records.get(note.upload_id)
+        if record is None:
+            record = UploadRecord(
+                id=note.upload_id, route=note.route, total=note.total, started_at=note.started_at, path=note.path
+            )
+            self._records[note.upload_id] = record
+        if record.finished:
+            return
+        record.resumable = True
+        record.bytes = note.bytes  # the offset: a discarded append (460) may move it back
+        record.total = note.total
+        record.expires_at = note.expires_at
+        record.error = None if note.error is None else {"code": note.error.code, "message": note.error.message}
+        if note.state != record.state:
+            record.state = state.transition(record.state, note.state)
 
     def _finish(self, record: UploadRecord, event: Completed | Failed, new_state: str) -> None:
         if new_state == state.REJECTED:

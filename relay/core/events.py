@@ -11,7 +11,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Completed", "ErrorInfo", "Event", "Failed", "Part", "Progress", "Started", "TERMINAL"]
+__all__ = [
+    "TERMINAL",
+    "Completed",
+    "ErrorInfo",
+    "Event",
+    "Failed",
+    "Interrupted",
+    "Part",
+    "Progress",
+    "ResumableNote",
+    "Resumed",
+    "Started",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,5 +118,57 @@ class Failed:
         return asdict(self)
 
 
-Event = Started | Progress | Part | Completed | Failed
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A resumable upload's append began at `offset` (its `bytes`, too)."""
+
+    name: ClassVar[str] = "resumed"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """A resumable upload's append ended, broken or not, with the upload still incomplete."""
+
+    name: ClassVar[str] = "interrupted"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableNote:
+    """Not an SSE event: what the registry keeps of a resumable upload besides its events (its state between
+    requests, `receiving` or `forwarding`, offset, expiry and last error). It also rebuilds the record of an
+    upload found in the spool after a restart."""
+
+    name: ClassVar[str] = "resumable"
+    upload_id: str
+    bytes: int
+    total: int | None
+    ts: float
+    state: str
+    expires_at: float
+    route: str = ""
+    path: str = ""
+    started_at: float = 0.0
+    error: ErrorInfo | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = Started | Progress | Part | Completed | Failed | Resumed | Interrupted
 TERMINAL = (Completed, Failed)

@@ -397,7 +397,7 @@ class Decision:
     upload: ResumableUpload | None = None
     error: RelayError | None = None
     max_bytes: int | None = None
-    interim: bytes | None = None
+    interim: tuple[Header, ...] | None = None  # the 104's headers, when one goes out before the body
 
 
 def _h(name: str, value: object) -> Header:

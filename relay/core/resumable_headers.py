@@ -378,17 +378,16 @@ def interop_version(protocol: Protocol) -> str:
     return protocol.removeprefix("ietf-")
 
 
-def interim_104(protocol: Protocol, location: str, limit: str) -> bytes:
-    """The bytes of `104 Upload Resumption Supported` for an IETF creation, written before the body is read.
+def interim_104(protocol: Protocol, location: str, limit: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of `104 Upload Resumption Supported` for an IETF creation, sent before the body is read
+    (relay/server.py's interim seam writes the status line and these).
 
     Both versions: `Upload-Draft-Interop-Version` (a server MUST send it on 104, -05 and -11 "Draft Version
     Identification") and `Location`; `Upload-Limit` (a MUST in -09..-11 when limits exist, an example in
     -05). tusd sends the same three (pkg/handler/unrouted_handler.go PostFileV2).
     """
-    lines = [
-        b"HTTP/1.1 104 Upload Resumption Supported",
-        b"Upload-Draft-Interop-Version: " + interop_version(protocol).encode(),
-        b"Location: " + location.encode("latin-1"),
-        b"Upload-Limit: " + limit.encode(),
-    ]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return (
+        (b"Upload-Draft-Interop-Version", interop_version(protocol).encode()),
+        (b"Location", location.encode("latin-1")),
+        (b"Upload-Limit", limit.encode()),
+    )

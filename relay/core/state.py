@@ -1,13 +1,16 @@
 """The upload lifecycle, as a transition table.
 
-States: `receiving`, `completed`, `failed`, `rejected`. The relay records each upload's state and asks
-`transition(old, new)` before every move.
+States: `receiving`, `forwarding`, `completed`, `failed`, `rejected`. The relay records each upload's state
+and asks `transition(old, new)` before every move.
 
 Rule 1: a new upload (old state None) starts `receiving`, or is `rejected` when it is refused from its
         headers alone (size, auth, concurrency, a bad upload id or boundary), before any body byte is read.
 Rule 2: `receiving` ends in exactly one of `completed` (upstream answered and the answer was relayed) or
         `failed` (a limit, a malformed body, a disconnect, an upstream error).
 Rule 3: `completed`, `failed` and `rejected` are terminal: no move leaves them, not even to themselves.
+Rule 4: a resumable upload is `receiving` from its creation and between its appends, then `forwarding` once
+        every byte is in and until the upstream has answered (it stays there while forwarding is retried),
+        then `completed`; it ends `failed` when it expires or is terminated, from `receiving` or `forwarding`.
 Anything else raises IllegalTransition.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "COMPLETED",
     "FAILED",
+    "FORWARDING",
     "RECEIVING",
     "REJECTED",
     "STATES",
@@ -26,16 +30,18 @@ __all__ = [
 ]
 
 RECEIVING = "receiving"
+FORWARDING = "forwarding"
 COMPLETED = "completed"
 FAILED = "failed"
 REJECTED = "rejected"
 
-STATES = frozenset({RECEIVING, COMPLETED, FAILED, REJECTED})
+STATES = frozenset({RECEIVING, FORWARDING, COMPLETED, FAILED, REJECTED})
 TERMINAL_STATES = frozenset({COMPLETED, FAILED, REJECTED})
 
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({RECEIVING, REJECTED}),  # Rule 1
-    RECEIVING: frozenset({COMPLETED, FAILED}),  # Rule 2
+    RECEIVING: frozenset({COMPLETED, FAILED, FORWARDING}),  # Rules 2 and 4
+    FORWARDING: frozenset({COMPLETED, FAILED}),  # Rule 4
     COMPLETED: frozenset(),  # Rule 3
     FAILED: frozenset(),
     REJECTED: frozenset(),

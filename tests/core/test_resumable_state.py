@@ -368,8 +368,7 @@ def test_ietf_create_sends_104_then_appends(protocol: Protocol) -> None:
     )
     decision = decide_new(req)
     assert decision.action == "append" and decision.interim is not None
-    assert decision.interim.startswith(b"HTTP/1.1 104 Upload Resumption Supported\r\n")
-    assert b"Location: /resumable/u1\r\n" in decision.interim
+    assert (b"Location", b"/resumable/u1") in decision.interim
     assert (
         decision.upload is not None
         and decision.upload.length == 50

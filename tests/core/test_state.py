@@ -7,6 +7,7 @@ import pytest
 from relay.core.state import (
     COMPLETED,
     FAILED,
+    FORWARDING,
     RECEIVING,
     REJECTED,
     STATES,
@@ -15,7 +16,15 @@ from relay.core.state import (
     transition,
 )
 
-LEGAL = {(None, RECEIVING), (None, REJECTED), (RECEIVING, COMPLETED), (RECEIVING, FAILED)}
+LEGAL = {
+    (None, RECEIVING),
+    (None, REJECTED),
+    (RECEIVING, COMPLETED),
+    (RECEIVING, FAILED),
+    (RECEIVING, FORWARDING),  # Rule 4: a resumable upload with every byte in
+    (FORWARDING, COMPLETED),
+    (FORWARDING, FAILED),
+}
 
 
 @pytest.mark.parametrize("old,new", list(itertools.product([None, *sorted(STATES)], sorted(STATES))))
