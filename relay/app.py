@@ -12,6 +12,7 @@ from relay.bus import EventBus, InMemoryEventBus
 from relay.errors import NotFound
 from relay.metrics import RelayMetrics
 from relay.proxy import RelayContext, Upload, error_response, may_have_body
+from relay.resumable import ResumableEndpoints, open_resumable
 from relay.settings import Route, Settings
 from relay.types import Receive, Scope, Send
 from relay.ui import create_ui_app
@@ -41,6 +42,8 @@ class RelayApp:
         self.ui = create_ui_app(settings)
         # Longest prefix first, so /upload/big/ wins over /upload/.
         self.routes = sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True)
+        self.resumable: ResumableEndpoints | None = None  # opened at start-up when a route takes resumable uploads
+        self._resumable_prefix = settings.resumable_prefix.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -55,7 +58,13 @@ class RelayApp:
         if raw_path.startswith(_ADMIN_PREFIX) or raw_path == _ADMIN_PREFIX.rstrip(b"/"):
             await self.admin(scope, receive, send)
             return
+        if self.resumable is not None and raw_path.startswith(self._resumable_prefix):
+            await self.resumable.prefixed(scope, receive, send)
+            return
         route = self.match(raw_path)
+        if route is not None and self.resumable is not None and self.resumable.takes(route, scope):
+            await self.resumable.routed(route, scope, receive, send)
+            return
         if route is None:
             unread = may_have_body(scope["headers"])
             await error_response(
@@ -87,8 +96,12 @@ class RelayApp:
                     connect_timeout=settings.upstream_connect_timeout,
                     ca_file=settings.upstream_ca,
                 )
+        if any(route.resumable for route in settings.routes):
+            self.resumable = await open_resumable(self.ctx)
 
     async def shutdown(self) -> None:
+        if self.resumable is not None:
+            await self.resumable.store.stop()
         for upstream in self.ctx.upstreams.values():
             await upstream.aclose()
         self.ctx.upstreams.clear()

@@ -45,6 +45,13 @@ class RelayMetrics:
             ["status_class"],
             registry=self.registry,
         )
+        # Resumable uploads: created, append, completed, expired, terminated; bytes that went into the spool.
+        self.resumable = Counter(
+            "relay_resumable_uploads", "Resumable upload events by kind", ["event"], registry=self.registry
+        )
+        self.bytes_spooled = Counter(
+            "relay_resumable_bytes_spooled", "Bytes written to the spool by appends", registry=self.registry
+        )
         self.build_info = Gauge(
             "relay_build_info",
             "Always 1; labels: the relay and Python versions",

@@ -1,0 +1,353 @@
+"""Appends of resumable uploads: bytes into the spool, and the completing append forwarded as it arrives.
+
+Theory of operation
+-------------------
+`append` streams one request's body into the spool (relay/resumable/live.py). When that append completes the
+upload (its Content-Length reaches the length), the same bytes go upstream at the same time (`_cut_through`,
+relay/resumable/forward.py) and the answer is the upstream's. Otherwise a finished upload is forwarded from the
+spool (`forward`).
+
+Rules:
+1. The spool's bytes follow the decision: an append's bytes are made durable (commit, or abort for a broken
+   one) exactly when the next state keeps them, else dropped (`discard`), before the state is saved.
+2. An append that completes the upload keeps every byte even when the upstream fails during cut-through: the
+   rest of the body still goes into the spool, and the answer is the upstream's error (502/504), after which
+   the same completing request (an empty PATCH at the full offset) forwards it again.
+3. An append ended by a newer request of the same upload (superseded) keeps what it received and answers
+   nothing; its connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from relay.core import resumable as core
+from relay.core.events import Interrupted, Resumed
+from relay.core.resumable import Decision, ResumableUpload
+from relay.core.resumable_headers import ChecksumMismatch
+from relay.errors import ClientDisconnected, ClientTimeout, RelayError, UpstreamError, UpstreamTimeout
+from relay.headers import header_value
+from relay.proxy import RelayContext
+from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
+from relay.resumable.forward import FileBody, ForwardUpload, answer_translator, framing
+from relay.resumable.live import LiveAppend, Overflow
+from relay.resumable.store import OpenAppend, ResumableStore
+from relay.server import INTERIM
+from relay.settings import Route
+from relay.spool.base import SpoolError
+from relay.watchdog import IdleWatch
+
+__all__ = ["Appends"]
+
+Headers = list[tuple[bytes, bytes]]
+# Headers of the completing request that the forward carries on (the rest describe the append, not the file).
+_FORWARDED = {b"authorization", b"user-agent", b"x-forwarded-for"}
+
+
+class _Refused(RelayError):
+    """The completing append's end was refused by the core (e.g. an inconsistent length): no forward."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__("the append was refused")
+
+
+def _no_interim(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    return False
+
+
+class Appends:
+    """Appends and forwards of the resumable uploads in `store`."""
+
+    def __init__(self, ctx: RelayContext, store: ResumableStore) -> None:
+        self.ctx = ctx
+        self.store = store
+        self._routes: dict[str, Route] = {route.prefix: route for route in ctx.settings.routes}
+
+    async def append(self, request: Request, decision: Decision, location: str | None) -> None:
+        upload = decision.upload
+        assert upload is not None and upload.writer is not None and upload.append_start is not None
+        handle = self.store.open_append(upload.id, upload.writer)
+        try:
+            await self._append_held(request, decision, upload, handle, location)
+        finally:
+            self.store.close_append(upload.id, handle)
+
+    async def _append_held(
+        self, request: Request, decision: Decision, upload: ResumableUpload, handle: OpenAppend, location: str | None
+    ) -> None:
+        start = upload.append_start
+        assert start is not None
+        try:
+            if upload.append_checksum:
+                await self.store.save(upload)  # the core's recovery needs to know this append's bytes are unverified
+            else:
+                self.store.record(upload)
+            writer = await self.store.spool.writer(upload.id, start)
+        except (SpoolError, OSError) as exc:
+            self.store.record(
+                core.apply(upload, core.APPEND_BREAK, now=time.time(), writer=upload.writer, offset=start)
+            )
+            await refuse(self.ctx.metrics, request, SpoolUnavailable(f"the spool could not open the upload: {exc}"))
+            return
+        if decision.interim is not None:
+            request.scope.get("extensions", {}).get(INTERIM, _no_interim)(104, list(decision.interim))
+        self.ctx.emit(Resumed(upload.id, start, upload.length, time.time(), start))
+        self.ctx.metrics.resumable.labels(event="append").inc()
+        live = LiveAppend(
+            request.receive,
+            writer,
+            upload_id=upload.id,
+            total=upload.length,
+            max_bytes=decision.max_bytes,
+            checksum=request.req.checksum,
+            emit=self.ctx.emit,
+            progress=self.ctx.settings.progress,
+            spooled=self.ctx.metrics.bytes_spooled.inc,
+        )
+        cut = request.req.content_length and request.req.content_length == decision.max_bytes
+        try:
+            if cut:
+                await self._cut_through(request, upload, live, location)
+            else:
+                await self._spool_only(request, upload, live, location)
+        except asyncio.CancelledError:
+            if not handle.claim():
+                raise
+            # Superseded by a newer request of the same upload (Rule 1): keep what came, record the break.
+            await self._end_append(request, upload, live, location, answer=False)
+            abort = request.scope.get("extensions", {}).get("relay.abort")
+            if abort is not None:
+                abort()
+
+    async def _spool_only(
+        self, request: Request, upload: ResumableUpload, live: LiveAppend, location: str | None
+    ) -> None:
+        failure = await self._take_body(live)
+        request.body_read = live.ended
+        await self._end_append(request, upload, live, location, answer=True, failure=failure)
+
+    async def _take_body(self, live: LiveAppend) -> RelayError | None:
+        """The rest of the body into the spool, under the client idle timeout; the client's failure, if any."""
+        watch = IdleWatch(self.ctx.settings.client_idle_timeout)
+        receive = live.receive
+
+        async def watched() -> Any:
+            watch.begin()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not watch.claim():
+                    raise
+                raise ClientTimeout(f"no body bytes for {self.ctx.settings.client_idle_timeout:g} s") from None
+            watch.end()
+            return message
+
+        live.receive = watched
+        try:
+            await live.drain()
+        except Overflow:
+            return None
+        except (ClientDisconnected, ClientTimeout) as exc:
+            return exc
+        finally:
+            watch.close()
+            live.receive = receive
+        return None
+
+    async def _end_append(
+        self,
+        request: Request,
+        upload: ResumableUpload,
+        live: LiveAppend,
+        location: str | None,
+        *,
+        answer: bool,
+        failure: RelayError | None = None,
+    ) -> Decision:
+        """Decide the append's end, make the spool match (Rule 2), save, report; answer unless told not to."""
+        ended = live.ended and not live.overflow and failure is None
+        decision = core.decide_append_end(
+            request.req,
+            upload,
+            writer=upload.writer or "",
+            written=live.written,
+            ended=ended,
+            overflow=live.overflow,
+            checksum_ok=live.checksum_ok if ended else None,
+            now=time.time(),
+            limits=request.route.limits,
+            location=location,
+        )
+        record = decision.upload
+        keep = record is not None and record.state != core.FAILED and record.offset == live.offset
+        try:
+            if keep:
+                await (live.writer.commit() if ended else live.writer.abort())
+            else:
+                await live.writer.discard()
+        except (SpoolError, OSError) as exc:
+            decision = core.decide_error(request.req.protocol, SpoolUnavailable(str(exc)), limits=request.route.limits)
+            record = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
+        if record is not None:
+            await self.store.save(record)
+            if record.state == core.RECEIVING:
+                self.ctx.emit(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
+        if decision.action == "delete" and record is not None:
+            await self.store.spool.delete_data(record.id)
+        if not answer:
+            return decision
+        if decision.action == "forward" and record is not None:
+            await self.forward(request, record)
+        elif failure is None and decision.action != "none":
+            await respond(request, replace(decision, upload=None))
+        elif isinstance(failure, ClientTimeout):
+            await respond(request, core.decide_error(request.req.protocol, failure, limits=request.route.limits))
+        return decision
+
+    # -- forwarding ---------------------------------------------------------------------------------------------
+
+    async def _cut_through(
+        self, request: Request, upload: ResumableUpload, live: LiveAppend, location: str | None
+    ) -> None:
+        """The completing append, forwarded while it arrives (see the module docstring)."""
+        committed: list[ResumableUpload] = []
+
+        async def on_last() -> None:
+            ok = live.checksum_ok
+            if ok is False:
+                raise ChecksumMismatch()
+            decision = core.decide_append_end(
+                request.req,
+                upload,
+                writer=upload.writer or "",
+                written=live.written,
+                ended=True,
+                checksum_ok=ok,
+                now=time.time(),
+                limits=request.route.limits,
+                location=location,
+            )
+            if decision.action != "forward" or decision.upload is None:
+                raise _Refused(decision)
+            await live.writer.commit()
+            committed.append(decision.upload)
+            await self.store.save(decision.upload)
+
+        forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed)
+        await forward.run()
+        request.body_read = live.ended
+        if committed:
+            await self._after_forward(request, committed[0], forward)
+            return
+        # The forward ended before the file was complete: say why, keep the bytes (Rule 3).
+        error = forward.error
+        if isinstance(error, _Refused):
+            await self._end_append(request, upload, live, location, answer=False)
+            await respond(request, replace(error.decision, upload=None))
+            return
+        failure: RelayError | None = error if isinstance(error, ClientDisconnected | ClientTimeout) else None
+        if isinstance(error, UpstreamError | UpstreamTimeout) and not live.ended and not live.overflow:
+            failure = await self._take_body(live)
+            request.body_read = live.ended
+        if forward.response_started:
+            await self._end_append(request, upload, live, location, answer=False, failure=failure or error)
+            return
+        decision = await self._end_append(request, upload, live, location, answer=False, failure=failure)
+        record = decision.upload
+        if isinstance(error, UpstreamError | UpstreamTimeout) and record is not None and failure is None:
+            if record.state == core.FORWARDING:
+                end = core.decide_forward_end(request.req, record, now=time.time(), error=error)
+                if end.upload is not None:
+                    await self.store.save(end.upload)
+                await respond(request, replace(end, upload=None))
+                return
+        if failure is None and decision.action not in ("none", "forward"):
+            await respond(request, replace(decision, upload=None))
+        elif isinstance(failure, ClientTimeout):
+            await respond(request, core.decide_error(request.req.protocol, failure, limits=request.route.limits))
+
+    async def forward(self, request: Request, upload: ResumableUpload) -> None:
+        """Every byte is in the spool: send the file upstream, answer with what came of it."""
+        forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload])
+        await forward.run()
+        await self._after_forward(request, upload, forward)
+
+    def _forwarder(
+        self,
+        request: Request,
+        upload: ResumableUpload,
+        *,
+        live: LiveAppend | None,
+        on_last: Callable[[], Awaitable[None]] | None,
+        committed: list[ResumableUpload],
+    ) -> ForwardUpload:
+        route = self._routes.get(upload.route, request.route)
+        frame = framing(upload.metadata, route=route, upload_id=upload.id)
+        length = upload.length or 0
+        spooled = upload.append_start if live is not None and upload.append_start is not None else length
+        body = FileBody(
+            self.store.spool,
+            upload.id,
+            spooled=spooled,
+            frame=frame,
+            live=live.chunks() if live is not None else None,
+            on_last=on_last,
+        )
+        forwarded = [(name, value) for name, value in request.scope["headers"] if name in _FORWARDED]
+        scope = ForwardUpload.scope_for(
+            request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
+        )
+        send = answer_translator(request.send, self._completion(request, committed))
+        forward = ForwardUpload(self.ctx, route, scope, body, send, length=length)
+        forward.upload_id = upload.id
+        return forward
+
+    def _completion(
+        self, request: Request, committed: list[ResumableUpload]
+    ) -> Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]]:
+        async def on_start(status: int, headers: Headers) -> tuple[int, Headers, bool]:
+            if not committed:  # the upstream refused before the file was complete: its answer, as it is
+                return status, headers + tus_headers(request) + request.cors, True
+            upload = committed[0]
+            sha256 = header_value(headers, b"x-upload-sha256")
+            decision = core.decide_forward_end(
+                request.req,
+                upload,
+                now=time.time(),
+                upstream_status=status,
+                sha256=sha256.decode("ascii") if sha256 else None,
+            )
+            if decision.upload is not None:
+                committed[0] = decision.upload
+                await self.store.save(decision.upload)
+                self.store.delete_data_soon(upload.id)
+                self.ctx.metrics.resumable.labels(event="completed").inc()
+            ours = list(decision.headers) + request.cors
+            if decision.action == "respond":
+                status = decision.status or 204
+                if status != 204:  # a 201 without a body: say so, rather than a chunked nothing
+                    ours.append((b"content-length", b"0"))
+                return status, ours, False
+            names = {name.lower() for name, _ in ours}
+            return status, [(n, v) for n, v in headers if n.lower() not in names] + ours, True
+
+        return on_start
+
+    async def _after_forward(self, request: Request, upload: ResumableUpload, forward: ForwardUpload) -> None:
+        """A forward ended; if it failed before answering, the file stays for a retry (502/504)."""
+        error = forward.error
+        if error is None or forward.response_started:
+            return
+        current = self.store.get(upload.id) or upload
+        if current.state != core.FORWARDING:
+            return
+        decision = core.decide_forward_end(request.req, current, now=time.time(), error=error)
+        if decision.upload is not None:
+            await self.store.save(decision.upload)
+        if not isinstance(error, ClientDisconnected):
+            await respond(request, replace(decision, upload=None))

@@ -1,0 +1,320 @@
+"""The requests of resumable uploads (tus 1.0.0 and the IETF draft): creation on a routed path, then HEAD,
+PATCH, DELETE and OPTIONS under the resumable prefix.
+
+Theory of operation
+-------------------
+Each request is parsed (relay.core.resumable_headers), admitted like a plain upload (token, caps, upload id,
+CORS), then decided by a pure function of relay.core.resumable; this module only does what the decision
+names: answer, append, forward, delete. An append (`_append`) streams the body into the spool; when it is the
+append that completes the upload (its Content-Length reaches the length), the same bytes go upstream at the
+same time (`_cut_through`, relay/resumable/forward.py) and the answer is the upstream's. Otherwise a finished
+upload is forwarded from the spool (`_forward`).
+
+Rules:
+1. One writer: HEAD, PATCH and DELETE first end an open append of the same upload (`store.settle`).
+2. The spool's bytes follow the decision: an append's bytes are made durable (commit, or abort for a broken
+   one) exactly when the next state keeps them, else dropped (`discard`), before the state is saved.
+3. An append that completes the upload keeps every byte even when the upstream fails during cut-through:
+   the rest of the body still goes into the spool, and the answer is the upstream's error (502/504), after
+   which the same completing request (an empty PATCH at the full offset) forwards it again.
+4. Refusals answered before the body was read carry `Connection: close` and a bounded lingering drain,
+   as for plain uploads.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+from relay.core import resumable as core
+from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
+from relay.core.resumable import Decision, ResumableSettings, ResumableUpload
+from relay.core.resumable_headers import (
+    UnsupportedTusVersion,
+    detect_protocol,
+    parse_request,
+)
+from relay.errors import (
+    BadRequest,
+    NotFound,
+    RelayError,
+    TooManyUploads,
+    UploadIdInUse,
+)
+from relay.headers import has_dot_segment, header_value, new_upload_id, valid_upload_id
+from relay.proxy import RelayContext, check_token, client_address, cors_headers, may_have_body
+from relay.resumable.answers import (
+    TUS_EXPOSED,
+    Request,
+    SpoolUnavailable,
+    error_answer,
+    refuse,
+    respond,
+    write_answer,
+)
+from relay.resumable.appends import Appends
+from relay.resumable.store import ResumableStore
+from relay.settings import Route
+from relay.spool.base import SpoolError
+from relay.types import Receive, Scope, Send
+
+__all__ = ["ResumableEndpoints"]
+
+Headers = list[tuple[bytes, bytes]]
+TUS_METHODS = b"POST, HEAD, PATCH, DELETE, OPTIONS"
+
+
+class ResumableEndpoints:
+    """Routing, admission and the request handlers of resumable uploads."""
+
+    def __init__(self, ctx: RelayContext, store: ResumableStore) -> None:
+        self.ctx = ctx
+        self.store = store
+        settings = ctx.settings
+        self.prefix = settings.resumable_prefix
+        self.core = ResumableSettings(
+            expiry=settings.resumable_expiry, max_incomplete=settings.resumable_max_incomplete
+        )
+        self._routes = {route.prefix: route for route in settings.routes}
+        self.appends = Appends(ctx, store)
+
+    # -- routing --------------------------------------------------------------------------------------------
+
+    def takes(self, route: Route, scope: Scope) -> bool:
+        """Whether a request on a routed path is a resumable one (creation or discovery)."""
+        if not route.resumable:
+            return False
+        return scope["method"] == "OPTIONS" or detect_protocol(scope["headers"]) is not None
+
+    async def routed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        """Creation, and discovery by OPTIONS, on a routed path."""
+        if await self._options(route, scope, send):
+            return
+        request = await self._parse(route, scope, receive, send)
+        if request is None:
+            return
+        if request.req.method != "POST" or "POST" not in route.methods:
+            await respond(request, core.method_not_allowed(request.req.protocol, "POST, OPTIONS"))
+            return
+        await self._create(request)
+
+    async def prefixed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """HEAD, PATCH, DELETE and OPTIONS on `<resumable-prefix><id>`."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        upload_id = raw_path[len(self.prefix) :]
+        upload = self.store.get(upload_id.decode("latin-1")) if valid_upload_id(upload_id) else None
+        route = self._routes.get(upload.route) if upload is not None else None
+        route = route or self.ctx.settings.routes[0]
+        if await self._options(route, scope, send):
+            return
+        if upload_id and not valid_upload_id(upload_id):
+            await error_answer(send, NotFound("no such resumable upload"), unread=may_have_body(scope["headers"]))
+            return
+        request = await self._parse(route, scope, receive, send)
+        if request is None:
+            return
+        method = request.req.method
+        if method not in ("HEAD", "PATCH", "DELETE") or not upload_id:
+            await respond(request, core.method_not_allowed(request.req.protocol))
+            return
+        await self._prefixed(request, upload_id.decode("ascii"))
+
+    async def _prefixed(self, request: Request, upload_id: str) -> None:
+        await self.store.settle(upload_id)  # Rule 1
+        upload = self.store.get(upload_id)
+        now, limits, req = time.time(), request.route.limits, request.req
+        if req.method == "HEAD":
+            await respond(request, core.decide_head(req, upload, now=now, limits=limits))
+        elif req.method == "DELETE":
+            await self._delete(request, core.decide_delete(req, upload, now=now))
+        else:
+            writer = uuid.uuid4().hex
+            decision = core.decide_append_begin(req, upload, writer=writer, now=now, limits=limits)
+            await self._act(request, decision)
+
+    # -- parsing and admission --------------------------------------------------------------------------------
+
+    async def _options(self, route: Route, scope: Scope, send: Send) -> bool:
+        if scope["method"] != "OPTIONS":
+            return False
+        headers = scope["headers"]
+        cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
+        if header_value(headers, b"access-control-request-method") is not None and self.ctx.settings.cors_origins:
+            out = [(b"content-length", b"0"), *cors]
+            if cors:
+                requested = header_value(headers, b"access-control-request-headers") or b"Content-Type"
+                out += [
+                    (b"access-control-allow-methods", TUS_METHODS),
+                    (b"access-control-allow-headers", requested),
+                    (b"access-control-max-age", b"600"),
+                ]
+            await send({"type": "http.response.start", "status": 204, "headers": out})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        decision = core.decide_options(detect_protocol(headers), route.limits)
+        await write_answer(send, decision.status or 204, list(decision.headers) + cors, b"")
+        return True
+
+    async def _parse(self, route: Route, scope: Scope, receive: Receive, send: Send) -> Request | None:
+        """Parse and admit; on refusal, answer and return None."""
+        headers = scope["headers"]
+        cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
+        protocol = detect_protocol(headers)
+        unread = may_have_body(headers)
+        if protocol is None:
+            interop = header_value(headers, b"upload-draft-interop-version")
+            error: RelayError = (
+                BadRequest(f"Upload-Draft-Interop-Version {interop.decode('latin-1')} is not supported (6 or 8)")
+                if interop is not None
+                else UnsupportedTusVersion("Tus-Resumable: 1.0.0 is required")
+            )
+            decision = core.decide_error("tus", error, limits=route.limits)
+            await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+            return None
+        try:
+            req = parse_request(scope["method"], headers, protocol)
+            check_token(self.ctx.settings, headers)
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+            if has_dot_segment(raw_path):
+                raise BadRequest("the path has a '.' or '..' segment")
+        except RelayError as exc:
+            decision = core.decide_error(protocol, exc, limits=route.limits)
+            await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+            return None
+        client = client_address(self.ctx.settings, scope)
+        return Request(scope, receive, send, route, req, cors, client)
+
+    def _admit_body(self, request: Request) -> None:
+        """Caps count requests that bring bytes, as plain uploads do; counted until `_release`."""
+        settings, ctx = self.ctx.settings, self.ctx
+        if settings.max_concurrent_uploads is not None and ctx.in_flight >= settings.max_concurrent_uploads:
+            raise TooManyUploads(f"{settings.max_concurrent_uploads} uploads are in progress; try again shortly")
+        per_client = settings.max_uploads_per_client
+        if per_client is not None and ctx.per_client.get(request.client, 0) >= per_client:
+            raise TooManyUploads(f"{per_client} uploads from {request.client} are in progress; try again shortly")
+        ctx.in_flight += 1
+        ctx.per_client[request.client] = ctx.per_client.get(request.client, 0) + 1
+        ctx.metrics.in_flight.inc()
+        request.counted = True
+
+    def _release(self, request: Request) -> None:
+        if not request.counted:
+            return
+        request.counted = False
+        self.ctx.in_flight -= 1
+        left = self.ctx.per_client.pop(request.client, 1) - 1
+        if left:
+            self.ctx.per_client[request.client] = left
+        self.ctx.metrics.in_flight.dec()
+
+    # -- creation -------------------------------------------------------------------------------------------
+
+    async def _create(self, request: Request) -> None:
+        scope, req = request.scope, request.req
+        given = header_value(scope["headers"], b"x-upload-id")
+        if given is not None and not valid_upload_id(given):
+            await refuse(self.ctx.metrics, request, BadRequest("X-Upload-ID must match [A-Za-z0-9_-]{1,64}"))
+            return
+        upload_id = given.decode("ascii") if given is not None else new_upload_id()
+        if self.store.get(upload_id) is not None or self.ctx.registry.is_active(upload_id):
+            await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
+            return
+        try:
+            free = await self.store.spool.free_bytes()
+        except (SpoolError, OSError):
+            free = None
+        target: bytes = scope.get("extensions", {}).get("relay.raw_target") or scope.get("raw_path") or b"/"
+        decision = core.decide_create(
+            req,
+            upload_id=upload_id,
+            route=request.route.prefix,
+            target=target,
+            location=self.prefix + upload_id,
+            writer=uuid.uuid4().hex,
+            now=time.time(),
+            limits=request.route.limits,
+            settings=self.core,
+            free_bytes=free,
+            incomplete=self.store.incomplete(),
+        )
+        if decision.upload is not None:
+            fresh = decision.upload
+            try:
+                await self.store.create(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
+            except (SpoolError, OSError) as exc:
+                error = SpoolUnavailable(f"the spool could not create the upload: {exc}")
+                await refuse(self.ctx.metrics, request, error)
+                return
+            self.ctx.emit(
+                Started(upload_id, 0, fresh.length, fresh.created_at, request.route.prefix, "POST", scope["path"])
+            )
+            self.ctx.metrics.resumable.labels(event="created").inc()
+            self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
+        await self._act(request, decision, location=self.prefix + upload_id)
+
+    # -- doing what a decision says -------------------------------------------------------------------------
+
+    async def _act(self, request: Request, decision: Decision, *, location: str | None = None) -> None:
+        if decision.action == "append":
+            try:
+                self._admit_body(request)
+            except RelayError as exc:
+                await refuse(self.ctx.metrics, request, exc, upload_id=decision.upload.id if decision.upload else None)
+                return
+            try:
+                await self.appends.append(request, decision, location)
+            finally:
+                self._release(request)
+        elif decision.action == "forward" and decision.upload is not None:
+            await self.store.save(decision.upload)
+            await self.appends.forward(request, decision.upload)
+        else:
+            if decision.upload is not None:
+                await self.store.save(decision.upload)
+            await respond(request, decision)
+
+    async def _delete(self, request: Request, decision: Decision) -> None:
+        upload = decision.upload
+        if decision.action == "delete" and upload is not None:
+            await self.store.spool.delete_data(upload.id)
+            await self.store.save(upload)
+            if upload.state == core.FAILED:
+                self.ctx.metrics.resumable.labels(event="terminated").inc()
+        await respond(request, replace(decision, upload=None))
+
+    # -- the registry -------------------------------------------------------------------------------------------
+
+    def note(self, upload: ResumableUpload) -> None:
+        """What the registry keeps of an upload as it moves (the store calls this on every change)."""
+        if upload.state == core.COMPLETED:
+            return
+        now = time.time()
+        if upload.state == core.FAILED:
+            record = self.ctx.registry.get(upload.id)
+            if record is not None and record.finished:
+                return
+            if record is None:
+                self.ctx.registry.apply(self._note(upload, core.RECEIVING, now))
+            error = upload.error or ErrorInfo("failed", "the upload failed")
+            if error.code == "expired":
+                self.ctx.metrics.resumable.labels(event="expired").inc()
+            self.ctx.emit(Failed(upload.id, upload.offset, upload.length, now, error))
+            return
+        state = core.FORWARDING if upload.state == core.FORWARDING else core.RECEIVING
+        self.ctx.registry.apply(self._note(upload, state, now))
+
+    @staticmethod
+    def _note(upload: ResumableUpload, state: str, now: float) -> ResumableNote:
+        return ResumableNote(
+            upload.id,
+            upload.offset,
+            upload.length,
+            now,
+            state,
+            upload.expires_at,
+            route=upload.route,
+            path=upload.target.split(b"?", 1)[0].decode("latin-1"),
+            started_at=upload.created_at,
+            error=upload.error,
+        )

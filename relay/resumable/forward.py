@@ -1,0 +1,237 @@
+"""Completing a resumable upload: the whole file goes upstream as one request, along a plain upload's path.
+
+Theory of operation
+-------------------
+A finished upload is forwarded by `ForwardUpload`, a `relay.proxy.Upload` whose request is made up here: a
+POST to the raw target the upload was created at, framed as `multipart/form-data` (the metadata as text
+fields, then the file part) or as the raw bytes, with a Content-Length. Everything else is the plain upload's
+own: the inspector (parts, sha256), the held-back last chunk, the upstream leg, its timeouts and early answers.
+
+Its body (`FileBody`) is, in order: the framing's preamble, the bytes already in the spool, the bytes of the
+append that completes the upload *as they arrive* (cut-through: they go to the spool and upstream at once),
+and the framing's epilogue. One piece of look-ahead means the last file bytes are handed over only after
+`on_last` has run: the append's checksum judged, its bytes fsynced and the upload recorded `forwarding`. So
+the upstream never holds a complete body that the relay could still lose or refuse; if anything breaks before,
+the upstream request is aborted mid-body (the relay's promise).
+
+What the forward tells the world is translated (`emit`): the record's `bytes` stay the upload's offset, the
+file part is the upload's `part`, `completed` ends it, and a failure is not terminal (the file is kept for a
+retry): `error` holds it, and `answer` hands it to the caller instead of writing it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from relay.core.events import Completed, Event, Part
+from relay.core.inspector import UploadInspector
+from relay.core.limits import Limits
+from relay.errors import RelayError, UpstreamFailed
+from relay.proxy import HASHER, RelayContext, Upload
+from relay.server import RAW_TARGET
+from relay.settings import Route
+from relay.spool.base import Spool
+from relay.types import Message, Scope, Send
+
+__all__ = ["FileBody", "ForwardUpload", "Framing", "framing"]
+
+Headers = list[tuple[bytes, bytes]]
+NO_LIMITS = Limits(max_body_size=None, max_file_size=None, max_files=None)  # checked at creation already
+_SAFE_TYPE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&^_.+-/=; ")
+
+
+class Framing:
+    """How the file goes upstream: Content-Type, and the bytes before and after the file's own."""
+
+    def __init__(self, content_type: bytes, preamble: bytes = b"", epilogue: bytes = b"") -> None:
+        self.content_type = content_type
+        self.preamble = preamble
+        self.epilogue = epilogue
+
+    def size(self, length: int) -> int:
+        return len(self.preamble) + length + len(self.epilogue)
+
+
+def _quote(text: str) -> str:
+    """A form-data name or filename as browsers write it (WHATWG): `"`, CR and LF percent-encoded."""
+    return text.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
+
+
+def _media_type(value: str | None) -> str:
+    """`filetype` from the client's metadata, or application/octet-stream when it is not a plain media type."""
+    encoded = (value or "").strip().encode("latin-1", "replace")
+    if not encoded or not set(encoded) <= _SAFE_TYPE or b"/" not in encoded:
+        return "application/octet-stream"
+    return encoded.decode("latin-1")
+
+
+def framing(metadata: Mapping[str, str], *, route: Route, upload_id: str) -> Framing:
+    """The contract's shape: metadata fields first, then the file part `route.resumable_field`; or raw bytes."""
+    filetype = _media_type(metadata.get("filetype"))
+    if route.resumable_forward == "raw":
+        return Framing(filetype.encode("latin-1"))
+    boundary = f"relay-{secrets.token_hex(16)}"
+    pieces = []
+    for key, value in metadata.items():
+        if key in ("filename", "filetype"):
+            continue
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(key)}"\r\n\r\n'
+        pieces.append(head.encode() + value.encode() + b"\r\n")
+    filename = metadata.get("filename") or f"{upload_id}.bin"
+    pieces.append(
+        (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="{_quote(route.resumable_field)}"; filename="{_quote(filename)}"\r\n'
+            f"Content-Type: {filetype}\r\n\r\n"
+        ).encode()
+    )
+    content_type = f"multipart/form-data; boundary={boundary}".encode()
+    return Framing(content_type, b"".join(pieces), f"\r\n--{boundary}--\r\n".encode())
+
+
+class FileBody:
+    """The forward's request body as ASGI messages (a `receive`), one piece ahead (see the module docstring)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        upload_id: str,
+        *,
+        spooled: int,
+        frame: Framing,
+        live: AsyncIterator[bytes] | None = None,
+        on_last: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._spool = spool
+        self._upload_id = upload_id
+        self._spooled = spooled
+        self._frame = frame
+        self._live = live
+        self._on_last = on_last
+        self._pieces = self._generate()
+        self._next: bytes | None = None
+        self._primed = False
+
+    async def receive(self) -> Message:
+        if not self._primed:
+            self._primed = True
+            self._next = await anext(self._pieces, None)
+        current, self._next = self._next, await anext(self._pieces, None)
+        return {"type": "http.request", "body": current or b"", "more_body": self._next is not None}
+
+    async def _generate(self) -> AsyncIterator[bytes]:
+        if self._frame.preamble:
+            yield self._frame.preamble
+        if self._spooled:
+            async for chunk in self._spooled_bytes():
+                yield chunk
+        if self._live is not None:
+            async for chunk in self._live:
+                yield chunk
+        if self._on_last is not None:
+            await self._on_last()
+        if self._frame.epilogue:
+            yield self._frame.epilogue
+
+    async def _spooled_bytes(self) -> AsyncIterator[bytes]:
+        left = self._spooled
+        async for chunk in self._spool.read(self._upload_id, 0):
+            piece = chunk[:left]
+            left -= len(piece)
+            yield piece
+            if not left:
+                return
+        raise UpstreamFailed(f"the spool holds fewer than {self._spooled} bytes of upload {self._upload_id}")
+
+
+class ForwardUpload(Upload):
+    """The plain upload's path for a made-up request (see the module docstring)."""
+
+    def __init__(self, ctx: RelayContext, route: Route, scope: Scope, body: FileBody, send: Send, *, length: int):
+        super().__init__(ctx, route, scope, body.receive, send)
+        self.length = length
+        self.error: RelayError | None = None
+
+    @staticmethod
+    def scope_for(scope: Scope, *, target: bytes, frame: Framing, length: int, forwarded: Headers) -> Scope:
+        """The made-up request: a POST of the framed file to the upload's own target."""
+        path = target.split(b"?", 1)[0]
+        headers = [
+            (b"content-type", frame.content_type),
+            (b"content-length", str(frame.size(length)).encode()),
+            *forwarded,
+        ]
+        extensions = {**scope.get("extensions", {}), RAW_TARGET: target}
+        made = {
+            **scope,
+            "method": "POST",
+            "path": path.decode("latin-1"),
+            "raw_path": path,
+            "headers": headers,
+            "extensions": extensions,
+        }
+        return made
+
+    def check_headers(self) -> None:
+        """Admission happened on the real request; here only the inspector is built."""
+        self.content_length = self.declared_length()
+        self.inspector = UploadInspector(
+            upload_id=self.upload_id,
+            content_type=self.header_text(b"content-type"),
+            total=self.content_length,
+            limits=NO_LIMITS,
+            digest=self.ctx.settings.digest,
+            hasher=HASHER,
+            progress=self.ctx.settings.progress,
+        )
+
+    def begin(self) -> None:  # counted on the real request
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Part) and (event.filename is not None or not self.is_multipart()):
+            self.ctx.emit(replace(event, bytes=self.length, total=self.length, index=0))
+        elif isinstance(event, Completed):
+            self.ctx.emit(replace(event, bytes=self.length, total=self.length))
+        # started, progress and a failure belong to the resumable upload, which reports them itself
+
+    def is_multipart(self) -> bool:
+        return self.inspector is not None and self.inspector.is_multipart
+
+    def fail_quietly(self, exc: RelayError) -> None:
+        if not self.finished:
+            self.finished = True
+            self.error = exc
+
+    async def answer(
+        self, exc: RelayError, *, unread_body: bool, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.error = exc  # the caller answers, once it knows what became of the append
+
+    @property
+    def file_sha256(self) -> str | None:
+        return self.single_file_digest() if self.inspector is not None and self.body_done else None
+
+
+def answer_translator(send: Send, on_start: Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]]) -> Send:
+    """A `send` that lets `on_start` turn the upstream's answer into the resumable one (status, headers, and
+    whether its body goes to the client)."""
+    state: dict[str, Any] = {"keep": True}
+
+    async def translated(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status, headers, keep = await on_start(message["status"], list(message.get("headers", [])))
+            state["keep"] = keep
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+        elif state["keep"]:
+            await send(message)
+        elif not message.get("more_body", False):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return translated

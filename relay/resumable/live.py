@@ -1,0 +1,123 @@
+"""One append's bytes, from the client into the spool: counted, capped, checksummed, reported.
+
+`LiveAppend.chunks()` reads the request body one ASGI message at a time, hands each chunk to the spool's
+writer (which returns at once: relay/spool/disk.py writes on its own thread) and yields it, so the same
+bytes can go upstream at the same time (cut-through, relay/resumable/forward.py). Used alone, `drain()`
+takes the whole body into the spool.
+
+Rules:
+1. Nothing past `max_bytes` (the room left before the upload's length) reaches the spool: the chunk that
+   crosses it is cut there and the append ends with `overflow` set (relay.core.resumable decides whether
+   the part before the cut is kept).
+2. A tus `Upload-Checksum` covers this request's body: it is hashed as it passes and judged only once the
+   body has ended (`checksum_ok`). While one is pending no progress is reported: its bytes may be dropped
+   (460), and a follower's `bytes` must never go back.
+3. The chunk iterator can be taken up again after whoever read it stopped (an upstream that failed during
+   cut-through): the rest of the body still goes into the spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from relay.core.events import Progress
+from relay.core.progress import ProgressPolicy, ProgressTicker
+from relay.core.resumable_headers import Checksum
+from relay.errors import ClientDisconnected, PayloadTooLarge
+from relay.spool.base import SpoolWriter
+from relay.types import Receive
+
+__all__ = ["LiveAppend", "Overflow"]
+
+
+class Overflow(PayloadTooLarge):
+    """Bytes came past `max_bytes`; the body stops there (Rule 1). A RelayError, so that raised inside a
+    forward's body it aborts the upstream request like any other refusal."""
+
+    code, default_message = "upload_length_exceeded", "the request brings bytes past the upload's length"
+
+
+class LiveAppend:
+    """The body of one append request, on its way into the spool."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        writer: SpoolWriter,
+        *,
+        upload_id: str,
+        total: int | None,
+        max_bytes: int | None,
+        checksum: Checksum | None,
+        emit: Callable[[Progress], Any],
+        progress: ProgressPolicy,
+        spooled: Callable[[int], Any] = lambda size: None,
+    ) -> None:
+        self.receive = receive
+        self.writer = writer
+        self.upload_id = upload_id
+        self.total = total
+        self.max_bytes = max_bytes
+        self.checksum = checksum
+        self._hash = hashlib.new(checksum.algorithm) if checksum is not None else None
+        self._emit = emit
+        self._spooled = spooled  # counts bytes into the spool (metrics)
+        self._ticker = ProgressTicker(progress)
+        self.written = 0
+        self.ended = False
+        self.overflow = False
+        self._iterator: AsyncIterator[bytes] | None = None
+
+    @property
+    def offset(self) -> int:
+        return self.writer.start + self.written
+
+    @property
+    def checksum_ok(self) -> bool | None:
+        """The tus checksum's verdict once the body has ended (None without a checksum)."""
+        if self._hash is None or self.checksum is None:
+            return None
+        return hmac.compare_digest(self._hash.digest(), self.checksum.digest)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks, each already handed to the spool; the same iterator every call (Rule 3)."""
+        if self._iterator is None:
+            self._iterator = self._chunks()
+        return self._iterator
+
+    async def drain(self) -> None:
+        """Take whatever is left of the body into the spool."""
+        async for _ in self.chunks():
+            pass
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while not self.ended:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk: bytes = message.get("body", b"")
+            self.ended = not message.get("more_body", False)
+            if not chunk:
+                continue
+            if self.max_bytes is not None and self.written + len(chunk) > self.max_bytes:
+                await self._take(chunk[: self.max_bytes - self.written])
+                self.overflow = True
+                raise Overflow
+            await self._take(chunk)
+            yield chunk
+
+    async def _take(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        await self.writer.write(chunk)
+        self._spooled(len(chunk))
+        if self._hash is not None:
+            self._hash.update(chunk)
+        self.written += len(chunk)
+        now = time.time()
+        if self._hash is None and self._ticker.due(self.offset, self.total, now):
+            self._emit(Progress(self.upload_id, self.offset, self.total, now))

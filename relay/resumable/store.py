@@ -1,0 +1,201 @@
+"""The resumable uploads of this relay: their state, one writer each, recovery after a restart, and expiry.
+
+Theory of operation
+-------------------
+The spool holds each upload's bytes and its info document (`ResumableUpload.to_json()`); this store keeps
+every known upload in memory as well, and the memory is what requests decide on. A state move is a pure
+function of relay.core.resumable applied synchronously (no await between reading the state and recording
+the next one), so two requests of one upload never decide on the same old state.
+
+Rules:
+1. Persistence writes the *current* state, one save per upload at a time (`save` takes the upload's lock,
+   then writes what memory holds then): saves that overlap can never leave an older state on disk.
+2. One writer. An append registers an `OpenAppend`; a HEAD, PATCH or DELETE of the same upload first calls
+   `settle`, which ends that append (its task is cancelled, it keeps what it received and records the
+   break) and waits until it has recorded its end.
+3. Start-up reads every info document back (`recover`): uploads whose append was cut by a crash keep the
+   bytes the spool holds (or lose them when that append carried a checksum), a spool that lost bytes it had
+   acknowledged fails the upload. The sweeper then runs every `SWEEP_SECONDS`, and once at start.
+4. A delivered upload's bytes are deleted right after the upstream answered; its info document stays
+   until it expires, so HEAD and a repeated completion still answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.core import resumable as core
+from relay.core.resumable import ResumableUpload
+from relay.spool.base import Spool, SpoolError
+
+__all__ = ["SWEEP_SECONDS", "OpenAppend", "ResumableStore"]
+
+log = logging.getLogger("relay.resumable")
+SWEEP_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class OpenAppend:
+    """The request that holds an upload while it appends: how to end it, and when it has ended."""
+
+    writer: str
+    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
+    superseded: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def supersede(self) -> None:
+        """End this append from another request (Rule 2): cancel its task once."""
+        if self.superseded:
+            return
+        self.superseded = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def claim(self) -> bool:
+        """Called on CancelledError: True when the cancel was a supersede alone (now undone), as IdleWatch.claim."""
+        if not self.superseded or self.task is None:
+            return False
+        return self.task.uncancel() == 0
+
+
+class ResumableStore:
+    """Every resumable upload this relay knows, over a spool."""
+
+    def __init__(self, spool: Spool, *, on_change: Callable[[ResumableUpload], None]) -> None:
+        self.spool = spool
+        self._on_change = on_change
+        self._uploads: dict[str, ResumableUpload] = {}
+        self._open: dict[str, OpenAppend] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- start and stop -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for upload_id in await self.spool.list():
+            await self._recover(upload_id)
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _recover(self, upload_id: str) -> None:
+        try:
+            info = await self.spool.load_info(upload_id)
+            if info is None:
+                return
+            upload = ResumableUpload.from_json(info)
+            upload, keep = core.recover(upload, await self.spool.offset(upload_id), now=time.time())
+            if upload.state in core.INCOMPLETE or upload.state == core.FORWARDING:
+                await self.spool.truncate(upload_id, keep)
+            else:  # delivered or failed: its bytes may have outlived a crash right after the answer
+                await self.spool.delete_data(upload_id)
+        except (ValueError, KeyError, TypeError, SpoolError, OSError) as exc:
+            log.warning("resumable upload %s could not be recovered: %s", upload_id, exc)
+            return
+        self._uploads[upload_id] = upload
+        await self.save(upload)
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for task in list(self._background):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        await self.spool.close()
+
+    # -- state ----------------------------------------------------------------------------------------------
+
+    def get(self, upload_id: str) -> ResumableUpload | None:
+        return self._uploads.get(upload_id)
+
+    def incomplete(self) -> int:
+        return sum(1 for upload in self._uploads.values() if upload.state in core.INCOMPLETE)
+
+    def record(self, upload: ResumableUpload) -> None:
+        """The upload's next state, in memory at once (decisions read it), and told to the registry."""
+        self._uploads[upload.id] = upload
+        self._on_change(upload)
+
+    async def save(self, upload: ResumableUpload) -> None:
+        """Record `upload` and write the upload's current state to the spool (Rule 1)."""
+        self.record(upload)
+        async with self._lock(upload.id):
+            current = self._uploads.get(upload.id)
+            if current is not None:
+                await self.spool.save_info(upload.id, current.to_json().encode())
+
+    async def create(self, upload: ResumableUpload) -> None:
+        self._uploads[upload.id] = upload
+        await self.spool.create(upload.id, upload.to_json().encode())
+        self._on_change(upload)
+
+    def forget(self, upload_id: str) -> None:
+        self._uploads.pop(upload_id, None)
+        self._locks.pop(upload_id, None)
+
+    def _lock(self, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        return lock
+
+    # -- one writer (Rule 2) ----------------------------------------------------------------------------------
+
+    def open_append(self, upload_id: str, writer: str) -> OpenAppend:
+        handle = OpenAppend(writer)
+        self._open[upload_id] = handle
+        return handle
+
+    def close_append(self, upload_id: str, handle: OpenAppend) -> None:
+        if self._open.get(upload_id) is handle:
+            del self._open[upload_id]
+        handle.done.set()
+
+    async def settle(self, upload_id: str) -> None:
+        """End the upload's open append, if any, and wait until it has recorded its end."""
+        while (handle := self._open.get(upload_id)) is not None:
+            handle.supersede()
+            await handle.done.wait()
+
+    # -- deleting and expiry -----------------------------------------------------------------------------------
+
+    def delete_data_soon(self, upload_id: str) -> None:
+        """A delivered upload's bytes go (Rule 4); in the background, so the answer does not wait for it."""
+        task = asyncio.create_task(self._delete_data(upload_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _delete_data(self, upload_id: str) -> None:
+        try:
+            await self.spool.delete_data(upload_id)
+        except (SpoolError, OSError) as exc:
+            log.warning("could not delete the data of delivered upload %s: %s", upload_id, exc)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep()
+            except (SpoolError, OSError) as exc:
+                log.warning("the resumable uploads sweep failed: %s", exc)
+
+    async def sweep(self) -> None:
+        """Expire idle incomplete uploads (their data deleted), forget finished ones past their time."""
+        now = time.time()
+        for upload in list(self._uploads.values()):
+            verdict = core.sweep(upload, now)
+            if verdict == "expire":
+                expired = core.apply(upload, core.EXPIRE, now=now)
+                self.record(expired)
+                await self.spool.delete_data(upload.id)
+                await self.save(expired)
+            elif verdict == "forget":
+                self.forget(upload.id)
+                await self.spool.delete(upload.id)
