@@ -3,6 +3,8 @@
 Health for load balancers: `UpstreamProbe` connects (TCP, plus the TLS handshake for https://) to each upstream
 every PROBE_INTERVAL seconds in a background job that relay-server runs beside the servers; `/_relay/health`
 only reads its last results, so a health check never waits on an upstream and never touches an upload's path.
+The job starts probing at start-up with --health-checks-upstream, otherwise at the first health request: a relay
+nobody asks about opens no connections of its own to its upstreams.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class UpstreamProbe:
         self.results = {url: _Reach() for url in dict.fromkeys(urls)}
         self.connect_timeout = connect_timeout
         self.ca_file = ca_file
+        self.wanted = asyncio.Event()  # set by the first health request
 
     def report(self) -> dict[str, dict[str, Any]]:
         return {url: dataclasses.asdict(reach) for url, reach in self.results.items()}
@@ -63,8 +66,11 @@ class UpstreamProbe:
     def any_reachable(self) -> bool:
         return any(reach.reachable for reach in self.results.values())
 
-    async def run(self, interval: float = PROBE_INTERVAL) -> None:
-        """Check every upstream now, then every `interval` seconds, until cancelled."""
+    async def run(self, *, eager: bool = True, interval: float = PROBE_INTERVAL) -> None:
+        """Check every upstream now (or, not `eager`, once health is first asked), then every `interval` seconds,
+        until cancelled."""
+        if not eager:
+            await self.wanted.wait()
         while True:
             await asyncio.gather(*(self.check(url) for url in self.results))
             await asyncio.sleep(interval)
@@ -138,6 +144,7 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
     @app.api_route("/_relay/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         # HEAD gets the same status and headers with no body (uvicorn drops a HEAD response's body).
+        probe.wanted.set()
         routes = [{"prefix": route.prefix, "upstream": route.upstream} for route in ctx.settings.routes]
         unavailable = ctx.settings.health_checks_upstream and not probe.any_reachable()
         body = {

@@ -322,7 +322,7 @@ def run(settings: Settings, host: str, port: int) -> bool:
                 drain_timeout=settings.drain_timeout,
                 ssl_certfile=settings.ssl_certfile,
                 ssl_keyfile=settings.ssl_keyfile,
-                background=[upstream_probe(relay.admin).run],
+                background=[partial(upstream_probe(relay.admin).run, eager=settings.health_checks_upstream)],
             )
         )
 

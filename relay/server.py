@@ -330,6 +330,11 @@ class _EndQuietly:
         except asyncio.CancelledError:
             if not self.server.should_exit:
                 raise
+            log.warning(
+                "%s %s cut short by the shutdown (shutting_down)",
+                scope.get("method", "-"),
+                scope.get("path", "-"),
+            )
             abort = scope.get("extensions", {}).get(ABORT)
             if abort is not None:
                 abort()

@@ -232,3 +232,28 @@ def test_a_wrong_admin_token_is_told_it_is_invalid(sink: RunningServer) -> None:
     assert wrong.status_code == 401 and "invalid" in wrong.json()["error"]["message"]
     assert missing.status_code == 401 and "required" in missing.json()["error"]["message"]
     assert right.status_code == 200
+
+
+def test_upstreams_are_probed_only_once_health_is_asked_for() -> None:
+    accepted: list[socket.socket] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    relay = start_relay(upstream=url)
+    try:
+        time.sleep(0.5)
+        before = len(accepted)  # nobody asked: the relay opened no connection of its own
+        report = wait_for_check(relay, url)
+    finally:
+        relay.stop()
+        server.close()
+        for conn in accepted:
+            conn.close()
+    assert before == 0 and len(accepted) >= 1
+    assert report["reachable"] is True
