@@ -140,7 +140,7 @@ class ResumableEndpoints:
             return False
         headers = scope["headers"]
         cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
-        if header_value(headers, b"access-control-request-method") is not None and self.ctx.settings.cors_origins:
+        if header_value(headers, b"access-control-request-method") is not None:  # a preflight: no token
             out = [(b"content-length", b"0"), *cors]
             if cors:
                 requested = header_value(headers, b"access-control-request-headers") or b"Content-Type"
@@ -151,6 +151,12 @@ class ResumableEndpoints:
                 ]
             await send({"type": "http.response.start", "status": 204, "headers": out})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        try:
+            check_token(self.ctx.settings, headers)
+        except RelayError as exc:
+            decision = core.decide_error(detect_protocol(headers) or "tus", exc, limits=route.limits)
+            await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body)
             return True
         decision = core.decide_options(detect_protocol(headers), route.limits)
         await write_answer(send, decision.status or 204, list(decision.headers) + cors, b"")
