@@ -1,7 +1,8 @@
 """The dashboard in real headless Chromium (Debian's `chromium` + `chromium-driver`), driven by selenium.
 
-Without the browser, the driver or selenium, every test here is skipped with the reason, unless the
-environment variable CI is set: on CI a missing browser fails (scripts/ensure-browser installs it).
+Without the browser, the driver or selenium, every test here that uses a browser is skipped with the reason,
+unless the environment variable CI is set: on CI a missing browser fails them (scripts/ensure-browser installs
+it). The HTTP-only tests (test_routes.py) run everywhere.
 
 Each test gets its own browser (a fresh profile in a temporary folder), quit in a finally. Screenshots go
 to $RELAY_SCREENSHOTS (default: a temporary folder, named in the test output).
@@ -47,14 +48,26 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _browser_present() -> None:
+@pytest.fixture(autouse=True)
+def _browser_present(request: pytest.FixtureRequest) -> None:
+    """Every browser test here: skipped with the reason when the browser is missing, failed instead on CI.
+    (test_routes.py needs no browser and always runs.)"""
+    if "browser" not in request.fixturenames:
+        return
     reason = _missing()
     if reason is None:
         return
     if os.environ.get("CI"):
         pytest.fail(f"browser tests cannot run on CI: {reason}", pytrace=False)
     pytest.skip(f"browser tests skipped: {reason}")
+
+
+class By:
+    """selenium's locator strategies, which are plain strings: the test modules import nothing of selenium,
+    so they are collected (and skipped with the reason) where selenium is not installed."""
+
+    ID = "id"
+    CSS_SELECTOR = "css selector"
 
 
 def screenshot_dir() -> Path:
@@ -129,10 +142,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
-def start_test_module(module: str, *args: str) -> RunningServer:
+def start_test_module(module: str, *args: str, env: dict[str, str] | None = None) -> RunningServer:
     """A helper server of this folder (`python -m tests.browser.<module>`)."""
-    env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return start_process([sys.executable, "-m", f"tests.browser.{module}", *args], cwd=ROOT, env=env)
+    full_env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    return start_process([sys.executable, "-m", f"tests.browser.{module}", *args], cwd=ROOT, env=full_env)
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from selenium.webdriver.common.by import By
 
 from relay.testing import RunningServer, start_relay
-from tests.browser.conftest import console_errors, save_screenshot, start_test_module, wait_for
+from tests.browser.conftest import By, console_errors, save_screenshot, start_test_module, wait_for
 
 MiB = 1024 * 1024
 UPSTREAM_RATE = 25 * MiB

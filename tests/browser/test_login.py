@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.webdriver.common.by import By
 
 from relay.adminauth import SESSION_COOKIE, session_value
 from relay.testing import RunningServer, start_relay
-from tests.browser.conftest import console_errors, save_screenshot, wait_for
+from tests.browser.conftest import By, console_errors, save_screenshot, wait_for
 
 ADMIN_TOKEN = "correct horse battery staple"
 

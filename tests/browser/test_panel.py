@@ -17,10 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from selenium.webdriver.common.by import By
 
 from relay.testing import RunningServer, start_relay, start_sink
-from tests.browser.conftest import console_errors, save_screenshot, start_test_module, wait_for
+from tests.browser.conftest import By, console_errors, save_screenshot, start_test_module, wait_for
 from tests.browser.test_dashboard import MiB, make_file
 
 THROTTLE = 4 * MiB  # bytes/s the browser may send while a cut is staged: a 24 MiB file takes ~6 s

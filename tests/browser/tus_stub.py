@@ -1,6 +1,7 @@
 """A stand-in relay for the upload panel's own tests: the real dashboard app plus a minimal tus 1.0.0 server.
 
     python -m tests.browser.tus_stub DIR [PORT]
+    STUB_SYNTHETIC_UPLOADS=200 python -m tests.browser.tus_stub DIR   # /_relay/events plays 200 uploads
 
 It serves /_relay/ui/ with relay.ui (the code under test), a /_relay/health listing `/upload/`, an idle
 /_relay/events stream, and tus creation at any path under /upload/ (Location /resumable/<id>), HEAD and
@@ -17,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ class Stub:
         elif path == "/_relay/metrics":
             await answer(send, 200, [(b"content-type", b"text/plain")])
         elif path == "/_relay/events":
-            await idle_stream(receive, send)
+            await event_stream(receive, send, int(os.environ.get("STUB_SYNTHETIC_UPLOADS", "0")))
         elif path.startswith("/upload/") and method == "OPTIONS":
             await answer(send, 204, [*TUS, (b"tus-version", b"1.0.0"), (b"tus-extension", b"creation")])
         elif path.startswith("/upload/") and method == "POST":
@@ -117,14 +120,42 @@ async def answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], bo
     await send({"type": "http.response.body", "body": payload})
 
 
-async def idle_stream(receive: Receive, send: Send) -> None:
-    """An event stream with no events, open until the browser leaves."""
+async def event_stream(receive: Receive, send: Send, synthetic: int) -> None:
+    """An event stream open until the browser leaves; with `synthetic` > 0, that many uploads first move for
+    SYNTHETIC_SECONDS (progress for each every 100 ms, as the relay's fastest) and then complete."""
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b": idle\n\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b": hello\n\n", "more_body": True})
+    if synthetic:
+        await synthetic_uploads(send, synthetic)
     while (await receive())["type"] != "http.disconnect":
         pass
     await send({"type": "http.response.body", "body": b""})
+
+
+SYNTHETIC_SECONDS = 6.0
+SYNTHETIC_TOTAL = 1000 * 1024 * 1024
+
+
+async def synthetic_uploads(send: Send, count: int) -> None:
+    async def emit(name: str, **fields: Any) -> None:
+        data = json.dumps({"total": SYNTHETIC_TOTAL, "ts": time.time(), **fields})
+        await send(
+            {"type": "http.response.body", "body": f"event: {name}\ndata: {data}\n\n".encode(), "more_body": True}
+        )
+
+    ids = [f"synthetic-{n:03d}" for n in range(count)]
+    for n, upload_id in enumerate(ids):
+        await emit("started", upload_id=upload_id, bytes=0, route="/upload/", path=f"/upload/many/{n}.bin")
+    rounds = int(SYNTHETIC_SECONDS / 0.1)
+    for step in range(1, rounds + 1):
+        for n, upload_id in enumerate(ids):
+            # Each upload at its own pace, so rows differ and all keep moving.
+            done = min(SYNTHETIC_TOTAL, SYNTHETIC_TOTAL * step * (1 + n % 7) // (rounds * 7))
+            await emit("progress", upload_id=upload_id, bytes=done)
+        await asyncio.sleep(0.1)
+    for upload_id in ids:
+        await emit("completed", upload_id=upload_id, bytes=SYNTHETIC_TOTAL, upstream_status=200)
 
 
 async def main(folder: Path, port: int) -> None:

@@ -96,18 +96,19 @@ function applyRecord(record) {
   markDirty(upload);
 }
 
-async function loadSnapshot() {
+async function loadSnapshot(openedAt = Date.now()) {
   const response = await fetch("../uploads", { headers: { Accept: "application/json" } });
   if (!response.ok) return response.status;
   const { uploads: records } = await response.json();
   const listed = new Set(records.map((record) => record.id));
   // Oldest first, so each finished one lands on top of the recent table and newest ends first.
   for (const record of records.reverse()) applyRecord(record);
-  // A short list is the whole registry: anything in flight we know of and it does not list is gone
-  // (the relay restarted). A full list may just have pushed older uploads out.
+  // A short list is the whole registry: an upload in flight that it does not list, and that has had no event
+  // since the stream (re)opened, is gone (the relay restarted). A full list may just have pushed older uploads
+  // out; an upload with a fresh event started after the list was made.
   if (records.length < RECENT_LIMIT) {
     for (const upload of uploads.values()) {
-      if (IN_FLIGHT.has(upload.state) && !listed.has(upload.id)) {
+      if (IN_FLIGHT.has(upload.state) && !listed.has(upload.id) && upload.seenAt < openedAt) {
         upload.state = "lost";
         markDirty(upload);
       }
@@ -266,7 +267,7 @@ function connect() {
   source.addEventListener("open", () => {
     setLive("live", "live");
     // After a reconnect the relay may have restarted: catch up on what the stream did not say.
-    loadSnapshot().catch(() => {});
+    loadSnapshot(Date.now()).catch(() => {});
   });
   for (const name of EVENTS) {
     source.addEventListener(name, (message) => applyEvent(name, JSON.parse(message.data)));

@@ -79,6 +79,7 @@ function startUpload(file, path, token) {
   let pending = null; // the newest progress, written at the next animation frame
 
   const show = () => {
+    if (pending === null) return; // finished, failed or paused since: that status stays
     const { sent, total } = pending;
     pending = null;
     const fraction = total ? sent / total : 0;
@@ -100,6 +101,7 @@ function startUpload(file, path, token) {
       pending = { sent, total };
     },
     onSuccess({ lastResponse }) {
+      pending = null;
       view.item.dataset.state = "done";
       view.bar.firstChild.style.width = "100%";
       const sha256 = lastResponse?.getHeader("X-Upload-Sha256");
@@ -108,6 +110,7 @@ function startUpload(file, path, token) {
       view.button.remove();
     },
     onError(error) {
+      pending = null;
       view.item.dataset.state = "error";
       view.status.textContent = `failed: ${error.message.split("\n")[0]}`;
       view.button.textContent = "Retry";
@@ -125,6 +128,7 @@ function startUpload(file, path, token) {
       paused = true;
       view.item.dataset.state = "paused";
       view.button.textContent = "Resume";
+      pending = null;
       upload.abort(); // keeps the upload's URL: Resume continues it
       setText(view.status, `paused · ${view.status.textContent}`);
     }
