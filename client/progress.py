@@ -128,6 +128,12 @@ class UploadView:
         self._shown.discard(task)
         self.progress.reset(task, visible=not self.compact)
 
+    def moved(self, task: TaskID, offset: int) -> None:
+        """`task` stands at `offset` (a resumable upload: what the relay holds), not where the bytes sent put it."""
+        self._sent[task] = offset
+        # reset() also drops the speed samples: a jump to a resumed offset is not bytes sent just now.
+        self.progress.reset(task, completed=offset, visible=not self.compact or task in self._shown)
+
     def finished(self, task: TaskID) -> None:
         """`task` is over (sent whole, or its request ended): in compact mode its row folds into the count."""
         if task in self._done:
@@ -169,6 +175,17 @@ class RequestProgress:
         task = self.file_tasks[index]
         text = f"{self.relay_text} {mark}".strip() if task == self.relay_task else mark
         self.view.progress.update(task, relay=text)
+
+    def moved_to(self, index: int, offset: int) -> None:
+        """The relay holds the file's first `offset` bytes (resumed, or rewound after a broken append)."""
+        task = self.file_tasks[index]
+        shown = self.view._sent.get(task, 0)
+        if offset == shown:
+            return
+        self.view.moved(task, offset)
+        if self.view.total_task is not None:
+            self.view.progress.advance(self.view.total_task, offset - shown)
+        self.sent += offset - shown
 
     def restart(self) -> None:
         """The request is sent again: its bytes so far no longer count."""

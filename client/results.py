@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from client.events import describe_http_error
 
-__all__ = ["FileResult", "UploadObserver", "UploadResult", "error_summary"]
+__all__ = ["FileResult", "ResumableInfo", "ResumableObserver", "UploadObserver", "UploadResult", "error_summary"]
 
 
 @dataclass
@@ -26,6 +26,8 @@ class FileResult:
     relay_size: int | None = None
     relay_sha256: str | None = None
     match: bool | None = None
+    # Resumable uploads: whether the whole file is on the relay (None for plain uploads, where `sent` says it).
+    complete: bool | None = None
 
     @property
     def throughput_mbps(self) -> float:
@@ -34,7 +36,21 @@ class FileResult:
     @property
     def partial(self) -> bool:
         """Some of the file went, not all of it (a refusal or a broken connection mid-file)."""
+        if self.complete is not None:
+            # A resumed upload sends only the rest of the file: what counts is what the relay holds.
+            return not self.complete
         return self.sent > 0 and (self.sha256 is None or (self.size is not None and self.sent < self.size))
+
+
+@dataclass
+class ResumableInfo:
+    """What a resumable upload adds to its result (`--json`: resumable, upload_url, resumed_from)."""
+
+    protocol: str
+    upload_url: str | None = None
+    # Bytes the relay already held when this run began.
+    resumed_from: int = 0
+    upstream_status: int | None = None
 
 
 @dataclass
@@ -55,6 +71,7 @@ class UploadResult:
     relay_bytes: int | None = None
     # After a 404: the relay's routes and the likely fix.
     hint: str | None = None
+    resumable: ResumableInfo | None = None
 
     @property
     def throughput_mbps(self) -> float:
@@ -79,6 +96,12 @@ class UploadObserver(Protocol):
     def part_verified(self, index: int, ok: bool) -> None: ...
 
 
+class ResumableObserver(UploadObserver, Protocol):
+    """A resumable upload's observer also learns where the relay stands: the bytes before `offset` are there."""
+
+    def moved_to(self, index: int, offset: int) -> None: ...
+
+
 class _NoObserver:
     """An observer that ignores everything: the default when nobody draws progress."""
 
@@ -89,6 +112,9 @@ class _NoObserver:
         pass
 
     def part_verified(self, index: int, ok: bool) -> None:
+        pass
+
+    def moved_to(self, index: int, offset: int) -> None:
         pass
 
 
