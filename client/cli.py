@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,11 +22,14 @@ from rich.table import Table
 from client.bench import DEFAULT_BENCH_PATH, BenchResult, parse_size, run_bench
 from client.errors import ArgumentError, UploadError
 from client.progress import RequestProgress, UploadView
+from client.ranges import hash_range
 from client.report import render_summary, result_line
 from client.results import FileResult, UploadResult, error_summary
+from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions, upload_resumable
+from client.resumable_wire import repr_field
 from client.retry import RetryDecision
 from client.sources import LocalFile, check_files
-from client.target import DEFAULT_RELAY, resolve_target
+from client.target import DEFAULT_RELAY, build_url, resolve_target
 from client.upload import DEFAULT_FIELD, DEFAULT_TIMEOUT, upload_async
 from client.version import version
 
@@ -42,6 +46,7 @@ Examples:
   tar c dir | relay-upload - --to /upload/backups/dir.tar
   relay-upload big.iso --raw --method PUT --to /upload/isos/big.iso --events
   relay-upload *.log --each -j 4 --to /upload/logs --json
+  relay-upload big.iso --resumable --chunk-size 64MiB --to /upload/isos
   relay-upload bench --size 1GiB --direct http://127.0.0.1:8001
 
 \b
@@ -109,9 +114,26 @@ def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Retries after a 429 (waiting its Retry-After) or a connection failure before the first body byte.",
+    default=None,
+    help="Retries after a 429 (waiting its Retry-After) or a connection failure before the first body byte; "
+    f"with --resumable, failures in a row before giving up.  [default: 0; {DEFAULT_RESUMABLE_RETRIES} resumable]",
+)
+@click.option("--resumable", is_flag=True, help="Each file as a resumable upload: retried, and resumed when run again.")
+@click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="With --resumable: bytes per append (64MiB, 1GB...).  [default: the rest of the file]",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["tus", "ietf"], case_sensitive=False),
+    default=None,
+    help="With --resumable: tus 1.0.0, or the IETF draft (interop version 8).  [default: tus]",
+)
+@click.option(
+    "--digest",
+    is_flag=True,
+    help="Send Repr-Digest: sha-256 (one extra read first; with --resumable also Upload-Checksum per append).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (one line per request).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display and no summary table.")
@@ -132,7 +154,11 @@ def upload_command(
     events: bool,
     token: str | None,
     admin_token: str | None,
-    retries: int,
+    retries: int | None,
+    resumable: bool,
+    chunk_size: str | None,
+    protocol: str | None,
+    digest: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -144,26 +170,82 @@ def upload_command(
     _check_stdin(local)
     if raw and not each and len(local) != 1:
         raise ArgumentError("--raw sends exactly one file (use --each for several)")
+    if resumable:
+        _check_resumable(local, raw=raw, events=events, method=method, field=field)
+    elif chunk_size is not None or protocol is not None:
+        raise ArgumentError("--chunk-size and --protocol go with --resumable")
+    elif digest and not raw:
+        # Repr-Digest covers the whole body: for multipart that is the framing too, built per request.
+        raise ArgumentError("--digest needs --raw or --resumable (a multipart body's digest is not supported yet)")
+    elif digest and any(f.is_stdin for f in local):
+        raise ArgumentError("--digest reads the file before sending it: standard input cannot be read twice")
     # Resolved here, once: a --to URL that contradicts --relay is a usage error before anything is sent.
     relay, to = resolve_target(to, relay)
+    header_pairs = _pairs(header, ":", "--header")
+    form_pairs = _pairs(form, "=", "--form")
+    query_pairs = _pairs(query, "=", "--query")
+    err = Console(stderr=True)
+    show_progress = err.is_terminal and not quiet and not as_json
+    view = UploadView(err, events=events) if show_progress else None
+    if resumable:
+        auth = [("Authorization", f"Bearer {token}")] if token else []
+        settings = ResumableOptions(
+            relay=relay,
+            url=build_url(relay, to, query_pairs),
+            headers=[(k, v) for k, v in header_pairs if not (token and k.lower() == "authorization")] + auth,
+            form=form_pairs,
+            protocol=(protocol or "tus").lower(),
+            chunk_size=_chunk_size(chunk_size),
+            digest=digest,
+            retries=DEFAULT_RESUMABLE_RETRIES if retries is None else retries,
+        )
+        try:
+            outcomes = asyncio.run(_resumable_all(local, settings, jobs=jobs, view=view))
+        except KeyboardInterrupt:
+            # The uploads stay on the relay and in the resume store: the same command goes on from there.
+            command = shlex.join([PROG, *(click.get_current_context().obj or [])])
+            _fail(f"interrupted; the upload can be resumed: run the same command again: {command}")
+            return 130
+        return _report(outcomes, as_json=as_json, quiet=quiet)
     options: dict[str, Any] = {
         "relay": relay,
         "field": field,
-        "form": _pairs(form, "=", "--form"),
-        "query": _pairs(query, "=", "--query"),
-        "headers": _pairs(header, ":", "--header"),
+        "form": form_pairs,
+        "query": query_pairs,
+        "headers": header_pairs,
         "raw": raw,
         "method": method.upper(),
         "events": events,
         "admin_token": admin_token,
         "token": token,
-        "retries": retries,
+        "retries": retries or 0,
     }
-    err = Console(stderr=True)
-    show_progress = err.is_terminal and not quiet and not as_json
-    view = UploadView(err, events=events) if show_progress else None
-    outcomes = asyncio.run(_upload_all(local, to, options, each=each, jobs=jobs, view=view))
+    outcomes = asyncio.run(_upload_all(local, to, options, each=each, jobs=jobs, view=view, digest=digest))
     return _report(outcomes, as_json=as_json, quiet=quiet)
+
+
+def _check_resumable(files: list[LocalFile], *, raw: bool, events: bool, method: str, field: str) -> None:
+    """What a resumable upload cannot do: the relay's route decides how the finished file goes upstream."""
+    if any(f.is_stdin for f in files):
+        raise ArgumentError("'-' (standard input) cannot be sent as a resumable upload: it cannot be read again")
+    if raw or field != DEFAULT_FIELD:
+        raise ArgumentError("--raw and --field do not go with --resumable: the relay's route decides the framing")
+    if events:
+        raise ArgumentError("--events does not go with --resumable (the relay's X-Upload-Sha256 is checked instead)")
+    if method.upper() != "POST":
+        raise ArgumentError("--resumable creates uploads with POST: --method does not go with it")
+
+
+def _chunk_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise ArgumentError(f"--chunk-size: {exc}") from None
+    if size <= 0:
+        raise ArgumentError("--chunk-size must be more than 0 bytes")
+    return size
 
 
 def _check_stdin(files: list[LocalFile]) -> None:
@@ -178,8 +260,59 @@ def _check_stdin(files: list[LocalFile]) -> None:
 Outcome = UploadResult | UploadError
 
 
+async def _resumable_all(
+    files: list[LocalFile], settings: ResumableOptions, *, jobs: int, view: UploadView | None
+) -> list[tuple[list[LocalFile], Outcome]]:
+    """Each file its own resumable upload, `jobs` at once (as --each -j for plain uploads)."""
+    tasks = view.add_files(files) if view else []
+    gate = asyncio.Semaphore(jobs)
+
+    async def one(index: int, file: LocalFile, client: httpx.AsyncClient) -> Outcome:
+        observer = view.request(tasks[index : index + 1]) if view is not None else None
+        note = _resumable_note(view, file.path if len(files) > 1 else "")
+        async with gate:
+            try:
+                return await upload_resumable(file, settings, client=client, observer=observer, note=note)
+            except UploadError as exc:
+                return exc
+            finally:
+                if observer is not None:
+                    observer.done()
+
+    limits = httpx.Limits(max_connections=jobs * 2 + 2)
+    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
+        if view is None:
+            outcomes = await asyncio.gather(*(one(i, f, client) for i, f in enumerate(files)))
+        else:
+            with view:
+                outcomes = await asyncio.gather(*(one(i, f, client) for i, f in enumerate(files)))
+    return [([f], outcome) for f, outcome in zip(files, outcomes, strict=True)]
+
+
+def _resumable_note(view: UploadView | None, label: str) -> Callable[[str], None] | None:
+    """Retries and resumptions, on the live display (as the plain uploads' retries; `--json` has the figures)."""
+    if view is None:
+        return None
+    prefix = f"{label}: " if label else ""
+    return lambda text: view.note(prefix + text)
+
+
+async def _with_digest(group: list[LocalFile], options: dict[str, Any]) -> dict[str, Any]:
+    """--digest on a raw upload: Repr-Digest of the file, from one read before sending (RFC 9530)."""
+    digest = await hash_range(group[0].path, 0, group[0].size or 0)
+    headers = [(k, v) for k, v in options["headers"] if k.lower() != "repr-digest"]
+    return {**options, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
+
+
 async def _upload_all(
-    files: list[LocalFile], to: str, options: dict[str, Any], *, each: bool, jobs: int, view: UploadView | None
+    files: list[LocalFile],
+    to: str,
+    options: dict[str, Any],
+    *,
+    each: bool,
+    jobs: int,
+    view: UploadView | None,
+    digest: bool = False,
 ) -> list[tuple[list[LocalFile], Outcome]]:
     tasks = view.add_files(files) if view else []
     groups = [[f] for f in files] if each else [files]
@@ -192,7 +325,8 @@ async def _upload_all(
         async with gate:
             try:
                 paths = [f.path for f in group]
-                return await upload_async(paths, to, client=client, observer=observer, on_retry=on_retry, **options)
+                own = await _with_digest(group, options) if digest else options
+                return await upload_async(paths, to, client=client, observer=observer, on_retry=on_retry, **own)
             except UploadError as exc:
                 return exc
             finally:
@@ -327,7 +461,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if command is bench_command:
         args = args[1:]
     try:
-        code = command.main(args, prog_name=prog, standalone_mode=False)
+        # `obj`: the arguments as given, for the "run the same command again" hint of an interrupted upload.
+        code = command.main(args, prog_name=prog, standalone_mode=False, obj=list(args))
     except click.exceptions.Abort:
         _fail("interrupted")
         return 130

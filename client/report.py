@@ -54,6 +54,16 @@ def result_json(result: UploadResult) -> dict[str, Any]:
     }
     if with_relay:
         out["relay_bytes"] = result.relay_bytes
+    if result.resumable is not None:
+        info = result.resumable
+        out.update(
+            resumable=True,
+            upload_url=info.upload_url,
+            resumed_from=info.resumed_from,
+            protocol=info.protocol,
+            upstream_status=info.upstream_status,
+            relay_sha256=result.files[0].relay_sha256 if result.files else None,
+        )
     if not result.ok:
         out["error"] = error_summary(result)
     return out
@@ -70,9 +80,19 @@ def answer_summary(result: UploadResult, index: int) -> str:
         return result.error or "no answer"
     response = result.response
     words = _upstream_words(response, index, file)
+    info = result.resumable
+    if info is not None:
+        if info.upstream_status is not None and not _has_files(response):
+            words = f"upstream {info.upstream_status}"  # tus: the relay's 204 says it, the body is not relayed
+        if info.resumed_from:
+            words += f"; resumed at {info.resumed_from:,}"
     if file.match is not None:
         words += "; relay sha256 ok" if file.match else "; relay sha256 MISMATCH"
     return words
+
+
+def _has_files(response: Any) -> bool:
+    return isinstance(response, dict) and isinstance(response.get("files") or response.get("error"), list | dict)
 
 
 def _upstream_words(response: Any, index: int, file: FileResult) -> str:
