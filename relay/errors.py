@@ -4,7 +4,8 @@ Stdlib only, so the sans-IO core may raise these.
 
     RelayError
     ├── BadRequest                400 bad_request
-    │   └── MalformedMultipart    400 malformed_multipart
+    │   ├── MalformedMultipart    400 malformed_multipart
+    │   └── DigestMismatch        400 digest_mismatch (the body does not match its Content-Digest / Repr-Digest)
     ├── Unauthorized              401 unauthorized
     ├── NotFound                  404 not_found
     ├── MethodNotAllowed          405 method_not_allowed
@@ -31,6 +32,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientDisconnected",
     "ClientTimeout",
+    "DigestMismatch",
     "FileTooLarge",
     "HeadersTooLarge",
     "MalformedMultipart",
@@ -71,6 +73,10 @@ class BadRequest(RelayError):
 
 class MalformedMultipart(BadRequest):
     code, default_message = "malformed_multipart", "malformed multipart body"
+
+
+class DigestMismatch(BadRequest):
+    code, default_message = "digest_mismatch", "the body does not match its digest"
 
 
 class Unauthorized(RelayError):

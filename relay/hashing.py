@@ -29,7 +29,7 @@ import queue
 import threading
 from typing import Any
 
-__all__ = ["OffloadedSha256", "sha256_factory"]
+__all__ = ["OffloadedSha256", "new_hash", "sha256_factory"]
 
 OFFLOAD_MIN = 64 * 1024
 MAX_QUEUED = 2 * 1024 * 1024
@@ -85,12 +85,14 @@ def _get_worker() -> _Worker:
 
 
 class OffloadedSha256:
-    """The `update` / `hexdigest` part of a hashlib object, with large updates hashed on the worker."""
+    """The `update` / `hexdigest` part of a hashlib object, with large updates hashed on the worker.
+
+    sha256 unless `name` says another hashlib algorithm (RFC 9530 digests may ask for sha512)."""
 
     __slots__ = ("_error", "_hash", "_pending", "_worker")
 
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
+    def __init__(self, name: str = "sha256") -> None:
+        self._hash = hashlib.sha256() if name == "sha256" else hashlib.new(name)
         self._pending = 0  # bytes of this hash still queued; changed under the worker's lock
         self._error: Exception | None = None
         self._worker = _get_worker()
@@ -119,3 +121,8 @@ def _immutable(data: Any) -> bool:
 def sha256_factory() -> Any:
     """What the inspector should build its hashes with: offloaded when a second CPU is there to use."""
     return OffloadedSha256 if len(os.sched_getaffinity(0)) > 1 else hashlib.sha256
+
+
+def new_hash(name: str) -> Any:
+    """A hash of the hashlib algorithm `name`, offloaded like `sha256_factory()`'s (RFC 9530 digests)."""
+    return OffloadedSha256(name) if len(os.sched_getaffinity(0)) > 1 else hashlib.new(name)

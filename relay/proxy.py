@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from relay.bus import EventBus
+from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import Completed, ErrorInfo, Event, Failed, Started
 from relay.core.inspector import UploadInspector
 from relay.core.limits import check_declared_length
@@ -49,7 +50,7 @@ from relay.errors import (
     Unauthorized,
     UploadIdInUse,
 )
-from relay.hashing import sha256_factory
+from relay.hashing import new_hash, sha256_factory
 from relay.headers import (
     forward_request_headers,
     forward_response_headers,
@@ -155,7 +156,7 @@ async def drain_body(receive: Receive, *, max_bytes: int = LINGER_BYTES, seconds
     return drained
 
 
-PLAIN_EXPOSED = b"X-Upload-ID, X-Upload-Sha256"
+PLAIN_EXPOSED = b"X-Upload-ID, X-Upload-Sha256, Repr-Digest"
 
 
 def check_token(settings: Settings, headers: list[tuple[bytes, bytes]]) -> None:
@@ -219,6 +220,7 @@ class Upload:
         self.started = time.monotonic()
         self.upload_id = new_upload_id()
         self.inspector: UploadInspector | None = None
+        self.digests: DigestChecker | None = None  # RFC 9530 Content-/Repr-Digest, when the request has one
         self.content_length: int | None = None
         self.body_done = False
         self.unreported_received = 0  # bytes not yet added to the Prometheus counters
@@ -269,6 +271,9 @@ class Upload:
             hasher=HASHER,
             progress=settings.progress,
         )
+        # A raw body's sha256 is the inspector's anyway: the checker then never hashes sha-256 a second time.
+        shared = ("sha-256",) if settings.digest and not self.inspector.is_multipart else ()
+        self.digests = request_digests(self.headers, hasher=new_hash, precomputed=shared)
 
     def check_token(self) -> None:
         check_token(self.ctx.settings, self.headers)
@@ -370,9 +375,7 @@ class Upload:
                 self.client_key,
             )
         )
-        self.emit(
-            Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True)
-        )
+        self.emit(Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True))
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
@@ -426,7 +429,7 @@ class Upload:
     async def body(self) -> AsyncIterator[bytes]:
         """Chunks from the client, inspected, one held back (see the module docstring)."""
         assert self.inspector is not None
-        inspector = self.inspector
+        inspector, digests = self.inspector, self.digests
         held: bytes | None = None
         watch = IdleWatch(self.ctx.settings.client_idle_timeout)
         try:
@@ -435,11 +438,16 @@ class Upload:
                 if not chunk:
                     continue
                 self.emit_all(inspector.feed(chunk, time.time()))
+                if digests is not None:
+                    digests.update(chunk)
                 if held is not None:
                     yield held
                     self.note_forwarded(len(held))
                 held = chunk
             self.emit_all(inspector.finish(time.time()))
+            if digests is not None:
+                # The last held-back chunk leaves only if the body matches its digest (DigestMismatch aborts).
+                digests.verify(self.body_sha256())
             if held is not None:
                 yield held
                 self.note_forwarded(len(held))
@@ -511,6 +519,10 @@ class Upload:
             digest = self.single_file_digest() if self.body_done else None
             if digest is not None:
                 headers.append((b"x-upload-sha256", digest.encode()))
+            repr_digest = self.digests.repr_digest() if self.digests is not None else None
+            if repr_digest is not None:  # the relay's word on what it received replaces any the upstream gave
+                headers = [(key, value) for key, value in headers if key != b"repr-digest"]
+                headers.append((b"repr-digest", repr_digest))
             if response.early:
                 # The upstream refused before the body ended: its answer is relayed, then the rest of the
                 # body is drained for a bounded while (lingering close) so the client can read that answer.
@@ -528,6 +540,14 @@ class Upload:
         finally:
             await response.aclose()
         return response.status
+
+    def body_sha256(self) -> dict[str, bytes]:
+        """The whole body's sha-256 when the inspector computed it (a raw body), for the digest checker."""
+        assert self.inspector is not None
+        parts = self.inspector.parts
+        if self.inspector.is_multipart or not parts or parts[0].sha256 is None:
+            return {}
+        return {"sha-256": bytes.fromhex(parts[0].sha256)}
 
     def single_file_digest(self) -> str | None:
         assert self.inspector is not None
@@ -551,9 +571,7 @@ class Upload:
             return
         self.finished = True
         received = self.inspector.bytes_received if self.inspector else 0
-        self.emit(
-            Failed(self.upload_id, received, self.content_length, time.time(), ErrorInfo(exc.code, exc.message))
-        )
+        self.emit(Failed(self.upload_id, received, self.content_length, time.time(), ErrorInfo(exc.code, exc.message)))
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.finished("failed", time.monotonic() - self.started, received)
 
