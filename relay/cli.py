@@ -8,6 +8,7 @@ A bad value is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 from dataclasses import replace
@@ -46,7 +47,8 @@ __all__ = ["main", "settings_from_options"]
 
 PROG = "relay-server"
 FORCED_EXIT = 130  # a second Ctrl-C cut uploads short: the shell's "interrupted"
-option = partial(click.option, cls=SourcedOption)
+# show_envvar: --help lists each flag's RELAY_* variable.
+option = partial(click.option, cls=SourcedOption, show_envvar=True)
 
 
 class Size(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -121,7 +123,12 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 
 
 @click.command(
-    context_settings={"auto_envvar_prefix": "RELAY", "help_option_names": ["-h", "--help"], "show_default": True}
+    context_settings={
+        "auto_envvar_prefix": "RELAY",
+        "help_option_names": ["-h", "--help"],
+        "show_default": True,
+        "max_content_width": shutil.get_terminal_size().columns,  # --help uses the terminal's width
+    }
 )
 @option(
     "--config",

@@ -184,3 +184,10 @@ def test_the_drain_timeout_cancels_without_a_traceback() -> None:
         sink.stop()
     assert code == 0, relay.log()
     assert "Traceback" not in relay.log() and "Exception in ASGI application" not in relay.log(), relay.log()
+
+
+def test_help_lists_the_environment_variables() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for variable in ("RELAY_MAX_BODY_SIZE", "RELAY_SSL_CERTFILE", "RELAY_LOG_FORMAT", "RELAY_RESUMABLE_PREFIX"):
+        assert variable in result.stdout, result.stdout
