@@ -96,7 +96,7 @@ def test_live_progress_then_completed_with_sha256(browser: Any, slow_relay: Runn
     hello.write_text("hello from the browser test\n")
     assert relay_upload(slow_relay, hello, "/upload/notes", tmp_path / "hello.log").wait(30) == 0
 
-    browser.set_window_size(1280, 1400)  # tall enough for the whole page in one screenshot
+    browser.set_window_size(1280, 1100)  # tall enough for the whole page in one screenshot
     browser.get(slow_relay.url + "/_relay/ui/")
     wait_for(lambda: browser.find_element(By.ID, "live").get_attribute("data-state") == "live", what="the stream")
     wait_for(lambda: len(rows(browser, "recent")) == 2, what="the snapshot's two uploads")

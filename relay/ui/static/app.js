@@ -138,6 +138,7 @@ function render() {
   setText($("#inflight-count"), count ? `· ${count}` : "");
   setText($("#total-inflight"), String(count));
   $("#inflight-empty").hidden = count > 0;
+  $("#inflight").parentElement.hidden = count === 0; // no empty header row on a quiet relay
 }
 
 function newRow(upload, names, body, atTop) {
@@ -212,7 +213,7 @@ function renderFinished(upload) {
   setText(cells.size, formatBytes(upload.bytes));
   const took = upload.finishedAt && upload.startedAt ? upload.finishedAt - upload.startedAt : NaN;
   setText(cells.time, `${formatTime(upload.finishedAt)} (${formatDuration(took)})`);
-  const digests = upload.parts.filter(Boolean).map((part) => `${part.filename || part.field || "body"}  ${part.sha256 || "–"}`);
+  const digests = upload.parts.filter(Boolean).map((part) => `${part.filename || part.field || "body"}\n${part.sha256 || "–"}`);
   setText(cells.sha256, digests.join("\n"));
 }
 

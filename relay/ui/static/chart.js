@@ -24,10 +24,11 @@ export class ThroughputChart {
     const now = Math.floor(Date.now() / 1000 + this.skew);
     const first = now - SECONDS + 1;
     for (const second of this.buckets.keys()) if (second < first) this.buckets.delete(second);
-    // The newest full second is `now - 1`: the current one is still filling.
     const values = [];
     for (let second = first; second <= now; second += 1) values.push(this.buckets.get(second) || 0);
-    this.label.textContent = `· now ${formatRate(values[values.length - 2] || 0)}`;
+    // "now": the mean of the last 3 full seconds (the current second is still filling).
+    const recent = values.slice(-4, -1);
+    this.label.textContent = `· now ${formatRate(recent.reduce((a, b) => a + b, 0) / recent.length)}`;
 
     const { canvas } = this;
     const ratio = window.devicePixelRatio || 1;
