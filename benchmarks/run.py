@@ -16,7 +16,11 @@ It then measures, every pass interleaving the paths (A B C A B C ...):
     (`curl -F`): median/min/max MB/s, ratios vs direct and nginx, relay CPU-s/GiB, page faults/GiB, peak RSS;
   - memory: relay peak RSS for 16 MiB, 256 MiB, 1 GiB and 4 GiB uploads;
   - concurrency: 32 concurrent 64 MiB uploads (`curl -Z`), aggregate MB/s and peak RSS;
-  - small uploads: 2,000 keep-alive uploads of 1 KiB from a raw-socket client, p50/p99 latency.
+  - small uploads: 2,000 keep-alive uploads of 1 KiB from a raw-socket client, p50/p99 latency;
+  - resumable (tus) uploads of the same 1 GiB file, in the throughput reps (benchmarks/resumable.py): one append,
+    16 MiB appends, and the plain upload by the same raw-socket sender as reference; ratios to the plain upload,
+    spool write MB/s, relay CPU-s/GiB; and one-append uploads in the memory section (peak RSS, 16 MiB to 4 GiB).
+    The relays run with `--spool <run dir>` (the data's disk) and forward finished resumable uploads raw.
 Every upload is checked: HTTP 200 and the byte count the upstream reports must equal the bytes sent.
 Peak RSS is VmHWM summed over the server's process tree, reset through /proc/PID/clear_refs before each
 upload; CPU is utime+stime of the tree from /proc/PID/stat. Linux only; needs curl. The chart needs
@@ -40,8 +44,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import resumable
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -341,6 +348,7 @@ class Suite:
                 digest,
                 "--max-body-size",
                 "0",
+                *resumable.relay_args(self.run_dir, name),
             ]
             self.paths[name] = self._start(Server(name, cmd, p, self.run_dir))
             self.relays.add(name)
@@ -397,6 +405,45 @@ class Suite:
     def measured(self, name: str) -> list[int]:
         return self.paths[name].pids() if name in self.relays else []
 
+    # -- what benchmarks/resumable.py needs (its Host protocol)
+    def url(self, name: str) -> str:
+        return self.paths[name].url
+
+    def port(self, name: str) -> int:
+        return self.paths[name].port
+
+    def meter(self, name: str) -> Callable[[], dict[str, Any]]:
+        """Reset the path's peak RSS and start counting its CPU; call the result when the upload is done."""
+        pids = self.measured(name)
+        reset_hwm(pids)
+        cpu0, flt0 = _stat(pids)
+
+        def done() -> dict[str, Any]:
+            now = self.measured(name)
+            cpu1, flt1 = _stat(now)
+            return dict(
+                cpu=cpu1 - cpu0,
+                faults=flt1 - flt0,
+                hwm_kib=status_kib(now, "VmHWM"),
+                rss_kib=status_kib(now, "VmRSS"),
+            )
+
+        return done
+
+    def tus_relays(self) -> list[str]:
+        return [n for n in resumable.RESUMABLE_RELAYS if n in self.paths] if "resumable" in self.a.sections else []
+
+    def resumable_upload(self, name: str, workload: str, path: Path, tag: str) -> dict[str, Any]:
+        r = resumable.upload(self, name, workload, path, tag)
+        extra = f"  appends {r['appends']}" if "appends" in r else ""
+        if r.get("spool_secs"):
+            extra += f"  spool {r['spool_bytes'] / r['spool_secs'] / 1e6:.0f} MB/s"
+        log(
+            f"  {name:>13} {workload:<11} {tag:<8} {r['mb_s']:8.1f} MB/s  {r['secs']:.2f}s  cpu {r['cpu']:.2f}s  "
+            f"peak RSS {r['hwm_kib'] / 1024:.1f} MiB{extra}" + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
+        )
+        return r
+
     # -- one big upload with accounting
     def upload(self, name: str, workload: str, path: Path, tag: str) -> dict[str, Any]:
         url = self.paths[name].url + URL_PATH
@@ -448,25 +495,51 @@ class Suite:
         r["ok"] = r["status"] == 200 and r["bytes"] > 0 and r["upstream_bytes"] == r["bytes"]
         r["mb_s"] = r["bytes"] / r["secs"] / 1e6 if r["ok"] and r["secs"] > 0 else 0.0
         log(
-            f"  {name:>13} {workload:<9} {tag:<8} {r['mb_s']:8.1f} MB/s  cpu {r['cpu']:.2f}s  "
+            f"  {name:>13} {workload:<11} {tag:<8} {r['mb_s']:8.1f} MB/s  cpu {r['cpu']:.2f}s  "
             f"peak RSS {r['hwm_kib'] / 1024:.1f} MiB" + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
         )
         return r
 
     # -- sections
-    def throughput(self) -> None:
+    def throughput(self, plain: bool = True) -> None:
+        """The plain workloads and, each rep after them, the resumable rows (plain=False: those alone)."""
         a = self.a
         f = data_file(Path(a.data_dir), a.size)
         warm = data_file(Path(a.data_dir), min(a.size, 16 * MiB))
-        log(f"== throughput: {label(a.size)} x {a.reps} reps, interleaved")
+        tus = self.tus_relays()
+        tus_file = data_file(Path(a.data_dir), a.resumable_size) if tus else f
+        if tus and self.res["meta"].get("disk_mb_s") is None:
+            self.res["meta"]["disk_mb_s"] = resumable.disk_probe(self.run_dir, min(a.resumable_size, 256 * MiB))
+            resumable.file_sha256(tus_file)  # before the clock runs
+        log(
+            f"== throughput: {label(a.size)} x {a.reps} reps, interleaved"
+            + (f"; resumable {label(a.resumable_size)}, appends of {label(a.append_size)}" if tus else "")
+        )
         for name in self.paths:
-            self.upload(name, "raw", warm, "warm-up")
+            if plain:
+                self.upload(name, "raw", warm, "warm-up")
+            if tus and name != "sink-check":
+                self.resumable_upload(name, resumable.SOCK, warm, "warm-up")
+            if name in tus:
+                for workload in (resumable.ONE, resumable.APPENDS):
+                    self.resumable_upload(name, workload, warm, "warm-up")
         for rep in range(a.reps):
-            for workload in WORKLOADS:
+            tag = f"rep{rep + 1}"
+            for workload in WORKLOADS if plain else ():
                 for name in self.paths:
                     if name == "sink-check" and workload != "raw":
                         continue
-                    self.res["throughput"].append(self.upload(name, workload, f, f"rep{rep + 1}"))
+                    self.res["throughput"].append(self.upload(name, workload, f, tag))
+            if not tus:
+                continue
+            # the reference and the resumable rows of one relay back to back: noise shared within the pair
+            for name in self.paths:
+                if name == "sink-check":
+                    continue
+                self.res["throughput"].append(self.resumable_upload(name, resumable.SOCK, tus_file, tag))
+                if name in tus:
+                    for workload in (resumable.ONE, resumable.APPENDS):
+                        self.res["throughput"].append(self.resumable_upload(name, workload, tus_file, tag))
 
     def memory(self) -> None:
         log("== memory growth")
@@ -475,6 +548,8 @@ class Suite:
             for name in self.paths:
                 if name in self.relays and name != "sink-check":
                     self.res["memory"].append(self.upload(name, "raw", f, label(size)))
+                if name in self.tus_relays():
+                    self.res["memory"].append(self.resumable_upload(name, resumable.ONE, f, label(size)))
 
     def concurrency(self) -> None:
         n, size = self.a.conc, self.a.conc_size
@@ -609,6 +684,10 @@ class Suite:
             "curl": out(["curl", "--version"]).splitlines()[0] if shutil.which("curl") else "-",
             "nginx": out([nginx, "-v"]) if "nginx" in self.paths else "not run",
             "commit": out(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"]),
+            "dirty": [
+                line.strip()
+                for line in out(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "relay"]).splitlines()
+            ],
             "upstream": self.a.upstream,
         }
 
@@ -621,15 +700,21 @@ class Suite:
         t0 = time.monotonic()
         self.res["meta"]["errors"] = []
         for section in ("throughput", "memory", "concurrency", "small"):
-            if section not in a.sections:
+            resumable_only = section == "throughput" and "resumable" in a.sections
+            if section not in a.sections and not resumable_only:
                 continue
             try:
-                getattr(self, section)()
+                if section == "throughput":
+                    self.throughput(plain="throughput" in a.sections)
+                else:
+                    getattr(self, section)()
             except Exception as exc:  # keep what the other sections measured
                 import traceback
 
                 log(traceback.format_exc())
                 self.res["meta"]["errors"].append(f"{section}: {exc!r}")
+        if self.tus_relays():
+            self.res["meta"]["spool_left"] = resumable.spool_left(self.run_dir, self.tus_relays())
         self.res["meta"].update(self.meta())
         self.res["meta"]["seconds"] = round(time.monotonic() - t0, 1)
         out = Path(a.out)
@@ -703,7 +788,11 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     v = ratio("multipart", "relay-sha256", "direct")
     rows.append(("multipart with sha256 >= 0.55x direct", "relay-sha256", _f(v, "{:.2f}x"), verdict(v, 0.55)))
     for relay in ("relay-sha256", "relay-none"):
-        hwms = [r["hwm_kib"] / 1024 for r in res["throughput"] + res["memory"] if r["path"] == relay and r["ok"]]
+        hwms = [
+            r["hwm_kib"] / 1024
+            for r in res["throughput"] + res["memory"]
+            if r["path"] == relay and r["ok"] and r["workload"] in WORKLOADS
+        ]
         peak = max(hwms) if hwms else None
         rows.append(
             (
@@ -715,9 +804,9 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 else verdict(peak, 64, higher=False),
             )
         )
-        mem = [r["hwm_kib"] / 1024 for r in res["memory"] if r["path"] == relay and r["ok"]]
+        mem = [r["hwm_kib"] / 1024 for r in res["memory"] if r["path"] == relay and r["ok"] and r["workload"] == "raw"]
         spread = (max(mem) - min(mem)) if len(mem) >= 2 else None
-        sizes = [r["size"] for r in res["memory"] if r["path"] == relay]
+        sizes = [r["size"] for r in res["memory"] if r["path"] == relay and r["workload"] == "raw"]
         span = f"{label(min(sizes))}..{label(max(sizes))}" if sizes else "sizes"
         rows.append(
             (
@@ -767,11 +856,13 @@ def render(res: dict[str, Any]) -> str:
     lines: list[str] = []
     add = lines.append
     args = meta.get("args", {})
+    labels = {**WORKLOADS, **resumable.workload_labels(int(args.get("append_size") or 16 * MiB))}
     add(f"# Upload relay benchmark, {meta.get('date', '')}")
     add("")
     add(
         f"Command: `{meta.get('command', '')}` ({meta.get('seconds', '?')} s). Commit {meta.get('commit', '-')}, "
         f"Python {meta.get('python')}, kernel {meta.get('kernel')}, {meta.get('cpus')} CPUs."
+        + (f" Uncommitted changes under relay/: {', '.join(meta['dirty'])}." if meta.get("dirty") else "")
     )
     add(
         "Versions: "
@@ -789,6 +880,12 @@ def render(res: dict[str, Any]) -> str:
     add("")
     if s:
         add(f"## Throughput: {label(int(args.get('size', 0)))}, {args.get('reps')} reps interleaved")
+        if any(r["workload"] not in WORKLOADS for r in res["throughput"]):
+            add("")
+            add(
+                f"The raw-socket and tus rows upload {label(int(args.get('resumable_size') or 0))} (see"
+                ' "Resumable uploads" below); their MB/s count the whole exchange, creation included.'
+            )
         add("")
         add(
             "| workload | path | median MB/s | min | max | vs direct | vs nginx | relay CPU-s/GiB | "
@@ -801,7 +898,7 @@ def render(res: dict[str, Any]) -> str:
             for name, x in paths.items():
                 measured = name != "direct"
                 add(
-                    f"| {WORKLOADS[workload]} | {name} | **{x['median']:.0f}** | {x['min']:.0f} | {x['max']:.0f} | "
+                    f"| {labels[workload]} | {name} | **{x['median']:.0f}** | {x['min']:.0f} | {x['max']:.0f} | "
                     f"{_f(x['median'] / direct if direct else None, '{:.2f}')} | "
                     f"{_f(x['median'] / nginx if nginx else None, '{:.2f}')} | "
                     f"{_f(x['cpu_gib'] if measured else None, '{:.2f}')} | "
@@ -821,11 +918,12 @@ def render(res: dict[str, Any]) -> str:
         add("## Memory growth: relay peak RSS (MiB) per upload size (`curl -T`)")
         add("")
         sizes = sorted({r["size"] for r in res["memory"]})
-        names = list(dict.fromkeys(r["path"] for r in res["memory"]))
+        names = list(dict.fromkeys((r["path"], r["workload"]) for r in res["memory"]))
         add("| path | " + " | ".join(label(z) for z in sizes) + " | spread | MB/s at each size |")
         add("|---|" + "---:|" * len(sizes) + "---:|---|")
-        for name in names:
-            rows = {r["size"]: r for r in res["memory"] if r["path"] == name}
+        for path, workload in names:
+            name = path if workload == "raw" else f"{path}, {labels[workload]}"
+            rows = {r["size"]: r for r in res["memory"] if r["path"] == path and r["workload"] == workload}
             hw = [rows[z]["hwm_kib"] / 1024 for z in sizes if z in rows]
             add(
                 f"| {name} | "
@@ -838,6 +936,7 @@ def render(res: dict[str, Any]) -> str:
                 + " |"
             )
         add("")
+    lines += resumable.render(res)
     if res["concurrency"]:
         r0 = res["concurrency"][0]
         add(f"## Concurrency: {r0['n']} concurrent {label(r0['size'])} uploads (`curl -Z --parallel-immediate`)")
@@ -927,13 +1026,17 @@ def make_chart(res: dict[str, Any], path: Path) -> bool:
             ax.set_title(f"{label(int(res['meta']['args']['size']))} uploads")
             ax.legend(fontsize=7)
         elif panel == "memory":
-            for name in dict.fromkeys(r["path"] for r in res["memory"]):
-                rows = sorted((r for r in res["memory"] if r["path"] == name), key=lambda r: r["size"])
+            for name, workload in dict.fromkeys((r["path"], r["workload"]) for r in res["memory"]):
+                rows = sorted(
+                    (r for r in res["memory"] if r["path"] == name and r["workload"] == workload),
+                    key=lambda r: r["size"],
+                )
+                tus = workload != "raw"
                 ax.plot(
                     [r["size"] / MiB for r in rows],
                     [r["hwm_kib"] / 1024 for r in rows],
-                    "o-",
-                    label=name,
+                    "s--" if tus else "o-",
+                    label=f"{name} (tus)" if tus else name,
                     color=colors.get(name),
                 )
             ax.set_xscale("log", base=2)
@@ -964,10 +1067,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 4 MiB, 1 rep, memory 1/4 MiB, 4 x 1 MiB concurrent, 20 small uploads, no nginx",
+        help="smoke run: 4 MiB, 1 rep, memory 1/4 MiB, 4 x 1 MiB concurrent, 20 small uploads, no nginx; "
+        "resumable 16 MiB in 4 MiB appends",
     )
     p.add_argument("--size", type=parse_size, default=GiB, help="throughput upload size (default 1GiB)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument(
+        "--resumable-size",
+        type=parse_size,
+        default=None,
+        help="size of the resumable (tus) uploads and their plain reference (default: --size)",
+    )
+    p.add_argument("--append-size", type=parse_size, default=16 * MiB, help="tus append size (default 16MiB)")
     p.add_argument(
         "--memory-sizes",
         type=lambda t: [parse_size(x) for x in t.split(",")],
@@ -981,8 +1092,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sections",
         type=lambda t: t.split(","),
-        default=["throughput", "memory", "concurrency", "small"],
-        help="comma-separated subset of throughput,memory,concurrency,small",
+        default=["throughput", "memory", "concurrency", "small", "resumable"],
+        help="comma-separated subset of throughput,memory,concurrency,small,resumable (resumable: the tus rows "
+        "in the throughput reps and the memory section)",
     )
     p.add_argument(
         "--skip",
@@ -1016,11 +1128,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ("conc", 4),
             ("conc_size", MiB),
             ("small", 20),
+            ("resumable_size", 16 * MiB),
+            ("append_size", 4 * MiB),
         ):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
         if "nginx" not in args.skip:
             args.skip.append("nginx")
+    if args.resumable_size is None:
+        args.resumable_size = args.size
     return args
 
 
