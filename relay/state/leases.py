@@ -1,0 +1,141 @@
+"""Caps across relays as leases: a slot is a member of a sorted set whose score is when it expires.
+
+Why leases and not INCR/DECR: a relay that dies between the two leaks its slot forever. A lease runs out by
+itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 30 s, while a live
+relay renews every lease it holds every RENEW_EVERY seconds.
+
+TAKE (one Lua script, registered once, EVALSHA) does, atomically for each cap that is set (the global one
+and the client's): drop expired members, compare the count with the cap, and only if every cap has room add
+the new lease to each set. Times are Redis's own (`TIME`), so relays' clocks never compare with each other;
+the lease is generous against a server clock step. RENEW re-adds (ZADD, not XX) every lease still held, so
+after a Redis restart that lost the sets the counts are right again within one renewal.
+
+The check is one await on the head of a request (before the body is read), never per chunk. While Redis is
+down (or slower than TAKE_TIMEOUT) the caps fall back to this relay's own count, which the proxy checks in any
+case; the lease is kept locally and written at the next renewal once Redis is back. Releases go through the
+write queue (relay/state/writer.py), so `give_back` never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from redis.asyncio import Redis
+
+from relay.errors import TooManyUploads
+from relay.state.link import ERRORS, Link
+from relay.state.writer import Keys, WriteQueue
+
+__all__ = ["LEASE_SECONDS", "RENEW_EVERY", "Leases"]
+
+LEASE_SECONDS = 30
+RENEW_EVERY = 10.0
+TAKE_TIMEOUT = 0.5
+
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[2])
+for k = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  if redis.call('ZCARD', KEYS[k]) >= tonumber(ARGV[2 + k]) then return k end
+end
+for k = 1, #KEYS do
+  redis.call('ZADD', KEYS[k], now + lease, ARGV[1])
+  redis.call('EXPIRE', KEYS[k], lease * 2)
+end
+return 0
+"""
+
+RENEW = """
+local t = redis.call('TIME')
+local until_ = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', ARGV[i], until_, ARGV[i + 1])
+  redis.call('EXPIRE', ARGV[i], tonumber(ARGV[1]) * 2)
+end
+return 0
+"""
+
+
+class Leases:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        link: Link,
+        queue: WriteQueue,
+        relay_id: str,
+        *,
+        max_concurrent: int | None,
+        max_per_client: int | None,
+    ) -> None:
+        self.keys = keys
+        self.link = link
+        self.queue = queue
+        self.relay_id = relay_id
+        self.max_concurrent = max_concurrent
+        self.max_per_client = max_per_client
+        self._take = client.register_script(TAKE)
+        self._renew = client.register_script(RENEW)
+        self._numbers = itertools.count()
+        self.held: dict[str, list[str]] = {}  # lease (the member) -> the sorted sets it is in
+
+    @property
+    def wanted(self) -> bool:
+        return self.max_concurrent is not None or self.max_per_client is not None
+
+    async def take(self, client_key: str) -> str | None:
+        """A lease on every cap that is set, or TooManyUploads; None when no cap is set."""
+        if not self.wanted:
+            return None
+        caps: list[tuple[str, int, str]] = []
+        if self.max_concurrent is not None:
+            caps.append((self.keys.cap("uploads"), self.max_concurrent, f"{self.max_concurrent} uploads are"))
+        if self.max_per_client is not None:
+            caps.append(
+                (self.keys.cap(f"client:{client_key}"), self.max_per_client, f"{self.max_per_client} uploads from "
+                 f"{client_key} are")
+            )  # fmt: skip
+        member = f"{self.relay_id}:{next(self._numbers)}"
+        self.held[member] = [key for key, _, _ in caps]
+        if not self.link.is_up:
+            return member  # per relay until Redis is back: the proxy's own count applies
+        try:
+            async with asyncio.timeout(TAKE_TIMEOUT):
+                full = await self._take(
+                    keys=[key for key, _, _ in caps], args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps)]
+                )
+        except ERRORS as exc:
+            self.link.down(exc)
+            return member
+        if full:
+            del self.held[member]
+            raise TooManyUploads(f"{caps[int(full) - 1][2]} in progress; try again shortly")
+        return member
+
+    def give_back(self, member: str | None) -> None:
+        keys = self.held.pop(member, None) if member is not None else None
+        for key in keys or ():
+            assert member is not None
+            self.queue.release(key, member)
+
+    async def renew_once(self) -> None:
+        args: list[str | int] = [LEASE_SECONDS]
+        for member, keys in self.held.items():
+            for key in keys:
+                args += [key, member]
+        if len(args) > 1:
+            await self._renew(args=args)
+
+    async def run(self) -> None:
+        """Renew every RENEW_EVERY seconds, and at once when Redis is back after an outage."""
+        while True:
+            await self.link.wait_up()
+            try:
+                await self.renew_once()
+            except ERRORS as exc:
+                self.link.down(exc)
+                continue
+            await asyncio.sleep(RENEW_EVERY)

@@ -1,0 +1,265 @@
+"""Shared state in Redis (`--redis URL`): the registry, the events and the caps of every relay on one Redis.
+
+Theory of operation
+-------------------
+The data path does not change: `RedisUploadRegistry.apply` updates this relay's own in-memory registry (its
+"local view", which `get`, `is_active` and `recent` read synchronously, as before) and marks the record dirty;
+`RedisEventBus.publish` queues the event. Neither waits. Background jobs, started by `start()` in the app's
+lifespan, do the talking:
+  - Flusher (relay/state/writer.py): everything queued, one EVALSHA per FLUSH_INTERVAL (100 ms) at most;
+  - Fanout (relay/state/feed.py): XREAD BLOCK on the stream of every upload, for this relay's SSE clients;
+  - Leases (relay/state/leases.py): renews the caps' leases this relay holds;
+  - Heartbeat and Sweeper (relay/state/heartbeats.py): liveness, and `relay_lost` for a dead relay's uploads;
+  - Link.watch (relay/state/link.py): after an error, PING with backoff until Redis answers again.
+What may await Redis: the admin endpoints (`lookup`, `listing`, `follow`) and `take_slots`, once per request
+before its body. Redis trouble is never an exception out of here: jobs mark the link down, reads fall back to
+the local view, caps to the relay's own count, and health says `degraded` until Redis answers again.
+
+Keys (all under the prefix, default `relay:`): `upload:<id>` (hash: json, fin, gen, relay; key TTL),
+`index` (sorted set by start time), `active` (hash id -> relay), `events` and `events:<id>` (streams),
+`relay:<relay id>` (heartbeat), `cap:uploads` and `cap:client:<address>` (leases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from relay.bus import Subscription
+from relay.core.events import Event, ResumableNote
+from relay.state.base import FeedEntry
+from relay.state.codec import decode_record
+from relay.state.feed import Fanout, follow_all, follow_upload, fresher
+from relay.state.heartbeats import Heartbeat, Sweeper
+from relay.state.leases import Leases
+from relay.state.link import ERRORS, Link
+from relay.state.writer import FLUSH, Batch, Flusher, Keys, WriteQueue, flush_args
+from relay.uploads import InMemoryUploadRegistry, UploadRecord
+
+__all__ = ["RedisEventBus", "RedisState", "RedisUploadRegistry", "connect", "ping"]
+
+READ_TIMEOUT = 2.0
+STOP_TIMEOUT = 2.0
+BLOCK_SLACK = 3.0  # the fan-out's XREAD BLOCK (1 s) must never look like a dead socket
+
+
+def connect(url: str, *, read_timeout: float = READ_TIMEOUT) -> Redis:
+    """A client that fails fast: no retries of its own (the jobs retry, with backoff, through Link)."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=read_timeout + BLOCK_SLACK,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+async def ping(url: str, timeout: float = 3.0) -> None:
+    """Raise (ConnectionError, TimeoutError, a RedisError, ValueError for a bad URL) unless Redis answers."""
+    client = connect(url)
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+    finally:
+        await client.aclose()
+
+
+class RedisUploadRegistry:
+    """The local view plus the write queue (see the module docstring)."""
+
+    def __init__(self, local: InMemoryUploadRegistry, queue: WriteQueue) -> None:
+        self.local = local
+        self.queue = queue
+
+    def apply(self, event: Event | ResumableNote) -> None:
+        self.local.apply(event)
+        record = self.local.get(event.upload_id)
+        if record is not None:
+            self.queue.record(record)
+
+    def get(self, upload_id: str) -> UploadRecord | None:
+        return self.local.get(upload_id)
+
+    def is_active(self, upload_id: str) -> bool:
+        return self.local.is_active(upload_id)
+
+    def recent(self, limit: int = 100) -> list[UploadRecord]:
+        return self.local.recent(limit)
+
+
+class RedisEventBus:
+    """`publish` queues for Redis; subscribers get every relay's events back from the stream."""
+
+    def __init__(self, queue: WriteQueue, fanout: Fanout) -> None:
+        self.queue = queue
+        self.fanout = fanout
+        self._subscribers: set[Subscription] = set()
+        fanout.sinks.append(self._deliver)
+
+    def publish(self, event: Event) -> None:
+        self.queue.event(event)
+
+    def subscribe(self, upload_id: str | None = None) -> Subscription:
+        subscription = Subscription(upload_id)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
+        self._subscribers.discard(subscription)
+
+    def _deliver(self, event: Event) -> None:
+        for subscription in tuple(self._subscribers):
+            if subscription.matches(event):
+                subscription.put(event)
+                if subscription.closed:
+                    self._subscribers.discard(subscription)
+
+
+class RedisState:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        metrics: CollectorRegistry,
+        max_concurrent: int | None = None,
+        max_per_client: int | None = None,
+        registry_size: int = 1000,
+        registry_ttl: float = 3600.0,
+    ) -> None:
+        self.relay_id = secrets.token_hex(6)
+        self.keys = Keys(prefix)
+        self.ttl = registry_ttl
+        self.link = Link()
+        self.client = connect(url)
+        self.reader = connect(url)  # the fan-out's blocking XREAD gets a connection of its own
+        self.errors = Counter(
+            "relay_state_errors", "Records and events that could not be written to Redis", registry=metrics
+        )
+        self.queue = WriteQueue(self.relay_id, self.errors.inc)
+        self._flush = self.client.register_script(FLUSH)
+        self.flusher = Flusher(self.queue, self._flush, self.link, self.flush_args, self.errors.inc)
+        self.fanout = Fanout(self.reader, self.keys, self.link)
+        self.leases = Leases(
+            self.client,
+            self.keys,
+            self.link,
+            self.queue,
+            self.relay_id,
+            max_concurrent=max_concurrent,
+            max_per_client=max_per_client,
+        )
+        self.heartbeat = Heartbeat(self.client, self.keys, self.link, self.relay_id)
+        self.sweeper = Sweeper(self.client, self.keys, self.link, self.relay_id, self._flush, self.flush_args)
+        self._registry = RedisUploadRegistry(
+            InMemoryUploadRegistry(max_finished=registry_size, ttl=registry_ttl), self.queue
+        )
+        self._bus = RedisEventBus(self.queue, self.fanout)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def bus(self) -> RedisEventBus:
+        return self._bus
+
+    @property
+    def registry(self) -> RedisUploadRegistry:
+        return self._registry
+
+    def flush_args(self, batch: Batch) -> list[str | int | float]:
+        return flush_args(self.keys, batch, relay_id=self.relay_id, finished_ttl=self.ttl)
+
+    async def start(self) -> None:
+        jobs: list[Coroutine[Any, Any, None]] = [
+            self.link.watch(self.client),
+            self.flusher.run(),
+            self.fanout.run(),
+            self.heartbeat.run(),
+            self.sweeper.run(),
+        ]
+        if self.leases.wanted:
+            jobs.append(self.leases.run())
+        self._tasks = [asyncio.create_task(job) for job in jobs]
+
+    async def stop(self) -> None:
+        """Write what is still queued (bounded), give back the leases, say goodbye, close."""
+        for member in list(self.leases.held):
+            self.leases.give_back(member)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.link.is_up:
+            with contextlib.suppress(*ERRORS):
+                await self.flusher.flush_once(timeout=STOP_TIMEOUT)
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await self.heartbeat.forget()
+        for client in (self.client, self.reader):
+            with contextlib.suppress(*ERRORS):
+                await client.aclose()
+
+    def problem(self) -> str | None:
+        return None if self.link.is_up else f"redis unreachable ({self.link.error})"
+
+    async def lookup(self, upload_id: str) -> UploadRecord | None:
+        local = self._registry.local.get(upload_id)
+        if not self.link.is_up:
+            return local
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                text = await self.client.hget(self.keys.upload(upload_id), "json")
+        except ERRORS as exc:
+            self.link.down(exc)
+            return local
+        return fresher(local, None if text is None else decode_record(text))
+
+    async def listing(self, limit: int) -> list[UploadRecord]:
+        local = self._registry.local.recent(limit)
+        if not self.link.is_up:
+            return local
+        try:
+            stored = await self._stored_recent(limit)
+        except ERRORS as exc:
+            self.link.down(exc)
+            return local
+        merged = {record.id: record for record in stored}
+        for record in local:
+            merged[record.id] = fresher(record, merged.get(record.id)) or record
+        return sorted(merged.values(), key=lambda record: record.started_at, reverse=True)[:limit]
+
+    async def _stored_recent(self, limit: int) -> list[UploadRecord]:
+        async with asyncio.timeout(READ_TIMEOUT):
+            ids: list[bytes] = list(await self.client.zrevrange(self.keys.index, 0, limit - 1))  # type: ignore[arg-type]
+            if not ids:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for upload_id in ids:
+                    pipe.hget(self.keys.upload(upload_id.decode()), "json")
+                texts = await pipe.execute()
+            gone = [upload_id for upload_id, text in zip(ids, texts, strict=True) if text is None]
+            if gone:  # expired records: their index entries go too
+                await self.client.zrem(self.keys.index, *gone)
+        return [decode_record(text) for text in texts if text is not None]
+
+    def follow(
+        self, upload_id: str | None, last_event_id: str | None, *, unknown_wait: float
+    ) -> AsyncIterator[FeedEntry] | None:
+        if upload_id is None:
+            return follow_all(self.client, self.keys, self.fanout, last_event_id)
+        local = self._registry.local.get
+        return follow_upload(self.client, self.keys, self.fanout, local, upload_id, last_event_id, unknown_wait)
+
+    async def take_slots(self, upload_id: str, client: str) -> str | None:
+        return await self.leases.take(client)
+
+    def give_back(self, lease: str | None) -> None:
+        self.leases.give_back(lease)
