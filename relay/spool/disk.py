@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import queue
@@ -58,7 +59,10 @@ class _Worker:
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            job()  # jobs catch their own errors
+            try:
+                job()  # jobs catch their own errors
+            except BaseException:  # never let one job end the thread: every later call would hang
+                continue
 
     def submit_write(self, job: Callable[[], None], size: int) -> None:
         with self.lock:
@@ -92,10 +96,16 @@ class _Worker:
         result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def job() -> None:
+            # `fn` runs even when the awaiting task was cancelled meanwhile (it may close a descriptor or fsync
+            # what an append handed over); its result then has nobody to go to.
             try:
-                result.set_result(fn())
+                value = fn()
             except BaseException as exc:  # handed to the awaiting task
-                result.set_exception(exc)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    result.set_exception(exc)
+                return
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                result.set_result(value)
 
         self.jobs.put(job)
         return await asyncio.wrap_future(result)

@@ -8,6 +8,7 @@ whatever lies past it. The durable offset is the data file's size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -300,3 +301,29 @@ def test_kill_9_mid_append_leaves_a_consistent_prefix(tmp_path: Path) -> None:
         return await read_all(spool, "victim")
 
     assert hashlib.sha256(run(resume, tmp_path)).digest() == hashlib.sha256(pool).digest()
+
+
+def test_a_cancelled_commit_still_runs_and_the_worker_survives(tmp_path: Path) -> None:
+    """A task cancelled while it awaits the worker (a superseded append) must not kill the writer thread:
+    the job still runs (the fsync, the close) and every later spool call still answers."""
+
+    async def scenario(spool: DiskSpool) -> tuple[int, bytes]:
+        await spool.create("up", b'{"v": 1}')
+        writer = await spool.writer("up", 0)
+        await writer.write(b"x" * 1000)
+        for _ in range(20):  # cancel at different moments of the worker's job
+            task = asyncio.create_task(spool.save_info("up", b'{"v": 1}'))
+            await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        commit = asyncio.create_task(writer.commit())
+        await asyncio.sleep(0)
+        commit.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await commit
+        size = await asyncio.wait_for(spool.offset("up"), 5)  # hangs if the worker thread died
+        return size, await asyncio.wait_for(read_all(spool, "up"), 5)
+
+    size, data = run(scenario, tmp_path)
+    assert (size, data) == (1000, b"x" * 1000)
