@@ -68,6 +68,7 @@ class By:
 
     ID = "id"
     CSS_SELECTOR = "css selector"
+    XPATH = "xpath"
 
 
 def screenshot_dir() -> Path:

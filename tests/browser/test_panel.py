@@ -256,3 +256,10 @@ def test_relay_cut_mid_upload_resumes_byte_exact(browser: Any, tus_relay: Any, t
     sha256 = make_file(file, 24 * MiB, seed=11)
     cut_mid_upload(browser, relay.url, file, restart)
     assert hashlib.sha256(sink_file(received, "cut.bin").read_bytes()).hexdigest() == sha256
+    # The dashboard on the same page followed it through the restart (its stream reconnected by itself).
+    row = wait_for(
+        lambda: browser.find_elements(By.XPATH, f"//table[@id='recent']//tr[contains(., '{sha256}')]"),
+        what="the dashboard's row with the file's sha256",
+    )[0]
+    assert "completed" in row.text
+    save_screenshot(browser, "panel-after-cut")

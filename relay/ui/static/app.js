@@ -183,8 +183,9 @@ function renderInFlight(upload) {
   setText(cells.rate, Date.now() - upload.seenAt > STALLED_AFTER ? "stalled" : formatRate(rate));
   setText(cells.eta, upload.total && rate > 0 ? formatDuration((upload.total - upload.bytes) / rate) : "–");
   let state = upload.state;
-  if (upload.resumable) state += ` · offset ${formatBytes(upload.offset ?? upload.bytes)}`;
-  if (upload.note) state += ` · ${upload.note}`;
+  // A resumable upload's bytes are its offset; the note says where its last append began or broke off.
+  if (upload.resumable) state += ` · offset ${formatBytes(upload.bytes)}`;
+  if (upload.note) state += ` · ${upload.note} at ${formatBytes(upload.offset)}`;
   setText(cells.state, state);
 }
 
