@@ -153,16 +153,16 @@ class UIApp:
 
     async def page(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.signed_in(scope):
-            await self.login_form(send, status=200, error="")
+            await self.login_form(send, status=200, error="", head=scope["method"] == "HEAD")
             return
         logout = _LOGOUT_FORM if self.admin_token is not None else ""
         body = self.index_html.replace("<!--logout-->", logout).encode()
         await self.respond(send, 200, body, _CONTENT_TYPES[".html"], head=scope["method"] == "HEAD")
 
-    async def login_form(self, send: Send, *, status: int, error: str) -> None:
+    async def login_form(self, send: Send, *, status: int, error: str, head: bool = False) -> None:
         message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
         body = self.login_html.replace("<!--error-->", message).encode()
-        await self.respond(send, status, body, _CONTENT_TYPES[".html"])
+        await self.respond(send, status, body, _CONTENT_TYPES[".html"], head=head)
 
     async def login(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _header(scope, b"sec-fetch-site") == "cross-site":

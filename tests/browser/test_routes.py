@@ -116,6 +116,13 @@ def test_with_a_session_the_dashboard_and_logout(credentials: dict[str, Any]) ->
     assert 'id="inflight"' in response.text and 'action="/_relay/ui/logout"' in response.text
 
 
+def test_head_has_no_body() -> None:
+    for token in (TOKEN, None):
+        response = call("HEAD", "/_relay/ui/", admin_token=token)
+        assert response.status_code == 200 and response.content == b""
+        assert int(response.headers["content-length"]) > 0
+
+
 def test_a_wrong_cookie_is_no_session() -> None:
     response = call("GET", "/_relay/ui/", headers={"Cookie": f"{SESSION_COOKIE}={session_value('another token')}"})
     assert 'name="token"' in response.text and "inflight" not in response.text
