@@ -14,7 +14,11 @@ Rules:
    rest of the body still goes into the spool, and the answer is the upstream's error (502/504), after which
    the same completing request (an empty PATCH at the full offset) forwards it again.
 3. An append ended by a newer request of the same upload (superseded) keeps what it received and answers
-   nothing; its connection is closed.
+   nothing; its connection is closed. It can be cancelled only while it waits for body bytes (the store's
+   Rule 2): opening the spool writer, recording the end and the completion's commit run to their end.
+4. A forward holds the upload's forward lock from the completing commit until the upstream's answer is
+   recorded; once every byte is in, the append lets go of the upload (HEAD answers at once). A completing
+   request that finds the lock held waits, then answers from the upload's state then (no second delivery).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ class Appends:
         )
         cut = request.req.content_length and request.req.content_length == decision.max_bytes
         try:
+            if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
+                raise asyncio.CancelledError
             if cut:
                 await self._cut_through(request, upload, live, location)
             else:
@@ -118,7 +124,7 @@ class Appends:
         except asyncio.CancelledError:
             if not handle.claim():
                 raise
-            # Superseded by a newer request of the same upload (Rule 1): keep what came, record the break.
+            # Superseded by a newer request of the same upload (Rule 3): keep what came, record the break.
             await self._end_append(request, upload, live, location, answer=False)
             abort = request.scope.get("extensions", {}).get("relay.abort")
             if abort is not None:
@@ -169,7 +175,8 @@ class Appends:
         answer: bool,
         failure: RelayError | None = None,
     ) -> Decision:
-        """Decide the append's end, make the spool match (Rule 2), save, report; answer unless told not to."""
+        """Decide the append's end, make the spool match (Rule 1), save, report; answer unless told not to."""
+        self.store.hold(upload.id, upload.writer)
         ended = live.ended and not live.overflow and failure is None
         decision = core.decide_append_end(
             request.req,
@@ -202,6 +209,7 @@ class Appends:
         if not answer:
             return decision
         if decision.action == "forward" and record is not None:
+            self.store.release(record.id)
             await self.forward(request, record)
         elif failure is None and decision.action != "none":
             await respond(request, replace(decision, upload=None))
@@ -216,8 +224,10 @@ class Appends:
     ) -> None:
         """The completing append, forwarded while it arrives (see the module docstring)."""
         committed: list[ResumableUpload] = []
+        lock = self.store.forward_lock(upload.id)
 
         async def on_last() -> None:
+            self.store.hold(upload.id, upload.writer)
             ok = live.checksum_ok
             if ok is False:
                 raise ChecksumMismatch()
@@ -234,16 +244,22 @@ class Appends:
             )
             if decision.action != "forward" or decision.upload is None:
                 raise _Refused(decision)
+            await lock.acquire()  # free: no forward runs while the upload is appending (Rule 4)
             await live.writer.commit()
             committed.append(decision.upload)
             await self.store.save(decision.upload)
+            self.store.release(upload.id)
 
         forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed)
-        await forward.run()
-        request.body_read = live.ended
-        if committed:
-            await self._after_forward(request, committed[0], forward)
-            return
+        try:
+            await forward.run()
+            request.body_read = live.ended
+            if committed:
+                await self._after_forward(request, committed[0], forward)
+                return
+        finally:
+            if lock.locked() and committed:
+                lock.release()
         # The forward ended before the file was complete: say why, keep the bytes (Rule 3).
         error = forward.error
         if isinstance(error, _Refused):
@@ -272,10 +288,19 @@ class Appends:
             await respond(request, core.decide_error(request.req.protocol, failure, limits=request.route.limits))
 
     async def forward(self, request: Request, upload: ResumableUpload) -> None:
-        """Every byte is in the spool: send the file upstream, answer with what came of it."""
-        forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload])
-        await forward.run()
-        await self._after_forward(request, upload, forward)
+        """Every byte is in the spool: send the file upstream, answer with what came of it (Rule 4)."""
+        async with self.store.forward_lock(upload.id):
+            current = self.store.get(upload.id)
+            if current is not None and current.state != core.FORWARDING:
+                # Another request's forward ended meanwhile: answer as the upload stands now.
+                now, limits = time.time(), request.route.limits
+                again = core.decide_append_begin(request.req, current, writer="", now=now, limits=limits)
+                await respond(request, replace(again, upload=None))
+                return
+            upload = current or upload
+            forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload])
+            await forward.run()
+            await self._after_forward(request, upload, forward)
 
     def _forwarder(
         self,

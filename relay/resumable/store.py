@@ -12,7 +12,14 @@ Rules:
    then writes what memory holds then): saves that overlap can never leave an older state on disk.
 2. One writer. An append registers an `OpenAppend`; a HEAD, PATCH or DELETE of the same upload first calls
    `settle`, which ends that append (its task is cancelled, it keeps what it received and records the
-   break) and waits until it has recorded its end.
+   break) and waits until it has recorded its end. The task is cancelled only while it waits for body
+   bytes (`cancellable`): while it opens its spool writer or records its end it is let finish (a cancel
+   there would lose the fsync or the record), and an append superseded before it could be cancelled
+   ends as soon as it looks (`allow_cancel` says False). Once every byte is in and the upload is
+   `forwarding`, the append lets go (`release`): a HEAD does not wait for the upstream.
+5. One forward at a time per upload (`forward_lock`): a completing request sent again while the first
+   one's forward is still running waits for it, then answers from what became of it (never a second
+   delivery).
 3. Start-up reads every info document back (`recover`): uploads whose append was cut by a crash keep the
    bytes the spool holds (or lose them when that append carried a checksum), a spool that lost bytes it had
    acknowledged fails the upload. The sweeper then runs every `SWEEP_SECONDS`, and once at start.
@@ -46,15 +53,24 @@ class OpenAppend:
     writer: str
     task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
     superseded: bool = False
+    cancellable: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def supersede(self) -> None:
-        """End this append from another request (Rule 2): cancel its task once."""
+        """End this append from another request (Rule 2): cancel its task once, if it may be cancelled now."""
         if self.superseded:
             return
         self.superseded = True
-        if self.task is not None and not self.task.done():
+        if self.cancellable and self.task is not None and not self.task.done():
             self.task.cancel()
+
+    def allow_cancel(self) -> bool:
+        """From now on a supersede cancels the task; False when it was superseded already."""
+        self.cancellable = True
+        return not self.superseded
+
+    def forbid_cancel(self) -> None:
+        self.cancellable = False
 
     def claim(self) -> bool:
         """Called on CancelledError: True when the cancel was a supersede alone (now undone), as IdleWatch.claim."""
@@ -72,6 +88,7 @@ class ResumableStore:
         self._uploads: dict[str, ResumableUpload] = {}
         self._open: dict[str, OpenAppend] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._forwards: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -139,6 +156,14 @@ class ResumableStore:
     def forget(self, upload_id: str) -> None:
         self._uploads.pop(upload_id, None)
         self._locks.pop(upload_id, None)
+        self._forwards.pop(upload_id, None)
+
+    def forward_lock(self, upload_id: str) -> asyncio.Lock:
+        """Held while the upload's file goes upstream (Rule 5)."""
+        lock = self._forwards.get(upload_id)
+        if lock is None:
+            lock = self._forwards[upload_id] = asyncio.Lock()
+        return lock
 
     def _lock(self, upload_id: str) -> asyncio.Lock:
         lock = self._locks.get(upload_id)
@@ -157,6 +182,19 @@ class ResumableStore:
         if self._open.get(upload_id) is handle:
             del self._open[upload_id]
         handle.done.set()
+
+    def hold(self, upload_id: str, writer: str | None) -> None:
+        """The append of `writer` records its end now: let it finish, cancel nothing (Rule 2)."""
+        handle = self._open.get(upload_id)
+        if handle is not None and handle.writer == writer:
+            handle.forbid_cancel()
+
+    def release(self, upload_id: str) -> None:
+        """The open append has every byte in and recorded (Rule 2): later requests need not wait for it."""
+        handle = self._open.get(upload_id)
+        if handle is not None:
+            handle.forbid_cancel()
+            self.close_append(upload_id, handle)
 
     async def settle(self, upload_id: str) -> None:
         """End the upload's open append, if any, and wait until it has recorded its end."""
