@@ -13,6 +13,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,10 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 from client.errors import ArgumentError, NetworkError
+from client.progress import UploadView
 from client.ranges import InOrderHasher, RangeSource, catch_up, hash_range
-from client.results import UploadResult
+from client.report import answer_summary, result_json
+from client.results import FileResult, ResumableInfo, UploadResult
 from client.resumable import ResumableOptions, backoff, upload_resumable
 from client.resumable_wire import IETF, TUS, metadata_header, repr_field
 from client.resume_store import ResumeStore, StoredUpload, default_directory, fingerprint
@@ -325,3 +329,31 @@ def test_standard_input_is_refused() -> None:
 
     with pytest.raises(ArgumentError):
         asyncio.run(refused())
+
+
+def test_progress_starts_at_the_resumed_offset_and_follows_rewinds() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, height=40)
+    view = UploadView(console, auto_refresh=False)
+    files = check_files([__file__]) * 2
+    tasks = view.add_files(files)
+    size = files[0].size or 0
+    observer = view.request(tasks[:1])
+    observer.moved_to(0, size // 2)  # resumed: the bar starts half full, without a burst of speed
+    task = view.progress.tasks[0]
+    assert task.completed == size // 2 and task.speed is None
+    observer.file_sent(0, 10)
+    assert view.progress.tasks[0].completed == size // 2 + 10
+    observer.moved_to(0, size // 4)  # a broken append: back to what the relay holds
+    assert view.progress.tasks[0].completed == size // 4
+    assert view.total_task is not None and view.progress.tasks[2].completed == size // 4
+
+
+def test_summary_of_a_resumable_result() -> None:
+    file = FileResult("a.bin", 100, "ab" * 32, 60, 1.0, relay_sha256="ab" * 32, match=True, complete=True)
+    info = ResumableInfo("tus", "http://r/resumable/1", resumed_from=40, upstream_status=200)
+    result = UploadResult(204, "1", 60, 1.0, [file], {"upstream_status": 200}, resumable=info, attempts=2)
+    out = result_json(result)
+    assert out["resumable"] is True and out["upload_url"] == "http://r/resumable/1"
+    assert (out["resumed_from"], out["attempts"], out["upstream_status"]) == (40, 2, 200)
+    assert out["files"][0]["partial"] is False  # the whole file is on the relay, 40 bytes of it from before
+    assert answer_summary(result, 0) == "upstream 200; resumed at 40; relay sha256 ok"

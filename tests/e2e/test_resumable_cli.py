@@ -9,6 +9,7 @@ sha256, and a resumed one also by the bytes sent: nothing the relay already had 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -431,3 +432,16 @@ def test_constant_memory_for_a_1gib_file(tmp_path: Path, env: dict[str, str]) ->
     assert out["relay_sha256"] == out["sha256"][str(path)]
     print(f"client peak RSS for 1 GiB: {peak_kib / 1024:.1f} MiB")
     assert 0 < peak_kib < 100 * 1024
+
+
+def test_plain_raw_upload_with_digest(relay: RunningServer, tmp_path: Path, env: dict[str, str]) -> None:
+    """The plain half of --digest: Repr-Digest of the file, read once before sending; the relay checks it."""
+    path = make_file(tmp_path / "plain.bin", 3 * MiB)
+    result = run_client(str(path), "--raw", "--digest", "--to", "/upload/p", "--relay", relay.url, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    out = one_json(result.stdout)
+    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode() + ":"
+    assert ["repr-digest", expected] in out["response"]["headers"]  # what the sink saw
+    refused = run_client(str(path), "--digest", "--to", "/upload/p", "--relay", relay.url, env=env)
+    assert refused.returncode == 2
+    assert "--digest needs --raw or --resumable" in refused.stderr
