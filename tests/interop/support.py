@@ -286,4 +286,9 @@ class TinyUpstream:
                 return
 
     def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, so the port is free at once
         self.server.close()
+        self._thread.join(5)

@@ -1,0 +1,196 @@
+"""Resumable uploads under faults: the relay killed mid-append, clients gone mid-PATCH, the upstream down or
+dying at completion, two appends racing. After each: the sink never holds a partial file, the upload ends
+byte-exact, and the spool keeps no data once it is delivered."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay.testing import start_relay, start_sink
+from tests.interop.support import (
+    OCTETS,
+    Stack,
+    TinyUpstream,
+    make_stack,
+    sha256,
+    tus_create,
+    tus_head,
+    tus_patch,
+    wait_for,
+)
+
+__all__ = ["make_stack"]
+
+
+def raw_patch(port: int, location: str, offset: int, length: int, body: bytes) -> socket.socket:
+    """A tus PATCH declaring `length` body bytes and sending only `body`: the connection is left open."""
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: relay\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Type: {OCTETS}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def finish(stack: Stack, location: str, data: bytes) -> httpx.Response:
+    """Resume from the offset HEAD reports and send the rest."""
+    with stack.client() as client:
+        head = tus_head(client, location)
+        assert head.status_code == 200, head.text
+        offset = int(head.headers["upload-offset"])
+        return tus_patch(client, location, offset, data[offset:])
+
+
+def assert_clean(stack: Stack, expected: list[bytes]) -> None:
+    """The sink holds exactly the complete files, nothing partial; the spool no data of delivered uploads."""
+    assert stack.partial_files() == []
+    assert sorted(stack.stored_hashes()) == sorted(sha256(d) for d in expected)
+    wait_for(lambda: stack.spool_data() == [], 5)
+
+
+@pytest.mark.parametrize("completing", [False, True], ids=["append", "completing-append"])
+def test_relay_killed_mid_append_resumes_byte_exact(make_stack: Callable[..., Stack], completing: bool) -> None:
+    stack = make_stack()
+    assert stack.relay is not None
+    data = os.urandom(6 * 1024 * 1024)
+    with stack.client() as client:
+        created = tus_create(client, "/upload/kill.bin", len(data))
+        location = created.headers["location"]
+        assert tus_patch(client, location, 0, data[: 1024 * 1024]).status_code == 204
+    length = len(data) - 1024 * 1024 if completing else 3 * 1024 * 1024
+    half = 1024 * 1024 + length // 2
+    sock = raw_patch(stack.relay.port, location, 1024 * 1024, length, data[1024 * 1024 : half])
+    time.sleep(0.5)
+    stack.kill_relay()
+    sock.close()
+    assert stack.partial_files() == [] or wait_for(lambda: stack.partial_files() == [], 5)
+    stack.start_relay(same_port=True)
+    with stack.client() as client:
+        offset = int(tus_head(client, location).headers["upload-offset"])
+    assert 1024 * 1024 <= offset <= half
+    on_disk = stack.spool / f"{location.rsplit('/', 1)[1]}.data"
+    assert on_disk.read_bytes()[:offset] == data[:offset]
+    last = finish(stack, location, data)
+    assert last.status_code == 204, last.text
+    assert last.headers["x-upload-sha256"] == sha256(data)
+    assert_clean(stack, [data])
+
+
+def test_client_gone_mid_patch_keeps_what_arrived(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    assert stack.relay is not None
+    data = os.urandom(4 * 1024 * 1024)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/gone.bin", len(data)).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        sock = raw_patch(stack.relay.port, location, 0, len(data), data[: 2 * 1024 * 1024])
+        time.sleep(0.3)
+        sock.close()
+        wait_for(lambda: stack.record(upload_id)["bytes"] > 0, 5)
+        offset = int(tus_head(client, location).headers["upload-offset"])
+        assert 0 < offset <= 2 * 1024 * 1024
+        record = stack.record(upload_id)
+        assert record["state"] == "receiving" and record["offset"] == offset
+    assert stack.stored() == [] and stack.partial_files() == []
+    assert finish(stack, location, data).status_code == 204
+    assert_clean(stack, [data])
+
+
+def test_upstream_down_at_completion_then_delivered_once(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    assert stack.sink is not None
+    data = os.urandom(500_000)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/down.bin", len(data)).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        assert tus_patch(client, location, 0, data[:200_000]).status_code == 204
+        stack.sink.stop()
+        failed = tus_patch(client, location, 200_000, data[200_000:])
+        assert failed.status_code == 502, failed.text
+        assert failed.json()["error"]["code"] == "upstream_unavailable"
+        assert failed.headers["x-upload-id"] == upload_id
+        assert tus_head(client, location).headers["upload-offset"] == str(len(data))
+        record = stack.record(upload_id)
+        assert record["state"] == "forwarding" and record["error"]["code"] == "upstream_unavailable"
+        again = tus_patch(client, location, len(data), b"")  # still down
+        assert again.status_code == 502
+        stack.start_sink()
+        delivered = tus_patch(client, location, len(data), b"")
+        assert delivered.status_code == 204, delivered.text
+        assert delivered.headers["x-upload-sha256"] == sha256(data)
+        replay = tus_patch(client, location, len(data), b"")
+        assert replay.status_code == 204 and replay.headers["x-upload-sha256"] == sha256(data)
+        assert stack.record(upload_id)["state"] == "completed"
+    assert_clean(stack, [data])
+
+
+def test_upstream_dies_mid_cut_through(tmp_path: Path) -> None:
+    upstream = TinyUpstream(read_limit=1024 * 1024, die=True)
+    stack = Stack(tmp_path, ())
+    stack.relay = start_relay("--spool", str(stack.spool), upstream=upstream.url)
+    stack.started.append(stack.relay)
+    try:
+        data = os.urandom(8 * 1024 * 1024)
+        with stack.client() as client:
+            location = tus_create(client, "/upload/die.bin", len(data)).headers["location"]
+            upload_id = location.rsplit("/", 1)[1]
+            answer = tus_patch(client, location, 0, data)
+            assert answer.status_code == 502, answer.text
+            assert len(upstream.requests) == 1 and len(upstream.requests[0][1]) < len(data)
+            assert tus_head(client, location).headers["upload-offset"] == str(len(data))
+            assert (stack.spool / f"{upload_id}.data").read_bytes() == data
+            assert stack.record(upload_id)["state"] == "forwarding"
+            upstream.close()
+            stack.sink = start_sink(stack.store, "--port", str(upstream.port))
+            stack.started.append(stack.sink)
+            delivered = tus_patch(client, location, len(data), b"")
+            assert delivered.status_code == 204, delivered.text
+        assert_clean(stack, [data])
+    finally:
+        stack.stop()
+        upstream.close()
+
+
+def test_two_appends_racing(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    assert stack.relay is not None
+    data = os.urandom(3 * 1024 * 1024)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/race.bin", len(data)).headers["location"]
+        first = raw_patch(stack.relay.port, location, 0, 2 * 1024 * 1024, data[: 1024 * 1024])
+        time.sleep(0.3)
+        second = tus_patch(client, location, 0, data[: 2 * 1024 * 1024])  # a client that came back
+        assert second.status_code == 409, second.text
+        kept = int(second.headers["upload-offset"])
+        assert 0 < kept <= 1024 * 1024
+        # the first request was ended: its connection is closed, and whatever it still sends is ignored
+        with contextlib.suppress(OSError):
+            first.sendall(data[1024 * 1024 : 2 * 1024 * 1024])
+        first.close()
+        assert int(tus_head(client, location).headers["upload-offset"]) == kept
+        resumed = tus_patch(client, location, kept, data[kept : 2 * 1024 * 1024])
+        assert resumed.status_code == 204
+        last = tus_patch(client, location, 2 * 1024 * 1024, data[2 * 1024 * 1024 :])
+        assert last.status_code == 204 and last.headers["x-upload-sha256"] == sha256(data)
+    assert_clean(stack, [data])
+
+
+def test_terminated_and_expired_leave_no_data(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("--resumable-expiry", "1")
+    with stack.client() as client:
+        one = tus_create(client, "/upload/t1", 100).headers["location"]
+        two = tus_create(client, "/upload/t2", 100).headers["location"]
+        tus_patch(client, one, 0, b"1" * 50)
+        tus_patch(client, two, 0, b"2" * 50)
+        assert client.delete(one, headers={"Tus-Resumable": "1.0.0"}).status_code == 204
+    wait_for(lambda: stack.spool_data() == [], 7)
+    assert stack.stored() == [] and stack.partial_files() == []
