@@ -1,0 +1,259 @@
+"""The deliverer: terminal upload events become outbox entries; a task sends them, retrying with backoff.
+
+Theory of operation
+-------------------
+Two tasks, both off the upload's path (an upload only publishes its terminal event on the bus, as always):
+
+- `_consume` follows the event bus like an SSE stream does. For each `completed` or `failed` upload it builds
+  the message once (`{"type", "timestamp", "data": <the upload's record>}`), writes one outbox entry per
+  endpoint that wants that type, and wakes the sender. The outbox write (an fsync, in a thread) happens here,
+  so a slow disk or receiver delays only webhooks, never an upload.
+- `_dispatch` starts an attempt for every pending delivery that is due, at most MAX_IN_FLIGHT at once, and
+  sleeps until the next one is due or a new one arrives.
+
+Rules:
+1. An attempt is a POST of the stored body, signed afresh (relay/webhooks/signer.py), with a total timeout
+   (10 s) and redirects not followed (a 3xx is a failure: a receiver cannot send the relay elsewhere).
+   A 2xx is `delivered`. Anything else (network error, timeout, another status) schedules the next attempt
+   after BACKOFF[attempts - 1] seconds, or gives up (`failed`) once the schedule is spent.
+2. The outcome of an attempt is written to the outbox before the next attempt can start, so an attempt
+   is made again after a restart only if it had not finished (at least once, same webhook-id).
+3. Uploads refused from their headers (`rejected`) send nothing: anyone who can reach the relay could
+   otherwise make it post on their behalf, as often as they like.
+4. At `stop`, events still queued are written to the outbox before the tasks end (SIGTERM loses none);
+   attempts in flight are cancelled and stay pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from relay import __version__
+from relay.bus import EventBus, Subscription
+from relay.core.events import Completed, Event, Failed
+from relay.webhooks.endpoints import WebhookEndpoint
+from relay.webhooks.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
+from relay.webhooks.signer import new_message_id, signed_headers
+
+__all__ = ["BACKOFF", "MAX_IN_FLIGHT", "TIMEOUT", "Deliverer", "WebhookMetrics"]
+
+BACKOFF = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)  # seconds before retries 1..6 (the contract's schedule)
+TIMEOUT = 10.0
+MAX_IN_FLIGHT = 16  # attempts at once: a slow receiver holds at most these, the rest wait their turn
+log = logging.getLogger("relay.webhooks")
+
+
+class WebhookMetrics:
+    """relay_webhook_deliveries_total{outcome}, relay_webhook_queue_depth, relay_webhook_oldest_pending_seconds."""
+
+    OUTCOMES = ("delivered", "retried", "failed")
+
+    def __init__(self, registry: CollectorRegistry, outbox: Outbox) -> None:
+        self.registry = registry
+        self.deliveries = Counter(
+            "relay_webhook_deliveries", "Webhook attempts by outcome", ["outcome"], registry=registry
+        )
+        for outcome in self.OUTCOMES:
+            self.deliveries.labels(outcome=outcome)
+        self.queue_depth = Gauge("relay_webhook_queue_depth", "Webhook deliveries pending", registry=registry)
+        self.queue_depth.set_function(lambda: len(outbox.pending()))
+        self.oldest = Gauge(
+            "relay_webhook_oldest_pending_seconds", "Age of the oldest pending webhook delivery", registry=registry
+        )
+        self.oldest.set_function(outbox.oldest_pending_age)
+
+    def close(self) -> None:
+        for collector in (self.deliveries, self.queue_depth, self.oldest):
+            self.registry.unregister(collector)
+
+
+class Deliverer:
+    """Sends the outbox's deliveries to the configured endpoints (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        endpoints: Sequence[WebhookEndpoint],
+        bus: EventBus,
+        record: Callable[[str], dict[str, Any] | None],
+        metrics: WebhookMetrics,
+        backoff: Sequence[float] = BACKOFF,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.outbox = outbox
+        self.endpoints = {endpoint.url: endpoint for endpoint in endpoints}
+        self.bus = bus
+        self.record = record
+        self.metrics = metrics
+        self.backoff = tuple(backoff)
+        self.timeout = timeout
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=timeout,
+            headers={"user-agent": f"upload-relay/{__version__} (webhooks)"},
+        )
+        self._subscription: Subscription | None = None
+        self._wake = asyncio.Event()
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        self._subscription = self.bus.subscribe(None)
+        self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._dispatch())]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        subscription = self._subscription
+        if subscription is not None:
+            self.bus.unsubscribe(subscription)  # its consumer sees the end, after what is queued (Rule 4)
+        consumer, dispatcher = self._tasks or (None, None)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer, 10)
+        running = [*self._sending.values(), *([dispatcher] if dispatcher else [])]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await self.client.aclose()
+        self.metrics.close()
+
+    # -- events into the outbox --------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            subscription = self._subscription
+            assert subscription is not None
+            event = await subscription.get()
+            if event is None:
+                if self._stopping:
+                    return
+                # Cut off for falling more than the bus's bound behind (relay/bus.py Rule 3): follow again.
+                log.warning("webhooks: the event stream overflowed; some terminal events were not queued")
+                self._subscription = self.bus.subscribe(None)
+                continue
+            try:
+                await self.enqueue(event)
+            except Exception:  # a full or read-only disk: say so, and keep following
+                log.exception("webhooks: could not write an outbox entry for upload %s", event.upload_id)
+
+    async def enqueue(self, event: Event) -> list[Delivery]:
+        """The deliveries a terminal event makes (none for other events and refused uploads, Rule 3)."""
+        if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and event.rejected):
+            return []
+        kind = "upload.completed" if isinstance(event, Completed) else "upload.failed"
+        targets = [endpoint for endpoint in self.endpoints.values() if kind in endpoint.events]
+        if not targets:
+            return []
+        body = json.dumps(
+            {"type": kind, "timestamp": _iso8601(event.ts), "data": self.record(event.upload_id) or _bare(event)},
+            separators=(",", ":"),
+        )
+        now = time.time()
+        made = []
+        for endpoint in targets:
+            delivery = Delivery(new_message_id(), kind, event.upload_id, endpoint.url, body, now, next_attempt_at=now)
+            made.append(await self.outbox.save(delivery))
+        self._wake.set()
+        return made
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.time()
+            next_due: float | None = None
+            for delivery in sorted(self.outbox.pending(), key=lambda item: item.next_attempt_at):
+                if delivery.id in self._sending:
+                    continue
+                if delivery.next_attempt_at > now:
+                    next_due = delivery.next_attempt_at if next_due is None else min(next_due, delivery.next_attempt_at)
+                    continue
+                if len(self._sending) >= MAX_IN_FLIGHT:
+                    break  # an attempt that ends wakes us
+                self._sending[delivery.id] = asyncio.create_task(self._attempt(delivery))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), None if next_due is None else max(0.0, next_due - now))
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            endpoint = self.endpoints.get(delivery.url)
+            if endpoint is None:
+                # Only configured URLs are ever contacted, whatever an old outbox entry says.
+                await self._record(delivery, None, "the URL is no longer configured", give_up=True)
+                return
+            status, error = await self._post(endpoint, delivery)
+            await self._record(delivery, status, error)
+        except Exception:
+            log.exception("webhooks: delivery %s", delivery.id)
+        finally:
+            self._sending.pop(delivery.id, None)
+            self._wake.set()
+
+    async def _post(self, endpoint: WebhookEndpoint, delivery: Delivery) -> tuple[int | None, str | None]:
+        body = delivery.body.encode()
+        headers = signed_headers(endpoint.key, delivery.id, int(time.time()), body)
+        try:
+            async with asyncio.timeout(self.timeout):  # the whole attempt, however slowly bytes trickle
+                request = self.client.build_request("POST", delivery.url, content=body, headers=headers)
+                response = await self.client.send(request, stream=True)
+                await response.aclose()  # the answer's body is never read: only its status counts
+        except TimeoutError:
+            return None, f"no answer within {self.timeout:g} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        status = response.status_code
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+
+    async def _record(self, delivery: Delivery, status: int | None, error: str | None, give_up: bool = False) -> None:
+        attempts = delivery.attempts + 1
+        now = time.time()
+        if error is None:
+            state, outcome, next_at = DELIVERED, "delivered", delivery.next_attempt_at
+        elif give_up or attempts > len(self.backoff):
+            state, outcome, next_at = FAILED, "failed", delivery.next_attempt_at
+        else:
+            state, outcome, next_at = PENDING, "retried", now + self.backoff[attempts - 1]
+        updated = replace(
+            delivery, state=state, attempts=attempts, next_attempt_at=next_at, last_status=status, last_error=error
+        )
+        await self.outbox.save(updated)
+        self.metrics.deliveries.labels(outcome=outcome).inc()
+        if state == FAILED:
+            log.warning(
+                "webhooks: gave up on %s to %s after %d attempts: %s", delivery.id, delivery.url, attempts, error
+            )
+
+
+def _iso8601(ts: float) -> str:
+    """The event's time as Standard Webhooks' payload has it: `2026-12-02T15:27:32.123456Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bare(event: Completed | Failed) -> dict[str, Any]:
+    """The record's fields the event itself carries, for an upload the registry no longer holds."""
+    error = {"code": event.error.code, "message": event.error.message} if isinstance(event, Failed) else None
+    return {
+        "id": event.upload_id,
+        "state": "completed" if isinstance(event, Completed) else "failed",
+        "bytes": event.bytes,
+        "total": event.total,
+        "finished_at": event.ts,
+        "upstream_status": event.upstream_status,
+        "error": error,
+    }

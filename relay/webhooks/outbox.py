@@ -1,0 +1,162 @@
+"""The durable outbox: one JSON file per delivery under `<spool>/webhooks/`, indexed in memory.
+
+Theory of operation
+-------------------
+A delivery is written here before anything tries to send it, and rewritten after every attempt, so a relay
+stopped at any moment (SIGTERM or SIGKILL) finds every pending delivery again when it starts (`open`), and
+sends it then. Delivery is therefore at least once: an attempt cut short by a crash after the receiver got it
+is sent again, with the same `webhook-id`, which is what receivers deduplicate on.
+
+Rules:
+1. A file is written whole or not at all: a temporary (dot-prefixed) file, fsync, rename over the old one,
+   fsync of the directory. Temporaries a crash left behind are removed at `open`.
+2. Every file operation runs in a worker thread (`asyncio.to_thread`): an fsync can take milliseconds and the
+   event loop carries the uploads.
+3. One writer per delivery at a time (the deliverer never runs two attempts of one delivery at once), so
+   the writes of one file never race.
+4. Finished deliveries (`delivered`, `failed`) are kept for `GET /_relay/webhooks`, at most KEEP_FINISHED of
+   them: the oldest files go first. Pending ones are kept however many there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DELIVERED", "FAILED", "KEEP_FINISHED", "PENDING", "Delivery", "Outbox"]
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+KEEP_FINISHED = 1000
+_ID = re.compile(r"msg_[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message to one endpoint. `body` is the exact JSON sent on every attempt (the signature covers it)."""
+
+    id: str
+    type: str
+    upload_id: str
+    url: str
+    body: str
+    created_at: float
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_status: int | None = None
+    last_error: str | None = None
+    updated_at: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """The delivery as `GET /_relay/webhooks` lists it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "upload_id": self.upload_id,
+            "url": self.url,
+            "attempts": self.attempts,
+            "state": self.state,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "next_attempt_at": self.next_attempt_at if self.state == PENDING else None,
+        }
+
+
+class Outbox:
+    """The deliveries of one directory; `open()` before use."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.deliveries: dict[str, Delivery] = {}
+
+    async def open(self) -> None:
+        self.deliveries = await asyncio.to_thread(self._load)
+
+    def _load(self) -> dict[str, Delivery]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        found: dict[str, Delivery] = {}
+        known = {item.name for item in fields(Delivery)}
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith("."):
+                os.unlink(entry.path)  # Rule 1: a write a crash cut short; the previous version stands
+                continue
+            if not entry.name.endswith(".json") or not _ID.fullmatch(entry.name[:-5]):
+                continue
+            try:
+                data = json.loads(Path(entry.path).read_bytes())
+                delivery = Delivery(**{key: value for key, value in data.items() if key in known})
+            except (ValueError, TypeError, OSError):
+                continue  # not ours, or damaged by hand: never worth stopping the relay for
+            found[delivery.id] = delivery
+        return found
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    def pending(self) -> list[Delivery]:
+        return [delivery for delivery in self.deliveries.values() if delivery.state == PENDING]
+
+    def oldest_pending_age(self, now: float | None = None) -> float:
+        created = [delivery.created_at for delivery in self.pending()]
+        return max(0.0, (now or time.time()) - min(created)) if created else 0.0
+
+    def recent(self, limit: int = 100) -> list[Delivery]:
+        newest_first = sorted(self.deliveries.values(), key=lambda delivery: delivery.created_at, reverse=True)
+        return newest_first[:limit]
+
+    # -- writing (Rules 1-3) --------------------------------------------------------------------------------------
+
+    async def save(self, delivery: Delivery) -> Delivery:
+        """Write `delivery` durably, then index it; returns it with `updated_at` set."""
+        delivery = replace(delivery, updated_at=time.time())
+        await asyncio.to_thread(self._write, delivery)
+        self.deliveries[delivery.id] = delivery
+        if delivery.state != PENDING:
+            await self._prune()
+        return delivery
+
+    def _write(self, delivery: Delivery) -> None:
+        path = self._path(delivery.id)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        data = json.dumps(asdict(delivery), separators=(",", ":")).encode()
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        _fsync_directory(self.directory)
+
+    async def _prune(self) -> None:
+        finished = [delivery for delivery in self.deliveries.values() if delivery.state != PENDING]
+        if len(finished) <= KEEP_FINISHED:
+            return
+        finished.sort(key=lambda delivery: delivery.updated_at)
+        doomed = [delivery.id for delivery in finished[: len(finished) - KEEP_FINISHED]]
+        for delivery_id in doomed:
+            del self.deliveries[delivery_id]
+        await asyncio.to_thread(self._remove, doomed)
+
+    def _remove(self, delivery_ids: list[str]) -> None:
+        for delivery_id in delivery_ids:
+            self._path(delivery_id).unlink(missing_ok=True)
+
+    def _path(self, delivery_id: str) -> Path:
+        if not _ID.fullmatch(delivery_id):
+            raise ValueError(f"not a delivery id: {delivery_id!r}")
+        return self.directory / f"{delivery_id}.json"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
