@@ -284,7 +284,8 @@ def run(settings: Settings, host: str, port: int) -> bool:
     from relay.accesslog import AccessLog, configure_logging
     from relay.admin import upstream_probe
     from relay.app import RelayApp
-    from relay.server import bind_socket, install_nocopy_body, loop_factory, serve, tune_malloc
+    from relay.server import bind_socket, loop_factory, serve
+    from relay.tuning import install_nocopy_body, tune_malloc
 
     tune_malloc()
     install_nocopy_body()

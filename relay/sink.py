@@ -491,7 +491,7 @@ def _serve(store: Path | None, host: str, port: int) -> None:
     # signalled sink exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
-    from relay.server import install_nocopy_body, tune_malloc
+    from relay.tuning import install_nocopy_body, tune_malloc
 
     tune_malloc()  # as in the relay: without it glibc trims and re-faults the chunk buffers (293k faults/GiB)
     install_nocopy_body()

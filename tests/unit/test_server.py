@@ -7,7 +7,7 @@ import sys
 import pytest
 from uvicorn.protocols.http import httptools_impl
 
-from relay.server import _ChunkList, install_nocopy_body, tune_malloc
+from relay.tuning import _ChunkList, install_nocopy_body, tune_malloc
 
 
 def test_nocopy_body_is_active_on_the_pinned_uvicorn() -> None:
