@@ -19,7 +19,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from relay.core.resumable import RECEIVING, create, recover
-from relay.spool.s3 import MIN_PART, S3Spool
+from relay.spool.s3 import MAX_PARTS, MIN_PART, S3Spool
 from tests.s3.conftest import S3Server
 from tests.s3.test_spool_contract import append, read_all
 
@@ -30,8 +30,8 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 
 
-def new_spool(server: S3Server, **options: int) -> S3Spool:
-    return S3Spool.from_url(server.location(), endpoint=server.endpoint, part_size=MIN_PART, **options)
+def new_spool(server: S3Server, *, max_parts: int = MAX_PARTS) -> S3Spool:
+    return S3Spool.from_url(server.location(), endpoint=server.endpoint, part_size=MIN_PART, max_parts=max_parts)
 
 
 def again(spool: S3Spool) -> S3Spool:
