@@ -391,6 +391,7 @@ def summary(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         s["spool_mb_s"] = (
             sum(r["spool_bytes"] for r in spooled) / sum(r["spool_secs"] for r in spooled) / 1e6 if spooled else None
         )
+        s["create_ms"] = (_median(one + many, "create_secs") or 0) * 1000 if one or many else None
         s["appends"] = many[0].get("appends") if many else None
         s["append_size"] = many[0].get("append_size") if many else None
         mem_tus = {r["size"]: r for r in _rows(res, "memory", relay, ONE) if r["ok"]}
@@ -450,6 +451,13 @@ def render(res: dict[str, Any]) -> list[str]:
             f"{first['appends']} appends per upload; spool write MB/s is the non-completing appends' bytes over"
             " their time (each answered 204 after its fsync)"
         )
+    for relay, x in s.items():
+        if x["appends"] and x["appends"] > 1 and x[ONE] and x[APPENDS]:
+            per = (x[APPENDS] - x[ONE]) / (x["appends"] - 1) * 1000
+            notes.append(
+                f"{relay}: creation (POST) {_f(x['create_ms'], '{:.1f}')} ms, each append beyond the first adds"
+                f" {per:.0f} ms"
+            )
     if meta.get("disk_mb_s"):
         notes.append(f"the spool's disk wrote {meta['disk_mb_s']:.0f} MB/s with an fsync at the end (a probe)")
     left = meta.get("spool_left")
