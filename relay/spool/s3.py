@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -314,7 +315,7 @@ class S3Spool:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             # Path-style (endpoint/bucket/key) for self-hosted servers, which rarely have per-bucket host names.
-            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            s3={"addressing_style": "path" if self._custom_endpoint() else "auto"},
             retries={"max_attempts": 3, "mode": "standard"},  # a refused connection fails in ~2 s, not 6
             max_pool_connections=32,
         )
@@ -334,6 +335,10 @@ class S3Spool:
             return self._s3
         self._stack, self._s3 = stack, client
         return client
+
+    def _custom_endpoint(self) -> bool:
+        """Not AWS: an endpoint given, or one in botocore's own variables (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)."""
+        return bool(self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
     async def close(self) -> None:
         if self._stack is not None:
