@@ -112,6 +112,8 @@ class Appends:
             emit=self.ctx.emit,
             progress=self.ctx.settings.progress,
             spooled=self.ctx.metrics.bytes_spooled.inc,
+            min_rate=self.ctx.settings.client_min_rate,
+            min_rate_grace=self.ctx.settings.client_min_rate_grace,
         )
         cut = request.req.content_length and request.req.content_length == decision.max_bytes
         try:

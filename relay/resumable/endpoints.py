@@ -29,6 +29,7 @@ from dataclasses import replace
 
 from relay.core import resumable as core
 from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
+from relay.core.multipart import _part_headers as part_headers
 from relay.core.resumable import Decision, ResumableSettings, ResumableUpload
 from relay.core.resumable_headers import (
     UnsupportedTusVersion,
@@ -57,9 +58,9 @@ from relay.resumable.appends import Appends
 from relay.resumable.store import ResumableStore
 from relay.settings import Route
 from relay.spool.base import SpoolError
-from relay.types import Receive, Scope, Send
+from relay.types import Message, Receive, Scope, Send
 
-__all__ = ["ResumableEndpoints"]
+__all__ = ["ResumableEndpoints", "disposition_filename"]
 
 Headers = list[tuple[bytes, bytes]]
 TUS_METHODS = b"POST, HEAD, PATCH, DELETE, OPTIONS"
@@ -106,6 +107,8 @@ class ResumableEndpoints:
         upload = self.store.get(upload_id.decode("latin-1")) if valid_upload_id(upload_id) else None
         route = self._routes.get(upload.route) if upload is not None else None
         route = route or self.ctx.settings.routes[0]
+        if valid_upload_id(upload_id):
+            send = _with_upload_id(send, upload_id)  # every answer about the upload says which (contract)
         if await self._options(route, scope, send):
             return
         if upload_id and not valid_upload_id(upload_id):
@@ -127,7 +130,9 @@ class ResumableEndpoints:
         if req.method == "HEAD":
             await respond(request, core.decide_head(req, upload, now=now, limits=limits))
         elif req.method == "DELETE":
-            await self._delete(request, core.decide_delete(req, upload, now=now))
+            async with self.store.forward_lock(upload_id):  # a forward under way ends first (store Rule 5)
+                upload = self.store.get(upload_id)
+                await self._delete(request, core.decide_delete(req, upload, now=time.time()))
         else:
             writer = uuid.uuid4().hex
             decision = core.decide_append_begin(req, upload, writer=writer, now=now, limits=limits)
@@ -223,6 +228,11 @@ class ResumableEndpoints:
             await refuse(self.ctx.metrics, request, BadRequest("X-Upload-ID must match [A-Za-z0-9_-]{1,64}"))
             return
         upload_id = given.decode("ascii") if given is not None else new_upload_id()
+        if req.protocol != "tus" and "filename" not in req.metadata:
+            disposition = header_value(scope["headers"], b"content-disposition")
+            filename = disposition_filename(disposition) if disposition is not None else None
+            if filename:  # the drafts have no metadata: the file's name as a plain upload would give it
+                req = request.req = replace(req, metadata={**req.metadata, "filename": filename})
         if self.store.get(upload_id) is not None or self.ctx.registry.is_active(upload_id):
             await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
             return
@@ -324,3 +334,21 @@ class ResumableEndpoints:
             started_at=upload.created_at,
             error=upload.error,
         )
+
+
+def _with_upload_id(send: Send, upload_id: bytes) -> Send:
+    """`send` with `X-Upload-ID` added to a response start that lacks it."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"x-upload-id" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-upload-id", upload_id)]}
+        await send(message)
+
+    return sending
+
+
+def disposition_filename(value: bytes) -> str | None:
+    """The `filename` (or RFC 5987 `filename*`) of a Content-Disposition header, as a multipart part's is read."""
+    return part_headers(value, None).filename

@@ -14,6 +14,8 @@ Rules:
    (460), and a follower's `bytes` must never go back.
 3. The chunk iterator can be taken up again after whoever read it stopped (an upstream that failed during
    cut-through): the rest of the body still goes into the spool.
+4. `--client-min-rate` applies to each append as to a plain upload: once the grace period is over, an append
+   whose average rate is under it ends with ClientTimeout (408); what it brought so far is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from relay.core.events import Progress
 from relay.core.progress import ProgressPolicy, ProgressTicker
 from relay.core.resumable_headers import Checksum
-from relay.errors import ClientDisconnected, PayloadTooLarge
+from relay.errors import ClientDisconnected, ClientTimeout, PayloadTooLarge
 from relay.spool.base import SpoolWriter
 from relay.types import Receive
 
@@ -56,6 +58,8 @@ class LiveAppend:
         emit: Callable[[Progress], Any],
         progress: ProgressPolicy,
         spooled: Callable[[int], Any] = lambda size: None,
+        min_rate: int | None = None,
+        min_rate_grace: float = 10.0,
     ) -> None:
         self.receive = receive
         self.writer = writer
@@ -71,6 +75,9 @@ class LiveAppend:
         self.ended = False
         self.overflow = False
         self._iterator: AsyncIterator[bytes] | None = None
+        self._min_rate = min_rate
+        self._grace = min_rate_grace
+        self._began = time.monotonic()
 
     @property
     def offset(self) -> int:
@@ -102,13 +109,24 @@ class LiveAppend:
             chunk: bytes = message.get("body", b"")
             self.ended = not message.get("more_body", False)
             if not chunk:
+                self._check_rate()
                 continue
             if self.max_bytes is not None and self.written + len(chunk) > self.max_bytes:
                 await self._take(chunk[: self.max_bytes - self.written])
                 self.overflow = True
                 raise Overflow
             await self._take(chunk)
+            self._check_rate()
             yield chunk
+
+    def _check_rate(self) -> None:
+        """Rule 4."""
+        if self._min_rate is None or self.ended:
+            return
+        elapsed = time.monotonic() - self._began
+        if elapsed > self._grace and self.written / elapsed < self._min_rate:
+            rate = self.written / elapsed
+            raise ClientTimeout(f"body arrives at {rate:.0f} B/s, under the minimum of {self._min_rate} B/s")
 
     async def _take(self, chunk: bytes) -> None:
         if not chunk:

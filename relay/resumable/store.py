@@ -228,6 +228,9 @@ class ResumableStore:
         """Expire idle incomplete uploads (their data deleted), forget finished ones past their time."""
         now = time.time()
         for upload in list(self._uploads.values()):
+            forwarding = self._forwards.get(upload.id)
+            if forwarding is not None and forwarding.locked():
+                continue  # its file is going upstream right now (Rule 5): the upstream's answer decides
             verdict = core.sweep(upload, now)
             if verdict == "expire":
                 expired = core.apply(upload, core.EXPIRE, now=now)

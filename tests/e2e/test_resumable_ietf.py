@@ -225,3 +225,13 @@ def test_another_interop_version_is_a_plain_upload(stack: Stack, client: httpx.C
     answer = client.post("/upload/ietf/plain.bin", headers=ietf(7, Upload_Complete="?1"), content=b"plain")
     assert answer.status_code == 200 and "location" not in answer.headers
     assert json.loads(answer.text)["files"][0]["size"] == 5
+
+
+def test_content_disposition_names_the_file(stack: Stack, client: httpx.Client) -> None:
+    answer = client.post(
+        "/upload/ietf/named",
+        headers=ietf(8, Upload_Complete="?1", Content_Disposition='attachment; filename="report 1.pdf"'),
+        content=b"%PDF-1.7 not really",
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["files"][0]["filename"] == "report 1.pdf"

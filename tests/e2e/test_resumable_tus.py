@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import time
@@ -21,6 +22,7 @@ from tests.interop.support import (
     TinyUpstream,
     make_stack,
     metadata,
+    raw_request,
     sha256,
     tus_create,
     tus_head,
@@ -228,10 +230,12 @@ def test_refusals(stack: Stack, client: httpx.Client) -> None:
     assert wrong.status_code == 409 and wrong.headers["upload-offset"] == "100"
     media = client.patch(location, content=b"z", headers={**TUS, "Upload-Offset": "100", "Content-Type": "text/plain"})
     assert media.status_code == 415
+    assert media.headers["x-upload-id"] == created.headers["x-upload-id"]
     version = client.patch(
         location, content=b"z", headers={"Tus-Resumable": "0.2.2", "Upload-Offset": "100", "Content-Type": OCTETS}
     )
     assert version.status_code == 412 and version.headers["tus-version"] == "1.0.0"
+    assert version.headers["x-upload-id"] == created.headers["x-upload-id"]
     past = tus_patch(client, location, 100, b"p" * 901)
     assert past.status_code == 413
     assert tus_head(client, location).headers["upload-offset"] == "100"
@@ -244,6 +248,7 @@ def test_refusals(stack: Stack, client: httpx.Client) -> None:
     assert tus_head(client, location).headers["upload-offset"] == "150"
     assert client.get(location, headers=TUS).status_code == 405
     assert tus_head(client, "/resumable/nosuchupload").status_code == 404
+    assert tus_head(client, location + "/more").status_code == 404
 
 
 def test_413_for_an_upload_length_over_the_limit(stack: Stack, client: httpx.Client) -> None:
@@ -416,3 +421,29 @@ def test_token_on_every_request_but_preflights(make_stack: Callable[..., Stack])
         done = tus_patch(client, location, 0, b"0123456789", {**auth, "Origin": "https://app.example"})
         assert done.status_code == 204
         assert done.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_client_min_rate_applies_to_appends(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("--client-min-rate", "100k", "--client-min-rate-grace", "1", name="rate")
+    assert stack.relay is not None
+    with stack.client() as client:
+        created = tus_create(client, "/upload/slow", 1024 * 1024)
+        location = created.headers["location"]
+        sock = raw_request(
+            stack.relay.port,
+            f"PATCH {location} HTTP/1.1\nHost: r\nTus-Resumable: 1.0.0\nUpload-Offset: 0\n"
+            f"Content-Type: {OCTETS}\nContent-Length: {1024 * 1024}\n",
+        )
+        answer = b""
+        sock.settimeout(0.1)
+        deadline = time.monotonic() + 6
+        while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"s" * 2048)  # 20 KiB/s, under the minimum
+            with contextlib.suppress(TimeoutError):
+                answer += sock.recv(65536)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"client_timeout" in answer
+        offset = int(tus_head(client, location).headers["upload-offset"])
+        assert 0 < offset < 1024 * 1024  # what came before the refusal is kept
