@@ -26,7 +26,7 @@ from client.ranges import hash_range
 from client.report import render_summary, result_line
 from client.results import FileResult, UploadResult, error_summary
 from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions, upload_resumable
-from client.resumable_wire import repr_field
+from client.resumable_wire import metadata_header, repr_field
 from client.retry import RetryDecision
 from client.sources import LocalFile, check_files
 from client.target import DEFAULT_RELAY, build_url, resolve_target
@@ -188,6 +188,7 @@ def upload_command(
     show_progress = err.is_terminal and not quiet and not as_json
     view = UploadView(err, events=events) if show_progress else None
     if resumable:
+        metadata_header("", "", form_pairs)  # a --form key tus metadata cannot carry fails here, before anything
         auth = [("Authorization", f"Bearer {token}")] if token else []
         settings = ResumableOptions(
             relay=relay,

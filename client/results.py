@@ -38,7 +38,7 @@ class FileResult:
         """Some of the file went, not all of it (a refusal or a broken connection mid-file)."""
         if self.complete is not None:
             # A resumed upload sends only the rest of the file: what counts is what the relay holds.
-            return not self.complete
+            return not self.complete and (self.sent > 0 or bool(self.relay_size))
         return self.sent > 0 and (self.sha256 is None or (self.size is not None and self.sent < self.size))
 
 

@@ -40,7 +40,7 @@ from client.resumable_wire import DIALECTS, completed, metadata_header, offset_o
 from client.resume_store import ResumeKey, ResumeStore, StoredUpload, fingerprint
 from client.retry import parse_retry_after
 from client.sources import Body, LocalFile, _in_reader
-from client.target import connect_failure
+from client.target import connect_failure, route_hint
 
 __all__ = ["DEFAULT_RESUMABLE_RETRIES", "ResumableOptions", "backoff", "upload_resumable"]
 
@@ -93,6 +93,10 @@ class _Retry(Exception):
 class _Gone(Exception):
     """The relay no longer knows the upload's URL (404, 410)."""
 
+    def __init__(self, answer: _Answer) -> None:
+        super().__init__(describe_http_error(answer.status, answer.body))
+        self.answer = answer
+
 
 class _Final(Exception):
     """An answer that ends the upload: the relay's (or the upstream's) verdict."""
@@ -136,6 +140,7 @@ class _Upload:
         self.hasher = InOrderHasher()
         self.full_digest: bytes | None = None
         self.done: _Answer | None = None
+        self.created_here = False
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -160,7 +165,9 @@ class _Upload:
                 need_head = False
                 if self.done is None:
                     await self._append()
-            except _Gone:
+            except _Gone as gone:
+                if self.created_here:  # not a stale entry: a relay that loses uploads must not loop us forever
+                    await self._wait(_Retry(str(gone), delay=0.0, answer=gone.answer))
                 self._forget(f"the relay no longer knows {self.url}; starting a new upload from 0")
                 need_head = False
             except _Retry as retry:
@@ -231,6 +238,7 @@ class _Upload:
         if not location:
             raise _Final(_protocol_error(answer, "the relay's creation answer has no Location"))
         self.url = str(httpx.URL(self.options.url).join(location))
+        self.created_here = True
         self._moved(offset_of(answer.headers) or 0)
         if self.key is not None:
             entry = StoredUpload(self.url, self.dialect.name, self.file.path, self.options.url, self.size)
@@ -300,7 +308,7 @@ class _Upload:
         if status == 429:
             raise _Retry(text, delay=parse_retry_after(answer.headers.get("retry-after")), answer=answer)
         if upload_url and status in (404, 410):
-            raise _Gone()
+            raise _Gone(answer)
         if upload_url and status == 409:
             raise _Retry("offset mismatch: asking the relay where it stands", delay=0.0, answer=answer)
         if upload_url and status == 460:
@@ -325,7 +333,6 @@ class _Upload:
         relay_sha256 = answer.headers.get("x-upload-sha256")
         file = self._file(sha256, complete=ok)
         file.relay_sha256 = relay_sha256
-        file.relay_size = self.size if ok else self.offset
         file.match = None if not ok or relay_sha256 is None else relay_sha256.lower() == sha256
         info = self._info()
         info.upstream_status = _int(answer.headers.get("x-upstream-status"))
@@ -336,6 +343,9 @@ class _Upload:
         result = UploadResult(answer.status, upload_id, self.bytes_sent, self._seconds(), [file], response)
         result.attempts = self.attempts
         result.resumable = info
+        if answer.status == 404 and self.url is None:  # the creation's path is not routed: say which are
+            to = self.options.url[len(self.options.relay.rstrip("/")) :]
+            result.hint = await route_hint(self.client, self.options.relay, to)
         return result
 
     def _partial_result(self, error: str) -> UploadResult:
@@ -353,7 +363,10 @@ class _Upload:
         return result
 
     def _file(self, sha256: str | None, *, complete: bool) -> FileResult:
-        return FileResult(self.file.path, self.size, sha256, self.bytes_sent, self._seconds(), complete=complete)
+        held = self.size if complete else self.offset  # what the relay holds of the file
+        return FileResult(
+            self.file.path, self.size, sha256, self.bytes_sent, self._seconds(), relay_size=held, complete=complete
+        )
 
     def _info(self) -> ResumableInfo:
         return ResumableInfo(self.dialect.name, self.url, self.resumed_from or 0)

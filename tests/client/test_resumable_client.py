@@ -316,7 +316,7 @@ async def test_relay_down_raises_with_the_partial_result(tmp_path: Path) -> None
     assert "cannot connect to the relay at http://127.0.0.1:9" in str(caught.value)
     result = caught.value.result
     assert result is not None and result.status is None and result.resumable is not None
-    assert result.files[0].partial  # nothing is on the relay
+    assert result.files[0].complete is False and not result.files[0].partial  # nothing went anywhere
 
 
 def test_standard_input_is_refused() -> None:
