@@ -17,14 +17,16 @@ Rules:
    there would lose the fsync or the record), and an append superseded before it could be cancelled
    ends as soon as it looks (`allow_cancel` says False). Once every byte is in and the upload is
    `forwarding`, the append lets go (`release`): a HEAD does not wait for the upstream.
-5. One forward at a time per upload (`forward_lock`): a completing request sent again while the first
-   one's forward is still running waits for it, then answers from what became of it (never a second
-   delivery).
 3. Start-up reads every info document back (`recover`): uploads whose append was cut by a crash keep the
    bytes the spool holds (or lose them when that append carried a checksum), a spool that lost bytes it had
-   acknowledged fails the upload. The sweeper then runs every `SWEEP_SECONDS`, and once at start.
+   acknowledged (or the whole data file) fails the upload; delivered and failed uploads come back as
+   records only (HEAD answers until they expire, then the sweeper forgets them). The sweeper then runs
+   every `SWEEP_SECONDS`, and once at start.
 4. A delivered upload's bytes are deleted right after the upstream answered; its info document stays
    until it expires, so HEAD and a repeated completion still answer.
+5. One forward at a time per upload (`forward_lock`): a completing request sent again while the first
+   one's forward is still running waits for it, then answers from what became of it (never a second
+   delivery). DELETE and the sweeper wait for (or skip) a forward under way.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.core import resumable as core
+from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
 from relay.spool.base import Spool, SpoolError
 
@@ -106,11 +109,20 @@ class ResumableStore:
             if info is None:
                 return
             upload = ResumableUpload.from_json(info)
-            upload, keep = core.recover(upload, await self.spool.offset(upload_id), now=time.time())
-            if upload.state in core.INCOMPLETE or upload.state == core.FORWARDING:
-                await self.spool.truncate(upload_id, keep)
-            else:  # delivered or failed: its bytes may have outlived a crash right after the answer
-                await self.spool.delete_data(upload_id)
+            if upload.state in (core.COMPLETED, core.FAILED):  # its data went (or goes now): only the record
+                await self.spool.delete_data(upload_id)  # bytes may have outlived a crash right after the answer
+            else:
+                try:
+                    durable = await self.spool.offset(upload_id)
+                except SpoolError:  # the data file is gone: nothing to go on with
+                    lost = ErrorInfo("data_lost", "the spool has no data for this upload")
+                    upload = core.apply(upload, core.LOSE, now=time.time(), error=lost)
+                else:
+                    upload, keep = core.recover(upload, durable, now=time.time())
+                    if upload.state == core.FAILED:
+                        await self.spool.delete_data(upload_id)
+                    else:
+                        await self.spool.truncate(upload_id, keep)
         except (ValueError, KeyError, TypeError, SpoolError, OSError) as exc:
             log.warning("resumable upload %s could not be recovered: %s", upload_id, exc)
             return

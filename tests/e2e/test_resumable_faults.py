@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -194,3 +195,58 @@ def test_terminated_and_expired_leave_no_data(make_stack: Callable[..., Stack]) 
         assert client.delete(one, headers={"Tus-Resumable": "1.0.0"}).status_code == 204
     wait_for(lambda: stack.spool_data() == [], 7)
     assert stack.stored() == [] and stack.partial_files() == []
+
+
+def test_head_during_forwarding_answers_at_once(tmp_path: Path) -> None:
+    """The completing append is in, the upstream thinks: HEAD and the registry say forwarding, a repeated
+    completing request waits for that forward and answers as it did (one delivery)."""
+    upstream = TinyUpstream(status=200, body=b"took my time", delay=1.5)
+    relay = start_relay("--spool", str(tmp_path / "spool"), upstream=upstream.url)
+    try:
+        with httpx.Client(base_url=relay.url, timeout=20) as client:
+            location = tus_create(client, "/upload/slow-upstream", 1000).headers["location"]
+            upload_id = location.rsplit("/", 1)[1]
+            results: dict[str, httpx.Response] = {}
+
+            def complete(name: str, body: bytes, offset: int) -> None:
+                with httpx.Client(base_url=relay.url, timeout=20) as own:
+                    results[name] = tus_patch(own, location, offset, body)
+
+            first = threading.Thread(target=complete, args=("first", b"z" * 1000, 0))
+            first.start()
+            wait_for(lambda: len(upstream.requests) == 1, 5)
+            began = time.monotonic()
+            head = tus_head(client, location)
+            assert time.monotonic() - began < 1.0  # not held up by the upstream
+            assert head.headers["upload-offset"] == "1000"
+            record = httpx.get(f"{relay.url}/_relay/uploads/{upload_id}").json()
+            assert record["state"] == "forwarding"
+            second = threading.Thread(target=complete, args=("second", b"", 1000))
+            second.start()
+            first.join(10)
+            second.join(10)
+        assert results["first"].status_code == 204 and results["second"].status_code == 204
+        assert results["second"].headers["x-upload-sha256"] == results["first"].headers["x-upload-sha256"]
+        assert len(upstream.requests) == 1
+    finally:
+        relay.stop()
+        upstream.close()
+
+
+def test_a_delivered_upload_still_answers_after_a_restart_then_goes(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("--resumable-expiry", "3")
+    data = os.urandom(10_000)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/after.bin", len(data)).headers["location"]
+        done = tus_patch(client, location, 0, data)
+        assert done.status_code == 204
+    wait_for(lambda: stack.spool_data() == [], 5)  # the data goes; the record stays
+    stack.restart_relay()
+    with stack.client() as client:
+        head = tus_head(client, location)
+        assert head.status_code == 200 and head.headers["upload-offset"] == str(len(data))
+        again = tus_patch(client, location, len(data), b"")
+        assert again.status_code == 204 and again.headers["x-upload-sha256"] == sha256(data)
+        wait_for(lambda: not any(stack.spool.iterdir()), 12)  # expired: the record goes too
+        assert tus_head(client, location).status_code == 404
+    assert stack.stored_hashes() == [sha256(data)]

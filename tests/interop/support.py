@@ -225,14 +225,21 @@ def sink_answer(response: httpx.Response) -> dict[str, Any]:
 
 class TinyUpstream:
     """A one-purpose upstream on a thread: reads each request (head, then `read_limit` body bytes at most),
-    then answers `status` with `body` or, with `die=True`, closes without answering. Records what it read."""
+    then answers `status` with `body` after `delay` seconds or, with `die=True`, closes without answering.
+    Records what it read."""
 
     def __init__(
-        self, status: int = 500, body: bytes = b"upstream says no", *, read_limit: int | None = None, die: bool = False
+        self,
+        status: int = 500,
+        body: bytes = b"upstream says no",
+        *,
+        read_limit: int | None = None,
+        die: bool = False,
+        delay: float = 0.0,
     ) -> None:
         import threading
 
-        self.status, self.body, self.read_limit, self.die = status, body, read_limit, die
+        self.status, self.body, self.read_limit, self.die, self.delay = status, body, read_limit, die, delay
         self.requests: list[tuple[bytes, bytes]] = []  # (head, the body bytes read)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -274,6 +281,7 @@ class TinyUpstream:
                         break
                     body += piece
                 self.requests.append((head, body))
+                time.sleep(self.delay)
                 if self.die:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     return
