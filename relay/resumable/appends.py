@@ -114,6 +114,9 @@ class Appends:
             spooled=self.ctx.metrics.bytes_spooled.inc,
             min_rate=self.ctx.settings.client_min_rate,
             min_rate_grace=self.ctx.settings.client_min_rate_grace,
+            # a body of unknown size against a known length may overflow it: quiet (live.py Rule 2); one
+            # against the size limit alone (a deferred length) reports progress, as a plain upload does
+            provisional=request.req.content_length is None and upload.length is not None,
         )
         cut = request.req.content_length and request.req.content_length == decision.max_bytes
         try:

@@ -11,7 +11,8 @@ Rules:
    the part before the cut is kept).
 2. A tus `Upload-Checksum` covers this request's body: it is hashed as it passes and judged only once the
    body has ended (`checksum_ok`). While one is pending no progress is reported: its bytes may be dropped
-   (460), and a follower's `bytes` must never go back.
+   (460), and a follower's `bytes` must never go back. The same holds for a body of unknown size that may
+   overflow the upload's length (`provisional`: tus drops such a request's bytes, -09..-11 invalidate).
 3. The chunk iterator can be taken up again after whoever read it stopped (an upstream that failed during
    cut-through): the rest of the body still goes into the spool.
 4. `--client-min-rate` applies to each append as to a plain upload: once the grace period is over, an append
@@ -60,6 +61,7 @@ class LiveAppend:
         spooled: Callable[[int], Any] = lambda size: None,
         min_rate: int | None = None,
         min_rate_grace: float = 10.0,
+        provisional: bool = False,
     ) -> None:
         self.receive = receive
         self.writer = writer
@@ -78,6 +80,7 @@ class LiveAppend:
         self._min_rate = min_rate
         self._grace = min_rate_grace
         self._began = time.monotonic()
+        self._quiet = provisional or checksum is not None  # Rule 2
 
     @property
     def offset(self) -> int:
@@ -137,5 +140,5 @@ class LiveAppend:
             self._hash.update(chunk)
         self.written += len(chunk)
         now = time.time()
-        if self._hash is None and self._ticker.due(self.offset, self.total, now):
+        if not self._quiet and self._ticker.due(self.offset, self.total, now):
             self._emit(Progress(self.upload_id, self.offset, self.total, now))

@@ -261,6 +261,9 @@ def test_413_for_an_upload_length_over_the_limit(stack: Stack, client: httpx.Cli
 def test_bytes_past_the_length_in_a_streamed_body_keep_nothing(stack: Stack, client: httpx.Client) -> None:
     created = tus_create(client, "/upload/streamed", 1000)
     location, upload_id = created.headers["location"], created.headers["x-upload-id"]
+    stream = EventStream(
+        f"{stack.url}/_relay/uploads/{upload_id}/events", until=lambda ev: any(n == "interrupted" for n, _ in ev)
+    )
 
     def body() -> Iterator[bytes]:
         yield b"a" * 600
@@ -270,6 +273,8 @@ def test_bytes_past_the_length_in_a_streamed_body_keep_nothing(stack: Stack, cli
     assert answer.status_code == 413
     assert tus_head(client, location).headers["upload-offset"] == "0"
     assert not stored_for(stack, upload_id)
+    seen = [data["bytes"] for _, data in stream.wait(10) if "bytes" in data]
+    assert seen == sorted(seen), seen  # no progress for bytes that were then dropped
 
 
 @pytest.mark.parametrize("path", ["/upload/some/where", "/resumable/"])
@@ -334,7 +339,7 @@ def test_events_of_a_resumable_upload(stack: Stack, client: httpx.Client) -> Non
     events = stream.wait(20)
     names = [name for name, _ in events]
     assert "resumed" in names and "interrupted" in names and "part" in names
-    assert names[-1] == "completed"
+    assert names[-1] == "completed" and "progress" in names
     part = next(data_ for name, data_ in events if name == "part")
     assert part["sha256"] == sha256(data)
     seen = [data_["bytes"] for name, data_ in events if "bytes" in data_]
