@@ -196,25 +196,38 @@ class S3Writer:
             raise SpoolError(f"spool write failed: {self._error}") from self._error
 
     async def _flush_part(self) -> None:
-        """Upload the buffer as the next part; past max_parts, complete the segment and start the next."""
+        """Upload the buffer as the next part (after completing a segment that has max_parts parts)."""
         spool = self._spool
+        await self._roll_over_if_full()
         if self._multipart is None:
             key = spool._segment_key(self._upload_id, self._segment_start)
             self._multipart = _Multipart(key, await spool._create_multipart(key), self._segment_start)
-        multipart = self._multipart
         body, self._buffer = bytes(self._buffer), bytearray()  # one part in memory again once the copy is made
-        await spool._upload_part(multipart, body)
-        if len(multipart.parts) >= spool.max_parts:
-            await spool._complete(multipart)
+        try:
+            await spool._upload_part(self._multipart, body)
+        except BaseException:
+            # Failed or cancelled: the bytes stay handed over. An abort uploads them again under the same part
+            # number, which replaces the part if S3 got it after all: `handed` is always what is stored.
+            restored = bytearray(body)
+            restored += self._buffer
+            self._buffer = restored
+            raise
+
+    async def _roll_over_if_full(self) -> None:
+        """A segment past S3's part limit: complete it, the next part starts the next segment."""
+        multipart = self._multipart
+        if multipart is not None and len(multipart.parts) >= self._spool.max_parts:
+            await self._spool._complete(multipart)
             self._created.append(multipart.key)
             self._segment_start += multipart.size
             self._multipart = None
 
     async def commit(self) -> int:
+        """Upload what is buffered (even after a failed part: its bytes are still here) and complete the segment.
+
+        If S3 fails again, SpoolError: the caller goes back to where the append began, and the parts that made it
+        stay in the open multipart upload, which the next writer adopts and then cuts (Rule 2)."""
         self._close()
-        # After a failed part its bytes are gone: the caller is told, and goes back to where this append began
-        # (the parts that made it stay in the open multipart upload, which the next writer adopts, then cuts).
-        self._check_error()
         await self._keep()
         return self._start + self._handed
 
@@ -239,6 +252,8 @@ class S3Writer:
     async def _keep(self) -> None:
         spool, buffer = self._spool, bytes(self._buffer)
         self._buffer = bytearray()
+        if buffer:
+            await self._roll_over_if_full()
         if self._multipart is not None:
             if buffer:
                 await spool._upload_part(self._multipart, buffer)  # the last part may be of any size

@@ -7,6 +7,7 @@ The behaviours every spool shares are in test_spool_contract.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import tracemalloc
@@ -238,6 +239,29 @@ def test_a_writer_holds_one_part_in_memory(s3_env: S3Server) -> None:
     # One part (5 MiB and a chunk) buffered, and for an instant its copy as the request body (10.8 MiB measured):
     # never the 40 MiB.
     assert peak < 2 * MIN_PART + 4 * MiB, f"{peak / MiB:.1f} MiB traced at the peak"
+
+
+def test_a_write_cancelled_during_its_part_upload_keeps_its_bytes(s3_env: S3Server) -> None:
+    """What `handed` says is what abort stores: a part cut short is uploaded again under its number."""
+    data = random.Random(7).randbytes(12 * MiB)
+    spool = new_spool(s3_env)
+
+    async def scenario(spool: S3Spool) -> tuple[int, int, bytes, list[str]]:
+        await spool.create("up", b"{}")
+        writer = await spool.writer("up", 0)
+        await writer.write(data[: 4 * MiB])
+        task = asyncio.create_task(writer.write(data[4 * MiB :]))  # fills a part: its upload starts
+        while writer._multipart is None:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        kept = await writer.abort()
+        return kept, writer.handed, await read_all(spool, "up"), await open_uploads(s3_env, spool)
+
+    kept, handed, back, uploads = run(spool, scenario)
+    assert kept == handed == len(data) and back == data and uploads == []
 
 
 def test_a_writer_past_max_parts_rolls_over_and_a_discard_drops_every_segment_it_made(s3_env: S3Server) -> None:
