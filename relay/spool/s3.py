@@ -21,9 +21,13 @@ multipart upload that nobody reads, `commit` completes it into a segment object 
 completed objects, which ranged GETs stream at any time.
 
 Why a tail. Every part but the last must be at least 5 MiB, and an append may be a byte. A writer opens with the
-current tail read into its buffer (so at most one part is ever in memory per upload); once the buffer holds
-`part_size` bytes it becomes a part. At `commit`, what is left (under 5 MiB when no part was uploaded) is PUT as the
-new tail, replacing the old one atomically; 5 MiB or more becomes a segment. This is tusd's "incomplete part".
+current tail read into its buffer, and uploads the buffer as a part each time it holds `part_size` bytes: at most
+one part per upload is in memory (for an instant two: the part and its copy as the request body), and `write`
+waits while a part uploads (the backpressure). At `commit`, a writer that uploaded parts sends what is left as the
+last part (of any size) and completes its segment; one that did not PUTs its buffer as the new tail when it is
+under 5 MiB (same key: the old tail is replaced atomically), as a segment otherwise. This is tusd's "incomplete
+part". `read` streams the segments, then the tail, with ranged GETs; it never completes anything, and a read
+that races a commit (the tail became part of a segment) lists again and goes on from where it was.
 
 What is durable when. A part is durable once UploadPart returns; the tail and a segment once their PUT or
 CompleteMultipartUpload returns. The bytes in a writer's buffer (under one part) are not durable until
@@ -31,7 +35,9 @@ CompleteMultipartUpload returns. The bytes in a writer's buffer (under one part)
 either the tail or, if an interrupted writer's multipart upload starts where the segments end and has parts, those
 parts (ListParts: they begin with the old tail's bytes, since the writer's buffer did). That is always a prefix of
 what was handed over, as on disk. `writer` and `truncate` adopt such a multipart upload (complete it into a segment;
-the old tail becomes a leftover) and clear leftovers, so call them only while holding the upload (Rule 1).
+the old tail becomes a leftover) and clear leftovers, so call them only while holding the upload (Rule 1): with
+several relays, `offset` counts a live writer's uploaded parts too, and `truncate` would complete its segment.
+`delete` and `delete_data` abort every multipart upload under `PREFIX ID/` and delete its objects, the last first.
 
 `truncate(size)`, as far as S3 allows: a tail is cut by rewriting it (read, PUT); segments past `size` are deleted,
 the last first; a segment that `size` cuts is replaced either by a tail (the kept bytes are under 5 MiB: a ranged
