@@ -51,6 +51,7 @@ __all__ = ["BACKOFF", "MAX_IN_FLIGHT", "TIMEOUT", "Deliverer", "WebhookMetrics"]
 BACKOFF = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)  # seconds before retries 1..6 (the contract's schedule)
 TIMEOUT = 10.0
 MAX_IN_FLIGHT = 16  # attempts at once: a slow receiver holds at most these, the rest wait their turn
+BATCH = 256  # events written to the outbox together
 log = logging.getLogger("relay.webhooks")
 
 
@@ -144,30 +145,39 @@ class Deliverer:
                 log.warning("webhooks: the event stream overflowed; some terminal events were not queued")
                 self._subscription = self.bus.subscribe(None)
                 continue
+            # What else has arrived goes into the same outbox write (one directory fsync for all of them).
+            events = [event]
+            while len(events) < BATCH and (more := subscription.get_nowait()) is not None:
+                events.append(more)
             try:
-                await self.enqueue(event)
+                await self.enqueue(events)
             except Exception:  # a full or read-only disk: say so, and keep following
-                log.exception("webhooks: could not write an outbox entry for upload %s", event.upload_id)
+                log.exception("webhooks: could not write outbox entries for %d events", len(events))
 
-    async def enqueue(self, event: Event) -> list[Delivery]:
-        """The deliveries a terminal event makes (none for other events and refused uploads, Rule 3)."""
+    async def enqueue(self, events: list[Event]) -> list[Delivery]:
+        """Write the deliveries these events make (terminal events only, not refused uploads: Rule 3)."""
+        now = time.time()
+        made = [
+            Delivery(new_message_id(), kind, event.upload_id, endpoint.url, body, now, next_attempt_at=now)
+            for event in events
+            for kind, body in self._message(event)
+            for endpoint in self.endpoints.values()
+            if kind in endpoint.events
+        ]
+        if not made:
+            return []
+        saved = await self.outbox.save_all(made)
+        self._wake.set()
+        return saved
+
+    def _message(self, event: Event) -> list[tuple[str, str]]:
+        """`[(type, body)]` for a terminal event, `[]` for any other."""
         if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and event.rejected):
             return []
         kind = "upload.completed" if isinstance(event, Completed) else "upload.failed"
-        targets = [endpoint for endpoint in self.endpoints.values() if kind in endpoint.events]
-        if not targets:
-            return []
-        body = json.dumps(
-            {"type": kind, "timestamp": _iso8601(event.ts), "data": self.record(event.upload_id) or _bare(event)},
-            separators=(",", ":"),
-        )
-        now = time.time()
-        made = []
-        for endpoint in targets:
-            delivery = Delivery(new_message_id(), kind, event.upload_id, endpoint.url, body, now, next_attempt_at=now)
-            made.append(await self.outbox.save(delivery))
-        self._wake.set()
-        return made
+        record = self.record(event.upload_id) or _bare(event)
+        message = {"type": kind, "timestamp": _iso8601(event.ts), "data": record}
+        return [(kind, json.dumps(message, separators=(",", ":")))]
 
     # -- sending ---------------------------------------------------------------------------------------------------
 

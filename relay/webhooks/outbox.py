@@ -114,25 +114,33 @@ class Outbox:
 
     async def save(self, delivery: Delivery) -> Delivery:
         """Write `delivery` durably, then index it; returns it with `updated_at` set."""
-        delivery = replace(delivery, updated_at=time.time())
-        await asyncio.to_thread(self._write, delivery)
-        self.deliveries[delivery.id] = delivery
-        if delivery.state != PENDING:
-            await self._prune()
-        return delivery
+        (saved,) = await self.save_all([delivery])
+        return saved
 
-    def _write(self, delivery: Delivery) -> None:
-        path = self._path(delivery.id)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = json.dumps(asdict(delivery), separators=(",", ":")).encode()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        _fsync_directory(self.directory)
+    async def save_all(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Write several at once: one thread hand-over and one directory fsync for all (group commit)."""
+        now = time.time()
+        deliveries = [replace(delivery, updated_at=now) for delivery in deliveries]
+        await asyncio.to_thread(self._write, deliveries)
+        for delivery in deliveries:
+            self.deliveries[delivery.id] = delivery
+        if any(delivery.state != PENDING for delivery in deliveries):
+            await self._prune()
+        return deliveries
+
+    def _write(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            path = self._path(delivery.id)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            data = json.dumps(asdict(delivery), separators=(",", ":")).encode()
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        _fsync_directory(self.directory)  # the renames are durable from here
 
     async def _prune(self) -> None:
         finished = [delivery for delivery in self.deliveries.values() if delivery.state != PENDING]

@@ -1,0 +1,103 @@
+"""Signed webhooks when an upload ends: a durable outbox, and a deliverer that retries with backoff.
+
+- endpoints.py: where webhooks go (`--webhook`, `--webhook-secret`, `[[webhooks]]`), checked at start-up.
+- signer.py: Standard Webhooks signatures.
+- outbox.py: one JSON file per delivery under `<spool>/webhooks/`, written atomically and fsynced.
+- deliverer.py: terminal events from the bus into the outbox; attempts, backoff, metrics.
+
+`start_webhooks(ctx)` at the app's start-up and `stop_webhooks(ctx)` at shutdown; `webhook_deliveries(ctx)`
+is what `GET /_relay/webhooks` answers. Nothing here is on an upload's path: the deliverer follows the bus.
+
+The retry schedule is the contract's (5 s, 30 s, 2 min, 10 min, 30 min, 1 h). `RELAY_WEBHOOK_BACKOFF`
+(comma-separated seconds, e.g. `0.2,0.5,1`) replaces it, for tests and for operators who need another one; it
+is deliberately not a flag.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relay.webhooks.deliverer import BACKOFF, Deliverer, WebhookMetrics
+from relay.webhooks.endpoints import EVENT_TYPES, WebhookEndpoint, webhook_endpoints
+from relay.webhooks.outbox import Outbox
+
+if TYPE_CHECKING:
+    from relay.proxy import RelayContext
+
+__all__ = [
+    "EVENT_TYPES",
+    "WebhookEndpoint",
+    "backoff_schedule",
+    "outbox_directory",
+    "start_webhooks",
+    "stop_webhooks",
+    "webhook_deliveries",
+    "webhook_endpoints",
+]
+
+BACKOFF_ENV = "RELAY_WEBHOOK_BACKOFF"
+# The running deliverer of each app (keyed by its context): the admin route finds it here.
+_running: dict[int, Deliverer] = {}
+
+
+def backoff_schedule(environ: Mapping[str, str] = os.environ) -> tuple[float, ...]:
+    """The retry delays: the contract's, unless RELAY_WEBHOOK_BACKOFF names others."""
+    text = environ.get(BACKOFF_ENV, "").strip()
+    if not text:
+        return BACKOFF
+    try:
+        delays = tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"{BACKOFF_ENV} must be comma-separated seconds, not {text!r}") from None
+    if any(delay < 0 for delay in delays):
+        raise ValueError(f"{BACKOFF_ENV} must not hold negative delays")
+    return delays
+
+
+def outbox_directory(spool: str) -> Path:
+    """`<spool>/webhooks/`: the outbox lives beside the resumable uploads' bytes, on the relay's own disk."""
+    if spool.startswith("s3://"):
+        raise ValueError("webhooks keep their outbox in a --spool directory; s3:// is not supported for it yet")
+    return Path(spool) / "webhooks"
+
+
+async def start_webhooks(ctx: RelayContext) -> None:
+    """Open the outbox (pending deliveries of an earlier run included) and start delivering; a no-op without
+    configured webhooks."""
+    endpoints: tuple[WebhookEndpoint, ...] = getattr(ctx.settings, "webhooks", ())  # TEMP until settings.py has it
+    if not endpoints or id(ctx) in _running:
+        return
+    outbox = Outbox(outbox_directory(ctx.settings.spool))
+    await outbox.open()
+
+    def record(upload_id: str) -> dict[str, Any] | None:
+        found = ctx.registry.get(upload_id)
+        return found.to_dict() if found is not None else None
+
+    deliverer = Deliverer(
+        outbox=outbox,
+        endpoints=endpoints,
+        bus=ctx.bus,
+        record=record,
+        metrics=WebhookMetrics(ctx.metrics.registry, outbox),
+        backoff=backoff_schedule(),
+    )
+    deliverer.start()
+    _running[id(ctx)] = deliverer
+
+
+async def stop_webhooks(ctx: RelayContext) -> None:
+    """Queue what the bus still holds, stop sending (attempts in flight stay pending for the next start)."""
+    deliverer = _running.pop(id(ctx), None)
+    if deliverer is not None:
+        await deliverer.stop()
+
+
+def webhook_deliveries(ctx: RelayContext, limit: int = 100) -> dict[str, Any]:
+    """`GET /_relay/webhooks`: recent deliveries, newest first."""
+    deliverer = _running.get(id(ctx))
+    recent = deliverer.outbox.recent(limit) if deliverer is not None else []
+    return {"webhooks": [delivery.describe() for delivery in recent]}
