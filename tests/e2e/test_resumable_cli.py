@@ -323,7 +323,9 @@ def test_ctrl_c_leaves_it_resumable(
     assert sha256_of(stored) == sha256_of(path)
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_relay_restart_mid_upload_is_retried_through(
+    stop_signal: int,
     sink: RunningServer,
     relay: RunningServer,
     throttle: Throttle,
@@ -339,7 +341,7 @@ def test_relay_restart_mid_upload_is_retried_through(
     restarted = None
     try:
         wait_for_offset(cache, relay.url, 4 * MiB)
-        relay.stop()  # SIGTERM; the drain gives up on the append in flight after 1 s
+        relay.stop(stop_signal)  # SIGTERM: the drain gives up on the append in flight after 1 s
         restarted = start_relay(
             "--spool", str(spool), "--port", str(relay.port), "--drain-timeout", "1", upstream=sink.url
         )
@@ -445,3 +447,38 @@ def test_plain_raw_upload_with_digest(relay: RunningServer, tmp_path: Path, env:
     refused = run_client(str(path), "--digest", "--to", "/upload/p", "--relay", relay.url, env=env)
     assert refused.returncode == 2
     assert "--digest needs --raw or --resumable" in refused.stderr
+
+
+def test_upload_the_relay_lost_starts_anew(
+    sink: RunningServer,
+    relay: RunningServer,
+    throttle: Throttle,
+    received: Path,
+    tmp_path: Path,
+    cache: Path,
+    env: dict[str, str],
+) -> None:
+    """A remembered upload that the relay no longer knows (404: here a relay on a fresh spool) starts from 0."""
+    path = make_file(tmp_path / "lost.bin", 16 * MiB)
+    args = [str(path), "--resumable", "--chunk-size", "2MiB", "--to", "/upload/l", "--relay", throttle.url, "--json"]
+    proc = start_client(*args, env=env)
+    try:
+        wait_for_offset(cache, relay.url, 2 * MiB)
+    finally:
+        proc.kill()
+        proc.communicate()
+    [entry] = cache_entries(cache)
+    relay.stop(signal.SIGKILL)
+    fresh = start_relay("--spool", str(tmp_path / "fresh-spool"), "--port", str(relay.port), upstream=sink.url)
+    try:
+        throttle.rate = None
+        result = run_client(*args, env=env)
+    finally:
+        fresh.stop()
+    assert result.returncode == 0, result.stderr
+    out = one_json(result.stdout)
+    assert out["upload_url"] != entry["upload_url"] and out["resumed_from"] == 0
+    assert out["bytes_sent"] == path.stat().st_size
+    [stored] = stored_at_sink(received, out["upload_id"])
+    assert sha256_of(stored) == sha256_of(path)
+    assert cache_entries(cache) == []
