@@ -118,7 +118,8 @@ class Appends:
             # against the size limit alone (a deferred length) reports progress, as a plain upload does
             provisional=request.req.content_length is None and upload.length is not None,
         )
-        cut = request.req.content_length and request.req.content_length == decision.max_bytes
+        req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
+        cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
         try:
             if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
                 raise asyncio.CancelledError

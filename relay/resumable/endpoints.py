@@ -5,18 +5,15 @@ Theory of operation
 -------------------
 Each request is parsed (relay.core.resumable_headers), admitted like a plain upload (token, caps, upload id,
 CORS), then decided by a pure function of relay.core.resumable; this module only does what the decision
-names: answer, append, forward, delete. An append (`_append`) streams the body into the spool; when it is the
-append that completes the upload (its Content-Length reaches the length), the same bytes go upstream at the
-same time (`_cut_through`, relay/resumable/forward.py) and the answer is the upstream's. Otherwise a finished
-upload is forwarded from the spool (`_forward`).
+names: answer, append, forward, delete. Appends and forwards are relay/resumable/appends.py's: an append
+streams the body into the spool, and the append that completes the upload goes upstream at the same time
+(cut-through); a finished upload whose forward failed is forwarded again from the spool.
 
 Rules:
-1. One writer: HEAD, PATCH and DELETE first end an open append of the same upload (`store.settle`).
-2. The spool's bytes follow the decision: an append's bytes are made durable (commit, or abort for a broken
-   one) exactly when the next state keeps them, else dropped (`discard`), before the state is saved.
-3. An append that completes the upload keeps every byte even when the upstream fails during cut-through:
-   the rest of the body still goes into the spool, and the answer is the upstream's error (502/504), after
-   which the same completing request (an empty PATCH at the full offset) forwards it again.
+1. One writer: HEAD, PATCH and DELETE first end an open append of the same upload (`store.settle`); DELETE
+   also waits for a forward under way (the store's Rule 5).
+2. Every answer under the prefix carries `X-Upload-ID` when the path names a valid id.
+3. `--token` applies to every request, discovery included, except CORS preflights.
 4. Refusals answered before the body was read carry `Connection: close` and a bounded lingering drain,
    as for plain uploads.
 """
