@@ -87,7 +87,7 @@ class ResumableEndpoints:
 
     async def routed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Creation, and discovery by OPTIONS, on a routed path."""
-        if await self._options(route, scope, send):
+        if await self._options(route, scope, send, routed=True):
             return
         request = await self._parse(route, scope, receive, send)
         if request is None:
@@ -137,7 +137,7 @@ class ResumableEndpoints:
 
     # -- parsing and admission --------------------------------------------------------------------------------
 
-    async def _options(self, route: Route, scope: Scope, send: Send) -> bool:
+    async def _options(self, route: Route, scope: Scope, send: Send, *, routed: bool = False) -> bool:
         if scope["method"] != "OPTIONS":
             return False
         headers = scope["headers"]
@@ -146,8 +146,12 @@ class ResumableEndpoints:
             out = [(b"content-length", b"0"), *cors]
             if cors:
                 requested = header_value(headers, b"access-control-request-headers") or b"Content-Type"
+                methods = TUS_METHODS
+                if routed:  # the route's own methods too: its plain uploads are preflighted here as well
+                    extra = [m for m in route.methods if m.encode() not in TUS_METHODS.split(b", ")]
+                    methods = b", ".join([*(m.encode() for m in extra), TUS_METHODS])
                 out += [
-                    (b"access-control-allow-methods", TUS_METHODS),
+                    (b"access-control-allow-methods", methods),
                     (b"access-control-allow-headers", requested),
                     (b"access-control-max-age", b"600"),
                 ]

@@ -415,6 +415,11 @@ def test_token_on_every_request_but_preflights(make_stack: Callable[..., Stack])
         assert "PATCH" in preflight.headers["access-control-allow-methods"]
         allowed = preflight.headers["access-control-allow-headers"].lower()
         assert "upload-offset" in allowed and "tus-resumable" in allowed
+        routed = client.options(
+            "/upload/t", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PUT"}
+        )
+        methods = routed.headers["access-control-allow-methods"]
+        assert "PUT" in methods and "POST" in methods and "PATCH" in methods  # plain uploads' too
         head = client.head(location, headers={**TUS, **auth, "Origin": "https://app.example"})
         assert head.status_code == 200
         exposed = {h.strip().lower() for h in head.headers["access-control-expose-headers"].split(",")}
