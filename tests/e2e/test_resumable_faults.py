@@ -4,7 +4,9 @@ byte-exact, and the spool keeps no data once it is delivered."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import socket
 import threading
@@ -31,11 +33,11 @@ from tests.interop.support import (
 __all__ = ["make_stack"]
 
 
-def raw_patch(port: int, location: str, offset: int, length: int, body: bytes) -> socket.socket:
+def raw_patch(port: int, location: str, offset: int, length: int, body: bytes, extra: str = "") -> socket.socket:
     """A tus PATCH declaring `length` body bytes and sending only `body`: the connection is left open."""
     head = (
         f"PATCH {location} HTTP/1.1\r\nHost: relay\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n"
-        f"Content-Type: {OCTETS}\r\nContent-Length: {length}\r\n\r\n"
+        f"Content-Type: {OCTETS}\r\nContent-Length: {length}\r\n{extra}\r\n"
     )
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head.encode() + body)
@@ -250,3 +252,32 @@ def test_a_delivered_upload_still_answers_after_a_restart_then_goes(make_stack: 
         wait_for(lambda: not any(stack.spool.iterdir()), 12)  # expired: the record goes too
         assert tus_head(client, location).status_code == 404
     assert stack.stored_hashes() == [sha256(data)]
+
+
+@pytest.mark.parametrize("fault", ["client-gone", "relay-killed"])
+def test_a_broken_patch_with_a_checksum_keeps_nothing(make_stack: Callable[..., Stack], fault: str) -> None:
+    """Its bytes cannot be verified: the offset stays where it was (docs/resumable-protocols.md)."""
+    stack = make_stack()
+    assert stack.relay is not None
+    data = os.urandom(2 * 1024 * 1024)
+    digest = base64.b64encode(hashlib.sha256(data[1000:]).digest()).decode()
+    with stack.client() as client:
+        location = tus_create(client, "/upload/sum.bin", len(data)).headers["location"]
+        assert tus_patch(client, location, 0, data[:1000]).status_code == 204
+    sock = raw_patch(
+        stack.relay.port,
+        location,
+        1000,
+        len(data) - 1000,
+        data[1000 : 1024 * 1024],
+        f"Upload-Checksum: sha256 {digest}\r\n",
+    )
+    time.sleep(0.3)
+    if fault == "relay-killed":
+        stack.restart_relay()
+    sock.close()
+    with stack.client() as client:
+        assert tus_head(client, location).headers["upload-offset"] == "1000"
+    last = finish(stack, location, data)
+    assert last.status_code == 204 and last.headers["x-upload-sha256"] == sha256(data)
+    assert_clean(stack, [data])
