@@ -9,10 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
+import signal
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def new_spool(server: S3Server, *, max_parts: int = MAX_PARTS) -> S3Spool:
@@ -133,43 +140,76 @@ def test_read_while_the_completing_appends_writer_is_open(s3_env: S3Server) -> N
     assert hashlib.sha256(after).digest() == hashlib.sha256(data).digest()
 
 
-def test_a_crash_mid_append_keeps_the_uploaded_parts_and_recovery_adopts_them(s3_env: S3Server) -> None:
-    data = random.Random(3).randbytes(30 * MiB)
-    spool = new_spool(s3_env)
+CHILD = textwrap.dedent(
+    """
+    import asyncio, random, sys
+    from relay.spool.s3 import MIN_PART, S3Spool
 
-    async def crash(spool: S3Spool) -> int:
+    POOL = random.Random(7).randbytes(40 * 1024 * 1024)
+
+    async def main():
+        spool = S3Spool.from_url(sys.argv[1], endpoint=sys.argv[2], part_size=MIN_PART)
         await spool.create("victim", b"{}")
-        committed = await append(spool, "victim", 0, data[: 3 * MiB])  # a tail only
-        writer = await spool.writer("victim", committed)
-        for start in range(committed, 14 * MiB, 256 * 1024):
-            await writer.write(data[start : start + 256 * 1024])
-        return committed  # the process dies: no commit, the buffer (under one part) is lost
+        writer = await spool.writer("victim", 0)
+        await writer.write(POOL[: 3 << 20])
+        print("committed", await writer.commit(), flush=True)  # a tail only
+        writer = await spool.writer("victim", 3 << 20)
+        for start in range(3 << 20, len(POOL), 256 * 1024):
+            await writer.write(POOL[start : start + 256 * 1024])  # waits while a part uploads
+            print("handed", writer.handed, flush=True)
+            await asyncio.sleep(0.005)  # a slow client: the kill lands mid-append
+        await writer.commit()
+        print("finished", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_9_mid_append_keeps_the_uploaded_parts_and_recovery_adopts_them(s3_env: S3Server) -> None:
+    spool = new_spool(s3_env)
+    location = f"s3://{spool.bucket}/{spool.prefix}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, location, s3_env.endpoint], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout is not None
+        committed = int(child.stdout.readline().split()[1])
+        while int(child.stdout.readline().split()[1]) < 12 * MiB:  # parts 1 and 2 are in, the third is going
+            pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert committed == 3 * MiB and child.returncode == -signal.SIGKILL
+    pool = random.Random(7).randbytes(40 * MiB)
 
     async def reopen(spool: S3Spool) -> tuple[list[str], int, list[str]]:
         return await spool.list(), await spool.offset("victim"), await open_uploads(s3_env, spool)
 
-    committed = run(spool, crash)
     ids, durable, uploads = run(again(spool), reopen)
     assert ids == ["victim"] and uploads == [seg("victim", 0)]
-    assert durable == 10 * MiB  # two parts of 5 MiB, the old tail's 3 MiB first: a prefix of what was handed over
-    assert committed < durable < 14 * MiB
+    # Whole parts of 5 MiB, the old tail's 3 MiB first: a prefix of what was handed over, past what was committed.
+    assert durable % (5 * MiB) == 0 and committed < 10 * MiB <= durable < len(pool)
 
     # The info document still says offset 0 (the glue records at append ends): recover adopts the spool.
     upload = create(
-        upload_id="victim", route="/", target=b"/", protocol="tus", now=0, expiry=60, length=len(data), metadata={}
+        upload_id="victim", route="/", target=b"/", protocol="tus", now=0, expiry=60, length=len(pool), metadata={}
     )
     recovered, keep = recover(upload, durable, now=1)
     assert (recovered.state, recovered.offset, keep) == (RECEIVING, durable, durable)
 
-    async def resume(spool: S3Spool) -> tuple[dict[str, int], bytes]:
+    async def resume(spool: S3Spool) -> tuple[dict[str, int], bytes, bytes]:
         await spool.truncate("victim", keep)  # what the store does at start-up: the parts become a segment
         layout = await objects(s3_env, spool)
-        await append(spool, "victim", keep, data[keep:])
-        return layout, await read_all(spool, "victim")
+        adopted = await read_all(spool, "victim")
+        await append(spool, "victim", keep, pool[keep:])
+        return layout, adopted, await read_all(spool, "victim")
 
-    layout, back = run(again(spool), resume)
-    assert layout == {"victim.json": 2, seg("victim", 0): 10 * MiB}  # the old tail is gone, no upload is open
-    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    layout, adopted, back = run(again(spool), resume)
+    assert layout == {"victim.json": 2, seg("victim", 0): durable}  # the old tail is gone, no upload is open
+    assert adopted == pool[:durable]
+    assert hashlib.sha256(back).digest() == hashlib.sha256(pool).digest()
 
 
 def test_crash_leftovers_are_ignored_then_cleared(s3_env: S3Server) -> None:
