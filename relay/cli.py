@@ -106,6 +106,7 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         upstream_ca=check_ca(options["upstream_ca"]),
         resumable_prefix=options["resumable_prefix"],
         spool=options["spool"],
+        s3_endpoint=options["s3_endpoint"] or None,
         resumable_expiry=options["resumable_expiry"],
         resumable_max_incomplete=options["resumable_max_incomplete"],
         ssl_certfile=options["ssl_certfile"] or None,
@@ -221,6 +222,12 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 )
 @option("--spool", default=DEFAULT_SPOOL, help="Where resumable uploads' bytes live: DIR or s3://BUCKET/PREFIX.")
 @option(
+    "--s3-endpoint",
+    default=None,
+    metavar="URL",
+    help="The S3-compatible server of an s3:// spool (default: AWS); credentials and region from AWS_* variables.",
+)
+@option(
     "--resumable-expiry",
     type=float,
     default=DEFAULT_RESUMABLE_EXPIRY,
@@ -284,12 +291,17 @@ def run(settings: Settings, host: str, port: int) -> bool:
     from relay.accesslog import AccessLog, configure_logging
     from relay.admin import upstream_probe
     from relay.app import RelayApp
+    from relay.resumable import check_spool
     from relay.server import bind_socket, loop_factory, serve
     from relay.tuning import install_nocopy_body, tune_malloc
 
     tune_malloc()
     install_nocopy_body()
     configure_logging(settings.log_level, settings.log_format)
+    try:  # an unreachable S3 server or a missing bucket is one line and exit 2, before anything listens
+        check_spool(settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     try:
         main_sock = bind_socket(host, port)
         sink_sock = bind_socket("127.0.0.1", 0) if any(r.upstream is None for r in settings.routes) else None

@@ -146,6 +146,7 @@ class Settings:
     upstream_ca: str | None = None  # PEM file: verify HTTPS upstreams against it instead of the system CAs
     resumable_prefix: str = DEFAULT_RESUMABLE_PREFIX
     spool: str = DEFAULT_SPOOL  # a directory, or s3://BUCKET/PREFIX
+    s3_endpoint: str | None = None  # the S3-compatible server of an s3:// spool (None: AWS)
     resumable_expiry: float = DEFAULT_RESUMABLE_EXPIRY
     resumable_max_incomplete: int = DEFAULT_RESUMABLE_MAX_INCOMPLETE
     ssl_certfile: str | None = None  # TLS termination: both or neither, checked by the CLI at start-up

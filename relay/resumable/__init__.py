@@ -11,27 +11,49 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.proxy import RelayContext
 from relay.resumable.endpoints import ResumableEndpoints
 from relay.resumable.store import ResumableStore
+from relay.settings import Settings
 from relay.spool.base import Spool
 
-__all__ = ["ResumableEndpoints", "ResumableStore", "open_resumable"]
+__all__ = ["ResumableEndpoints", "ResumableStore", "check_spool", "open_resumable", "open_spool"]
 
 
-def open_spool(location: str) -> Spool:
-    """The spool `--spool` names: a directory (S3-compatible storage comes with the scale-out work)."""
+def open_spool(location: str, *, s3_endpoint: str | None = None) -> Spool:
+    """The spool `--spool` names: a directory, or s3://BUCKET/PREFIX on S3-compatible storage (`--s3-endpoint`)."""
     if location.startswith("s3://"):
-        raise ValueError("--spool s3://... is not supported yet; give a directory")
+        from relay.spool.s3 import S3Spool
+
+        return S3Spool.from_url(location, endpoint=s3_endpoint)
     from relay.spool.disk import DiskSpool
 
     return DiskSpool(location)
 
 
+def check_spool(settings: Settings) -> None:
+    """At start-up, before serving: an S3 spool must answer and its bucket exist (a one-line ValueError if not)."""
+    if not settings.spool.startswith("s3://") or not any(route.resumable for route in settings.routes):
+        return
+    from relay.spool.s3 import S3Spool
+
+    async def check() -> None:
+        spool = S3Spool.from_url(settings.spool, endpoint=settings.s3_endpoint)
+        try:
+            await spool.connect()
+        finally:
+            await spool.close()
+
+    asyncio.run(check())
+
+
 async def open_resumable(ctx: RelayContext) -> ResumableEndpoints:
     """The store (recovered from the spool, its sweeper running) and the endpoints on it."""
     endpoints: list[ResumableEndpoints] = []
-    store = ResumableStore(open_spool(ctx.settings.spool), on_change=lambda upload: endpoints[0].note(upload))
+    spool = open_spool(ctx.settings.spool, s3_endpoint=ctx.settings.s3_endpoint)
+    store = ResumableStore(spool, on_change=lambda upload: endpoints[0].note(upload))
     endpoints.append(ResumableEndpoints(ctx, store))
     await store.start()
     return endpoints[0]
