@@ -16,6 +16,9 @@ Rules:
 3. `--token` applies to every request, discovery included, except CORS preflights.
 4. Refusals answered before the body was read carry `Connection: close` and a bounded lingering drain,
    as for plain uploads.
+5. Every answer to a creation that created the upload carries its `Location`, also when the same request
+   completed it (clients need it: tus-js-client fails a creation answer without one) or failed upstream
+   (so the client can retry the completion).
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class ResumableEndpoints:
         route = self._routes.get(upload.route) if upload is not None else None
         route = route or self.ctx.settings.routes[0]
         if valid_upload_id(upload_id):
-            send = _with_upload_id(send, upload_id)  # every answer about the upload says which (contract)
+            send = _with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
         if await self._options(route, scope, send):
             return
         if upload_id and not valid_upload_id(upload_id):
@@ -268,6 +271,8 @@ class ResumableEndpoints:
             )
             self.ctx.metrics.resumable.labels(event="created").inc()
             self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
+            # Rule 5: whatever the answer (a completion, the upstream's own, a 502), it says where the upload is
+            request.send = _with_header(request.send, b"location", (self.prefix + upload_id).encode())
         await self._act(request, decision, location=self.prefix + upload_id)
 
     # -- doing what a decision says -------------------------------------------------------------------------
@@ -337,14 +342,14 @@ class ResumableEndpoints:
         )
 
 
-def _with_upload_id(send: Send, upload_id: bytes) -> Send:
-    """`send` with `X-Upload-ID` added to a response start that lacks it."""
+def _with_header(send: Send, header: bytes, value: bytes) -> Send:
+    """`send` with `header` (lowercase) added to a response start that lacks it."""
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
-            if not any(name.lower() == b"x-upload-id" for name, _ in headers):
-                message = {**message, "headers": [*headers, (b"x-upload-id", upload_id)]}
+            if not any(name.lower() == header for name, _ in headers):
+                message = {**message, "headers": [*headers, (header, value)]}
         await send(message)
 
     return sending

@@ -140,6 +140,7 @@ def test_whole_file_in_one_request_completes(stack: Stack, client: httpx.Client,
     assert answer.status_code == 200, answer.text
     assert answer.headers["upload-complete"] == "?1"
     assert answer.headers["x-upload-sha256"] == sha256(data)
+    assert answer.headers["location"] == "/resumable/" + answer.headers["x-upload-id"]
     assert [sha256(b) for b in stored_for(stack, answer.headers["x-upload-id"])] == [sha256(data)]
 
 

@@ -169,6 +169,7 @@ def test_raw_forward_route_and_creation_with_upload(tmp_path: Path) -> None:
             assert done.headers["upload-offset"] == str(len(whole))
             assert done.headers["x-upload-sha256"] == sha256(whole)
             assert done.headers["x-upstream-status"] == "200"
+            assert done.headers["location"].endswith("/resumable/" + done.headers["x-upload-id"])
         assert sorted(stack.stored_hashes()) == sorted([sha256(data), sha256(whole)])
     finally:
         stack.stop()

@@ -63,8 +63,8 @@ def node_modules() -> Path:
 class NodeUpload:
     """upload.js running: its JSON lines as they come."""
 
-    def __init__(self, modules: Path, *args: str) -> None:
-        env = {**os.environ, "NODE_PATH": str(modules)}
+    def __init__(self, modules: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "NODE_PATH": str(modules), **(env or {})}
         self.proc = subprocess.Popen(
             ["node", str(HERE / "js" / "upload.js"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
@@ -168,3 +168,24 @@ def test_tus_js_client_resumes_after_a_relay_restart(
     assert done["url"] == paused["url"]  # the same upload went on: resumed, not created anew
     assert stack.stored_hashes() == [sha256(data)]
     assert stack.partial_files() == []
+
+
+@pytest.mark.parametrize("protocol", ["tus-v1", "ietf-draft-05"])
+@pytest.mark.parametrize("size", [1000, 6 * MiB], ids=["whole-file", "two-chunks"])
+def test_tus_js_client_data_during_creation(
+    node_modules: Path, make_stack: Callable[..., Stack], tmp_path: Path, protocol: str, size: int
+) -> None:
+    """The first chunk with the creation request; a small file is complete with it (the answer must still
+    carry Location, or tus-js-client fails)."""
+    stack = make_stack()
+    data = os.urandom(size)
+    path = tmp_path / "created.bin"
+    path.write_bytes(data)
+    env = {"TUS_DATA_DURING_CREATION": "1"}
+    upload = NodeUpload(node_modules, f"{stack.url}/upload/js/", str(path), protocol, str(4 * MiB), env=env)
+    try:
+        done = upload.finish()
+    finally:
+        upload.stop()
+    assert done["event"] == "success", upload.events
+    assert stack.stored_hashes() == [sha256(data)]
