@@ -189,3 +189,21 @@ def test_tus_js_client_data_during_creation(
         upload.stop()
     assert done["event"] == "success", upload.events
     assert stack.stored_hashes() == [sha256(data)]
+
+
+@pytest.mark.parametrize("protocol", ["tus-v1", "ietf-draft-05"])
+def test_tus_js_client_deferred_length(
+    node_modules: Path, make_stack: Callable[..., Stack], tmp_path: Path, protocol: str
+) -> None:
+    stack = make_stack()
+    data = os.urandom(9 * MiB)
+    path = tmp_path / "deferred.bin"
+    path.write_bytes(data)
+    env = {"TUS_DEFER_LENGTH": "1"}
+    upload = NodeUpload(node_modules, f"{stack.url}/upload/js/", str(path), protocol, str(4 * MiB), env=env)
+    try:
+        done = upload.finish()
+    finally:
+        upload.stop()
+    assert done["event"] == "success", upload.events
+    assert stack.stored_hashes() == [sha256(data)]

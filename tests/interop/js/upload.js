@@ -1,6 +1,7 @@
 // Upload one file through the relay with tus-js-client (Node.js), as the interop tests drive it.
 // usage: node upload.js ENDPOINT FILE PROTOCOL CHUNK_SIZE [PAUSE_AT GO_FILE]
-// (TUS_DATA_DURING_CREATION=1: the first chunk goes with the creation request)
+// (TUS_DATA_DURING_CREATION=1: the first chunk goes with the creation request; TUS_DEFER_LENGTH=1: the
+// length is told with the last chunk)
 // Prints one JSON line per event: {"event": "chunk", "offset": N} ..., then {"event": "success", "url": ...}
 // or {"event": "error", "message": ...} (exit 1). With PAUSE_AT, the PATCH that starts at or after that offset
 // waits until GO_FILE exists (the test restarts the relay meanwhile); retryDelays carry it over the restart.
@@ -36,6 +37,7 @@ const upload = new tus.Upload(data, {
   metadata: { filename: path.basename(file), filetype: "application/x-interop", via: protocol },
   storeFingerprintForResuming: false,
   uploadDataDuringCreation: process.env.TUS_DATA_DURING_CREATION === "1",
+  uploadLengthDeferred: process.env.TUS_DEFER_LENGTH === "1",
   onBeforeRequest(req) {
     const offset = Number(req.getHeader("Upload-Offset"));
     if (pauseAt !== undefined && !paused && req.getMethod() === "PATCH" && offset >= Number(pauseAt)) {
