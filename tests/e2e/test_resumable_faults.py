@@ -96,7 +96,8 @@ def test_client_gone_mid_patch_keeps_what_arrived(make_stack: Callable[..., Stac
         location = tus_create(client, "/upload/gone.bin", len(data)).headers["location"]
         upload_id = location.rsplit("/", 1)[1]
         sock = raw_patch(stack.relay.port, location, 0, len(data), data[: 2 * 1024 * 1024])
-        time.sleep(0.3)
+        stack.wait_spooled(upload_id, 0)
+        time.sleep(0.2)
         sock.close()
         wait_for(lambda: stack.record(upload_id)["bytes"] > 0, 5)
         offset = int(tus_head(client, location).headers["upload-offset"])
@@ -170,7 +171,7 @@ def test_two_appends_racing(make_stack: Callable[..., Stack]) -> None:
     with stack.client() as client:
         location = tus_create(client, "/upload/race.bin", len(data)).headers["location"]
         first = raw_patch(stack.relay.port, location, 0, 2 * 1024 * 1024, data[: 1024 * 1024])
-        time.sleep(0.3)
+        stack.wait_spooled(location.rsplit("/", 1)[1], 0)
         second = tus_patch(client, location, 0, data[: 2 * 1024 * 1024])  # a client that came back
         assert second.status_code == 409, second.text
         kept = int(second.headers["upload-offset"])

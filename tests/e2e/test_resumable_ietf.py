@@ -114,7 +114,8 @@ def test_whole_file_in_one_request_with_104_then_cut_then_resumed(stack: Stack, 
     half = len(data) // 2
     sock.sendall(data[:half])
     with httpx.Client(base_url=stack.url, timeout=10) as client:
-        time.sleep(0.5)  # let the relay take what was sent
+        stack.wait_spooled(upload_id, 0)  # the relay is taking what was sent
+        time.sleep(0.2)
         sock.close()  # cut mid-body
         seen = client.head(location, headers=ietf(version))
         assert seen.status_code == 204, seen.text

@@ -114,6 +114,11 @@ class Stack:
             return []
         return sorted(p for p in self.spool.iterdir() if p.is_file() and not p.name.endswith(".json"))
 
+    def wait_spooled(self, upload_id: str, more_than: int, timeout: float = 10) -> None:
+        """Until the spool's data file of `upload_id` holds more than `more_than` bytes (an append under way)."""
+        data = self.spool / f"{upload_id}.data"
+        wait_for(lambda: data.exists() and data.stat().st_size > more_than, timeout)
+
     def record(self, upload_id: str) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/_relay/uploads/{upload_id}", timeout=10)
         assert response.status_code == 200, response.text
