@@ -258,10 +258,26 @@ class ResumableEndpoints:
             free_bytes=free,
             incomplete=self.store.incomplete(),
         )
+        if decision.action == "append":  # the caps first: a refused body must not leave an upload behind
+            try:
+                self._admit_body(request)
+            except RelayError as exc:
+                await refuse(self.ctx.metrics, request, exc)
+                return
+        try:
+            await self._created(request, decision, upload_id)
+        finally:
+            self._release(request)
+
+    async def _created(self, request: Request, decision: Decision, upload_id: str) -> None:
+        scope = request.scope
         if decision.upload is not None:
             fresh = decision.upload
             try:
                 await self.store.create(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
+            except FileExistsError:  # the same X-Upload-ID created by a request racing this one
+                await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
+                return
             except (SpoolError, OSError) as exc:
                 error = SpoolUnavailable(f"the spool could not create the upload: {exc}")
                 await refuse(self.ctx.metrics, request, error)
@@ -280,7 +296,8 @@ class ResumableEndpoints:
     async def _act(self, request: Request, decision: Decision, *, location: str | None = None) -> None:
         if decision.action == "append":
             try:
-                self._admit_body(request)
+                if not request.counted:  # a creation was admitted before the upload was created
+                    self._admit_body(request)
             except RelayError as exc:
                 await refuse(self.ctx.metrics, request, exc, upload_id=decision.upload.id if decision.upload else None)
                 return

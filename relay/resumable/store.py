@@ -161,8 +161,16 @@ class ResumableStore:
                 await self.spool.save_info(upload.id, current.to_json().encode())
 
     async def create(self, upload: ResumableUpload) -> None:
+        """A new upload, in memory at once (the id is taken) and in the spool; FileExistsError if taken."""
+        if upload.id in self._uploads:
+            raise FileExistsError(f"upload {upload.id} exists")
         self._uploads[upload.id] = upload
-        await self.spool.create(upload.id, upload.to_json().encode())
+        try:
+            await self.spool.create(upload.id, upload.to_json().encode())
+        except BaseException:
+            if self._uploads.get(upload.id) is upload:
+                del self._uploads[upload.id]
+            raise
         self._on_change(upload)
 
     def forget(self, upload_id: str) -> None:

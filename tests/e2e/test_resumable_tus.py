@@ -458,3 +458,26 @@ def test_client_min_rate_applies_to_appends(make_stack: Callable[..., Stack]) ->
         assert b"client_timeout" in answer
         offset = int(tus_head(client, location).headers["upload-offset"])
         assert 0 < offset < 1024 * 1024  # what came before the refusal is kept
+
+
+def test_caps_on_creation_with_upload_leave_no_upload(make_stack: Callable[..., Stack]) -> None:
+    """--max-concurrent-uploads counts requests that bring bytes: a creation-with-upload over it is refused
+    before anything is created (no orphan counting against --resumable-max-incomplete)."""
+    stack = make_stack("--max-concurrent-uploads", "1", name="caps")
+    assert stack.relay is not None
+    with stack.client() as client:
+        location = tus_create(client, "/upload/open", 1000).headers["location"]
+        sock = raw_request(
+            stack.relay.port,
+            f"PATCH {location} HTTP/1.1\nHost: r\nTus-Resumable: 1.0.0\nUpload-Offset: 0\n"
+            f"Content-Type: {OCTETS}\nContent-Length: 1000\n",
+            b"x" * 10,
+        )
+        stack.wait_spooled(location.rsplit("/", 1)[1], 0)
+        refused = tus_create(client, "/upload/more", 100, body=b"y" * 100)
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert "location" not in refused.headers
+        assert len(list(stack.spool.glob("*.json"))) == 1
+        other = tus_patch(client, location, 0, b"z")  # a PATCH of the same upload ends the open one first
+        assert other.status_code == 409
+        sock.close()
