@@ -7,7 +7,6 @@ the answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +23,6 @@ __all__ = [
     "TUS_EXPOSED",
     "Request",
     "SpoolUnavailable",
-    "error_answer",
     "refuse",
     "respond",
     "tus_headers",
@@ -102,8 +100,3 @@ async def write_answer(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     await send({"type": "http.response.body", "body": body if status not in (204, 304) else b"", "more_body": False})
-
-
-async def error_answer(send: Send, error: RelayError, *, unread: bool) -> None:
-    body = json.dumps({"error": error.to_dict()}).encode()
-    await write_answer(send, error.status_code, [(b"content-type", b"application/json")], body, None, unread)

@@ -49,7 +49,6 @@ from relay.resumable.answers import (
     TUS_EXPOSED,
     Request,
     SpoolUnavailable,
-    error_answer,
     refuse,
     respond,
     write_answer,
@@ -111,8 +110,13 @@ class ResumableEndpoints:
             send = _with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
         if await self._options(route, scope, send):
             return
-        if upload_id and not valid_upload_id(upload_id):
-            await error_answer(send, NotFound("no such resumable upload"), unread=may_have_body(scope["headers"]))
+        if upload_id and not valid_upload_id(upload_id):  # answered in the request's protocol all the same
+            headers = scope["headers"]
+            missing = NotFound("no such resumable upload")
+            decision = core.decide_error(detect_protocol(headers) or "tus", missing, limits=route.limits)
+            cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
+            unread = may_have_body(headers)
+            await write_answer(send, 404, [*decision.headers, *cors], decision.body, receive, unread)
             return
         request = await self._parse(route, scope, receive, send)
         if request is None:

@@ -249,7 +249,8 @@ def test_refusals(stack: Stack, client: httpx.Client) -> None:
     assert tus_head(client, location).headers["upload-offset"] == "150"
     assert client.get(location, headers=TUS).status_code == 405
     assert tus_head(client, "/resumable/nosuchupload").status_code == 404
-    assert tus_head(client, location + "/more").status_code == 404
+    deeper = tus_head(client, location + "/more")
+    assert deeper.status_code == 404 and deeper.headers["tus-resumable"] == "1.0.0"
 
 
 def test_413_for_an_upload_length_over_the_limit(stack: Stack, client: httpx.Client) -> None:
