@@ -282,3 +282,35 @@ def test_a_broken_patch_with_a_checksum_keeps_nothing(make_stack: Callable[..., 
     last = finish(stack, location, data)
     assert last.status_code == 204 and last.headers["x-upload-sha256"] == sha256(data)
     assert_clean(stack, [data])
+
+
+def test_delete_while_the_file_goes_upstream_waits_for_the_answer(tmp_path: Path) -> None:
+    """A forward under way is never cut by DELETE (the upstream would see an aborted request of a file that
+    was complete): DELETE waits, the upload is delivered, its data then gone."""
+    upstream = TinyUpstream(status=200, body=b"ok", delay=1.0)
+    spool = tmp_path / "spool"
+    relay = start_relay("--spool", str(spool), upstream=upstream.url)
+    try:
+        with httpx.Client(base_url=relay.url, timeout=20) as client:
+            location = tus_create(client, "/upload/del-fwd", 5000).headers["location"]
+            upload_id = location.rsplit("/", 1)[1]
+            results: dict[str, httpx.Response] = {}
+
+            def complete() -> None:
+                with httpx.Client(base_url=relay.url, timeout=20) as own:
+                    results["patch"] = tus_patch(own, location, 0, b"q" * 5000)
+
+            thread = threading.Thread(target=complete)
+            thread.start()
+            wait_for(lambda: len(upstream.requests) == 1, 5)
+            deleted = client.delete(location, headers={"Tus-Resumable": "1.0.0"})
+            thread.join(10)
+            assert deleted.status_code == 204
+            assert results["patch"].status_code == 204
+            assert len(upstream.requests[0][1]) > 5000  # the whole multipart body
+            record = httpx.get(f"{relay.url}/_relay/uploads/{upload_id}").json()
+            assert record["state"] == "completed"
+            wait_for(lambda: not (spool / f"{upload_id}.data").exists(), 5)
+    finally:
+        relay.stop()
+        upstream.close()
