@@ -201,7 +201,8 @@ def upload_command(
             retries=DEFAULT_RESUMABLE_RETRIES if retries is None else retries,
         )
         try:
-            outcomes = asyncio.run(_resumable_all(local, settings, jobs=jobs, view=view))
+            plain = not quiet and not as_json
+            outcomes = asyncio.run(_resumable_all(local, settings, jobs=jobs, view=view, plain=plain))
         except KeyboardInterrupt:
             # The uploads stay on the relay and in the resume store: the same command goes on from there.
             command = shlex.join([PROG, *(click.get_current_context().obj or [])])
@@ -262,7 +263,7 @@ Outcome = UploadResult | UploadError
 
 
 async def _resumable_all(
-    files: list[LocalFile], settings: ResumableOptions, *, jobs: int, view: UploadView | None
+    files: list[LocalFile], settings: ResumableOptions, *, jobs: int, view: UploadView | None, plain: bool
 ) -> list[tuple[list[LocalFile], Outcome]]:
     """Each file its own resumable upload, `jobs` at once (as --each -j for plain uploads)."""
     tasks = view.add_files(files) if view else []
@@ -270,10 +271,10 @@ async def _resumable_all(
 
     async def one(index: int, file: LocalFile, client: httpx.AsyncClient) -> Outcome:
         observer = view.request(tasks[index : index + 1]) if view is not None else None
-        note = _resumable_note(view, file.path if len(files) > 1 else "")
+        note, warn = _resumable_notes(view, file.path if len(files) > 1 else "", plain=plain)
         async with gate:
             try:
-                return await upload_resumable(file, settings, client=client, observer=observer, note=note)
+                return await upload_resumable(file, settings, client=client, observer=observer, note=note, warn=warn)
             except UploadError as exc:
                 return exc
             finally:
@@ -290,12 +291,23 @@ async def _resumable_all(
     return [([f], outcome) for f, outcome in zip(files, outcomes, strict=True)]
 
 
-def _resumable_note(view: UploadView | None, label: str) -> Callable[[str], None] | None:
-    """Retries and resumptions, on the live display (as the plain uploads' retries; `--json` has the figures)."""
-    if view is None:
-        return None
+def _resumable_notes(
+    view: UploadView | None, label: str, *, plain: bool
+) -> tuple[Callable[[str], None] | None, Callable[[str], None] | None]:
+    """(note, warn): both on the live display; without one, only warnings, as a stderr line (not with --json or
+    --quiet, whose figures say it: resumed_from 0 and a new upload_url). Retries are not errors: no lines."""
     prefix = f"{label}: " if label else ""
-    return lambda text: view.note(prefix + text)
+    if view is not None:
+        on_view: Callable[[str], None] = lambda text: view.note(prefix + text)  # noqa: E731
+        return on_view, on_view
+    if not plain:
+        return None, None
+
+    def line(text: str) -> None:
+        sys.stderr.write(f"{PROG}: {' '.join((prefix + text).split())}\n")
+        sys.stderr.flush()
+
+    return None, line
 
 
 async def _with_digest(group: list[LocalFile], options: dict[str, Any]) -> dict[str, Any]:

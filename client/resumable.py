@@ -27,18 +27,28 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from rich import filesize
 
 from client.errors import ArgumentError, FileError, NetworkError
-from client.events import describe_http_error, parse_response, read_capped
+from client.events import parse_response, read_capped
 from client.ranges import InOrderHasher, RangeSource, catch_up, hash_range
 from client.results import FileResult, ResumableInfo, ResumableObserver, UploadResult, _NoObserver
-from client.resumable_wire import DIALECTS, completed, metadata_header, offset_of
+from client.resumable_wire import (
+    DIALECTS,
+    Answer,
+    Final,
+    Gone,
+    Retry,
+    completed,
+    header_int,
+    judge,
+    metadata_header,
+    offset_of,
+    protocol_error,
+)
 from client.resume_store import ResumeKey, ResumeStore, StoredUpload, fingerprint
-from client.retry import parse_retry_after
 from client.sources import Body, LocalFile, _in_reader
 from client.target import connect_failure, route_hint
 
@@ -47,8 +57,6 @@ __all__ = ["DEFAULT_RESUMABLE_RETRIES", "ResumableOptions", "backoff", "upload_r
 DEFAULT_RESUMABLE_RETRIES = 10
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
-# 5xx answers that sending again will not mend.
-FINAL_5XX = frozenset({501, 505, 507, 508, 510, 511})
 # Headers the client sets itself on every request; a user's own would contradict them.
 _OURS = frozenset({"content-length", "transfer-encoding", "content-type", "upload-offset", "upload-length"})
 
@@ -73,39 +81,6 @@ class ResumableOptions:
     store: ResumeStore = field(default_factory=ResumeStore)
 
 
-@dataclass
-class _Answer:
-    status: int
-    headers: httpx.Headers
-    body: Any
-
-
-class _Retry(Exception):
-    """Something went wrong that HEAD-and-go-on may mend; `answer` is the HTTP answer, None for the network."""
-
-    def __init__(self, reason: str, *, delay: float | None = None, answer: _Answer | None = None) -> None:
-        super().__init__(reason)
-        self.delay = delay
-        self.answer = answer
-        self.network: httpx.TransportError | None = None
-
-
-class _Gone(Exception):
-    """The relay no longer knows the upload's URL (404, 410)."""
-
-    def __init__(self, answer: _Answer) -> None:
-        super().__init__(describe_http_error(answer.status, answer.body))
-        self.answer = answer
-
-
-class _Final(Exception):
-    """An answer that ends the upload: the relay's (or the upstream's) verdict."""
-
-    def __init__(self, answer: _Answer) -> None:
-        super().__init__(describe_http_error(answer.status, answer.body))
-        self.answer = answer
-
-
 Note = Callable[[str], None]
 
 
@@ -119,6 +94,7 @@ class _Upload:
         options: ResumableOptions,
         observer: ResumableObserver,
         note: Note,
+        warn: Note,
     ) -> None:
         self.client = client
         self.file = file
@@ -126,7 +102,8 @@ class _Upload:
         self.options = options
         self.dialect = DIALECTS[options.protocol]
         self.observer = observer
-        self.note = note
+        self.note = note  # retries and resumptions: for the live display
+        self.warn = warn  # a new upload where one was expected: worth a line even without a display
         self.key: ResumeKey | None = None
         self.url: str | None = None
         self.upload_id: str | None = None
@@ -139,7 +116,7 @@ class _Upload:
         self.first_byte_at: float | None = None
         self.hasher = InOrderHasher()
         self.full_digest: bytes | None = None
-        self.done: _Answer | None = None
+        self.done: Answer | None = None
         self.created_here = False
 
     # --- the loop ----------------------------------------------------------------------------------------------
@@ -165,19 +142,19 @@ class _Upload:
                 need_head = False
                 if self.done is None:
                     await self._append()
-            except _Gone as gone:
+            except Gone as gone:
                 if self.created_here:  # not a stale entry: a relay that loses uploads must not loop us forever
-                    await self._wait(_Retry(str(gone), delay=0.0, answer=gone.answer))
+                    await self._wait(Retry(str(gone), delay=0.0, answer=gone.answer))
                 self._forget(f"the relay no longer knows {self.url}; starting a new upload from 0")
                 need_head = False
-            except _Retry as retry:
+            except Retry as retry:
                 await self._wait(retry)
                 need_head = self.url is not None
-            except _Final as final:
+            except Final as final:
                 return await self._result(final.answer)
         return await self._result(self.done)
 
-    async def _wait(self, retry: _Retry) -> None:
+    async def _wait(self, retry: Retry) -> None:
         self.failures += 1
         if self.failures > self.options.retries:
             raise self._give_up(retry)
@@ -185,9 +162,9 @@ class _Upload:
         self.note(f"{retry}; retrying in {delay:.1f} s ({self.failures}/{self.options.retries})")
         await asyncio.sleep(delay)
 
-    def _give_up(self, retry: _Retry) -> Exception:
+    def _give_up(self, retry: Retry) -> Exception:
         if retry.answer is not None:
-            return _Final(retry.answer)
+            return Final(retry.answer)
         message = str(retry)
         if isinstance(retry.network, httpx.ConnectError | httpx.ConnectTimeout):
             message = connect_failure(self.options.relay, retry.network)
@@ -199,7 +176,7 @@ class _Upload:
         if self.key is not None:
             self.options.store.remove(self.key)
         if self.url is not None:
-            self.note(why)
+            self.warn(why)
         self.url = None
         self.offset = self.high_water = 0
         self.observer.moved_to(0, 0)
@@ -227,7 +204,7 @@ class _Upload:
         headers = self._headers(self.dialect.create(self.size, metadata, self.full_digest), creation=True)
         answer = await self._send("POST", self.options.url, headers)
         if not 200 <= answer.status < 300:
-            self._judge(answer, upload_url=False)
+            judge(answer, upload_url=False)
         self.upload_id = answer.headers.get("x-upload-id")
         if self.resumed_from is None:
             self.resumed_from = 0
@@ -236,7 +213,7 @@ class _Upload:
             return
         location = answer.headers.get("location")
         if not location:
-            raise _Final(_protocol_error(answer, "the relay's creation answer has no Location"))
+            raise Final(protocol_error(answer, "the relay's creation answer has no Location"))
         self.url = str(httpx.URL(self.options.url).join(location))
         self.created_here = True
         self._moved(offset_of(answer.headers) or 0)
@@ -248,10 +225,10 @@ class _Upload:
         assert self.url is not None
         answer = await self._send("HEAD", self.url, self._headers(self.dialect.base()))
         if not 200 <= answer.status < 300:
-            self._judge(answer, upload_url=True)
+            judge(answer, upload_url=True)
         offset = offset_of(answer.headers)
         if offset is None or offset > self.size:
-            raise _Final(_protocol_error(answer, f"HEAD {self.url} gave no usable Upload-Offset"))
+            raise Final(protocol_error(answer, f"HEAD {self.url} gave no usable Upload-Offset"))
         self.upload_id = answer.headers.get("x-upload-id") or self.upload_id
         if self.resumed_from is None:
             self.resumed_from = offset
@@ -278,16 +255,16 @@ class _Upload:
             if self.first_byte_at is None:
                 self.first_byte_at = body.first_byte_at or began
         if not 200 <= answer.status < 300:
-            self._judge(answer, upload_url=True)
+            judge(answer, upload_url=True)
         if completed(answer.headers):
             self.done = answer
             return
         offset = offset_of(answer.headers)
         if offset is None or offset < start:
-            raise _Final(_protocol_error(answer, f"PATCH {self.url} gave no usable Upload-Offset"))
+            raise Final(protocol_error(answer, f"PATCH {self.url} gave no usable Upload-Offset"))
         self._moved(offset)
 
-    async def _send(self, method: str, url: str, headers: httpx.Headers, body: Body | None = None) -> _Answer:
+    async def _send(self, method: str, url: str, headers: httpx.Headers, body: Body | None = None) -> Answer:
         try:
             request = self.client.build_request(method, url, headers=headers, content=body)
             response = await self.client.send(request, stream=True)
@@ -296,30 +273,14 @@ class _Upload:
             finally:
                 await response.aclose()
         except httpx.TransportError as exc:
-            retry = _Retry(f"{method} {url}: {_transport_reason(exc)}")
+            retry = Retry(f"{method} {url}: {_transport_reason(exc)}")
             retry.network = exc
             raise retry from exc
-        return _Answer(response.status_code, response.headers, parse_response(content) if content else None)
-
-    def _judge(self, answer: _Answer, *, upload_url: bool) -> None:
-        """Raise what a non-2xx answer means: retry after HEAD, start anew, or the end."""
-        status = answer.status
-        text = describe_http_error(status, answer.body)
-        if status == 429:
-            raise _Retry(text, delay=parse_retry_after(answer.headers.get("retry-after")), answer=answer)
-        if upload_url and status in (404, 410):
-            raise _Gone(answer)
-        if upload_url and status == 409:
-            raise _Retry("offset mismatch: asking the relay where it stands", delay=0.0, answer=answer)
-        if upload_url and status == 460:
-            raise _Retry("checksum mismatch (did the file change?)", answer=answer)
-        if status >= 500 and status not in FINAL_5XX and "x-upstream-status" not in answer.headers:
-            raise _Retry(text, answer=answer)
-        raise _Final(answer)
+        return Answer(response.status_code, response.headers, parse_response(content) if content else None)
 
     # --- results -----------------------------------------------------------------------------------------------
 
-    async def _result(self, answer: _Answer) -> UploadResult:
+    async def _result(self, answer: Answer) -> UploadResult:
         delivered = "x-upstream-status" in answer.headers
         if delivered and self.key is not None:
             # The upstream has answered for the whole file: there is nothing left to resume.
@@ -335,7 +296,7 @@ class _Upload:
         file.relay_sha256 = relay_sha256
         file.match = None if not ok or relay_sha256 is None else relay_sha256.lower() == sha256
         info = self._info()
-        info.upstream_status = _int(answer.headers.get("x-upstream-status"))
+        info.upstream_status = header_int(answer.headers.get("x-upstream-status"))
         response = answer.body
         if response is None and delivered:
             response = {"upstream_status": info.upstream_status, "sha256": relay_sha256, "size": self.size}
@@ -375,19 +336,6 @@ class _Upload:
         return time.perf_counter() - self.first_byte_at if self.first_byte_at is not None else 0.0
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
-
-
-def _protocol_error(answer: _Answer, message: str) -> _Answer:
-    # Not something a retry mends: a relay that does not speak the protocol (or not this version of it).
-    return _Answer(
-        answer.status if answer.status >= 400 else 502,
-        answer.headers,
-        {"error": {"code": "protocol", "message": message}},
-    )
-
-
 def _transport_reason(exc: httpx.TransportError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -399,13 +347,17 @@ async def upload_resumable(
     client: httpx.AsyncClient,
     observer: ResumableObserver | None = None,
     note: Note | None = None,
+    warn: Note | None = None,
 ) -> UploadResult:
     """Upload `file` as one resumable upload and return what happened (HTTP errors in the result).
 
-    Raises FileError for a file that cannot be read, NetworkError once the retries are spent (its `result`
-    says how far it got); the upload stays resumable in both cases.
+    `note` hears of retries and resumptions, `warn` (default: `note`) of an upload the relay no longer knew
+    (a new one starts from 0). Raises FileError for a file that cannot be read, NetworkError once the retries
+    are spent (its `result` says how far it got); the upload stays resumable in both cases.
     """
     if file.size is None:
         raise ArgumentError("'-' (standard input) cannot be sent as a resumable upload: it cannot be read again")
-    upload = _Upload(client, file, options, observer or _NoObserver(), note or (lambda text: None))
+    quiet: Note = lambda text: None  # noqa: E731
+    note = note or quiet
+    upload = _Upload(client, file, options, observer or _NoObserver(), note, warn or note)
     return await upload.run()

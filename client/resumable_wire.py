@@ -10,6 +10,10 @@
 Both carry `Upload-Metadata` (the relay reads it in either protocol, as tus-js-client sends it): `filename`,
 `filetype`, then the `--form` fields. The completing request is answered only once the upstream answered; the
 relay then adds `X-Upstream-Status` and `X-Upload-Sha256`, which is how the client tells completion apart.
+
+What a non-2xx answer means is decided here too (`judge`), the same for both protocols: `Retry` (HEAD and go
+on: 409, 460, 429 after its Retry-After, a 5xx of the relay's own), `Gone` (404/410 for the upload's URL: start
+anew) or `Final` (a 4xx, the upstream's own verdict marked by X-Upstream-Status, 501/505/507).
 """
 
 from __future__ import annotations
@@ -18,18 +22,38 @@ import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from client.errors import ArgumentError
+from client.events import describe_http_error
+from client.retry import parse_retry_after
 
-__all__ = ["DIALECTS", "IETF", "TUS", "Dialect", "completed", "metadata_header", "offset_of"]
+__all__ = [
+    "DIALECTS",
+    "IETF",
+    "TUS",
+    "Answer",
+    "Dialect",
+    "Final",
+    "Gone",
+    "Retry",
+    "completed",
+    "header_int",
+    "judge",
+    "metadata_header",
+    "offset_of",
+    "protocol_error",
+]
 
 TUS_VERSION = "1.0.0"
 IETF_INTEROP_VERSION = "8"
 # tus: a metadata key is any run of characters without spaces and commas.
 _METADATA_KEY = re.compile(r"[^\s,]+")
 _RESERVED_KEYS = ("filename", "filetype")
+# 5xx answers that sending again will not mend.
+FINAL_5XX = frozenset({501, 505, 507, 508, 510, 511})
 
 
 @dataclass(frozen=True)
@@ -108,3 +132,69 @@ def offset_of(headers: httpx.Headers) -> int | None:
 def completed(headers: httpx.Headers) -> bool:
     """The upstream answered for the whole file (the relay adds X-Upstream-Status only then)."""
     return "x-upstream-status" in headers
+
+
+# --- what an answer means -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: Any
+
+
+class Retry(Exception):
+    """Something went wrong that HEAD-and-go-on may mend; `answer` is the HTTP answer, None for the network."""
+
+    def __init__(self, reason: str, *, delay: float | None = None, answer: Answer | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.answer = answer
+        self.network: httpx.TransportError | None = None
+
+
+class Gone(Exception):
+    """The relay no longer knows the upload's URL (404, 410)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(describe_http_error(answer.status, answer.body))
+        self.answer = answer
+
+
+class Final(Exception):
+    """An answer that ends the upload: the relay's (or the upstream's) verdict."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(describe_http_error(answer.status, answer.body))
+        self.answer = answer
+
+
+def judge(answer: Answer, *, upload_url: bool) -> None:
+    """Raise what a non-2xx answer means: retry after HEAD, start anew, or the end."""
+    status = answer.status
+    text = describe_http_error(status, answer.body)
+    if status == 429:
+        raise Retry(text, delay=parse_retry_after(answer.headers.get("retry-after")), answer=answer)
+    if upload_url and status in (404, 410):
+        raise Gone(answer)
+    if upload_url and status == 409:
+        raise Retry("offset mismatch: asking the relay where it stands", delay=0.0, answer=answer)
+    if upload_url and status == 460:
+        raise Retry("checksum mismatch (did the file change?)", answer=answer)
+    if status >= 500 and status not in FINAL_5XX and "x-upstream-status" not in answer.headers:
+        raise Retry(text, answer=answer)
+    raise Final(answer)
+
+
+def header_int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def protocol_error(answer: Answer, message: str) -> Answer:
+    # Not something a retry mends: a relay that does not speak the protocol (or not this version of it).
+    return Answer(
+        answer.status if answer.status >= 400 else 502,
+        answer.headers,
+        {"error": {"code": "protocol", "message": message}},
+    )

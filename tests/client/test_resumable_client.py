@@ -30,7 +30,7 @@ from client.ranges import InOrderHasher, RangeSource, catch_up, hash_range
 from client.report import answer_summary, result_json
 from client.results import FileResult, ResumableInfo, UploadResult
 from client.resumable import ResumableOptions, backoff, upload_resumable
-from client.resumable_wire import IETF, TUS, metadata_header, repr_field
+from client.resumable_wire import IETF, TUS, Answer, Final, Gone, Retry, judge, metadata_header, repr_field
 from client.resume_store import ResumeStore, StoredUpload, default_directory, fingerprint
 from client.sources import check_files
 from relay.testing import RunningServer, start_relay, start_sink
@@ -357,3 +357,27 @@ def test_summary_of_a_resumable_result() -> None:
     assert (out["resumed_from"], out["attempts"], out["upstream_status"]) == (40, 2, 200)
     assert out["files"][0]["partial"] is False  # the whole file is on the relay, 40 bytes of it from before
     assert answer_summary(result, 0) == "upstream 200; resumed at 40; relay sha256 ok"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "upload_url", "verdict"),
+    [
+        (429, {"retry-after": "3"}, False, Retry),
+        (409, {}, True, Retry),
+        (460, {}, True, Retry),
+        (502, {}, True, Retry),
+        (503, {}, False, Retry),
+        (404, {}, True, Gone),
+        (410, {}, True, Gone),
+        (404, {}, False, Final),  # at creation: a path the relay does not route
+        (500, {"x-upstream-status": "500"}, True, Final),  # the upstream's own verdict: sending again repeats it
+        (507, {}, False, Final),
+        (413, {}, False, Final),
+        (401, {}, True, Final),
+    ],
+)
+def test_what_an_answer_means(status: int, headers: dict[str, str], upload_url: bool, verdict: type) -> None:
+    with pytest.raises(verdict) as caught:
+        judge(Answer(status, httpx.Headers(headers), None), upload_url=upload_url)
+    if status == 429:
+        assert caught.value.delay == 3.0
