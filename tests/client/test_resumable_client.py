@@ -381,3 +381,21 @@ def test_what_an_answer_means(status: int, headers: dict[str, str], upload_url: 
         judge(Answer(status, httpx.Headers(headers), None), upload_url=upload_url)
     if status == 429:
         assert caught.value.delay == 3.0
+
+
+@sync
+async def test_delivered_upload_whose_answer_was_lost(relay: RunningServer, received: Path, tmp_path: Path) -> None:
+    """A run killed after the last byte went: the next one finds the full offset and asks for the answer again."""
+    path = make(tmp_path, "delivered.bin", 100_000)
+    destination = f"{relay.url}/upload/lib"
+    created = httpx.post(destination, headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(100_000)})
+    upload_url = str(httpx.URL(destination).join(created.headers["location"]))
+    headers = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    assert httpx.patch(upload_url, headers=headers, content=path.read_bytes()).status_code == 204
+    store = ResumeStore(tmp_path / "cache")
+    store.save(fingerprint(str(path), destination), StoredUpload(upload_url, "tus", str(path), destination, 100_000))
+    result = await send(path, relay, tmp_path)
+    assert result.ok and result.status == 204 and result.bytes_sent == 0 and result.attempts == 1
+    assert result.resumable is not None and result.resumable.resumed_from == 100_000
+    assert result.files[0].sha256 == result.files[0].relay_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert list((tmp_path / "cache").iterdir()) == []
