@@ -79,6 +79,13 @@ class Appends:
         try:
             await self._append_held(request, decision, upload, handle, location)
         finally:
+            current = self.store.get(upload.id)
+            if current is not None and current.state == core.APPENDING and current.writer == upload.writer:
+                # It ended without recording its end (cancelled at shutdown, or an unexpected error): let the
+                # upload go on from where this append began, rather than stay held by a writer that is gone.
+                start = current.append_start if current.append_start is not None else current.offset
+                now = time.time()
+                self.store.record(core.apply(current, core.APPEND_BREAK, now=now, writer=current.writer, offset=start))
             self.store.close_append(upload.id, handle)
 
     async def _append_held(
