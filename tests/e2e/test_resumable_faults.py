@@ -164,13 +164,17 @@ def test_upstream_dies_mid_cut_through(tmp_path: Path) -> None:
         upstream.close()
 
 
-def test_two_appends_racing(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("completing", [False, True], ids=["append", "completing-append"])
+def test_two_appends_racing(make_stack: Callable[..., Stack], completing: bool) -> None:
+    """The second request ends the first (which keeps what it brought, and whose forward, when it was the
+    completing append going upstream, is aborted): never a corrupt or a double delivery."""
     stack = make_stack()
     assert stack.relay is not None
     data = os.urandom(3 * 1024 * 1024)
+    declared = len(data) if completing else 2 * 1024 * 1024
     with stack.client() as client:
         location = tus_create(client, "/upload/race.bin", len(data)).headers["location"]
-        first = raw_patch(stack.relay.port, location, 0, 2 * 1024 * 1024, data[: 1024 * 1024])
+        first = raw_patch(stack.relay.port, location, 0, declared, data[: 1024 * 1024])
         stack.wait_spooled(location.rsplit("/", 1)[1], 0)
         second = tus_patch(client, location, 0, data[: 2 * 1024 * 1024])  # a client that came back
         assert second.status_code == 409, second.text
