@@ -101,7 +101,7 @@ class RelayApp:
 
     async def shutdown(self) -> None:
         if self.resumable is not None:
-            await self.resumable.store.stop()
+            await self.resumable.stop()
         for upstream in self.ctx.upstreams.values():
             await upstream.aclose()
         self.ctx.upstreams.clear()

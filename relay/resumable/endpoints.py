@@ -54,6 +54,7 @@ from relay.resumable.answers import (
     write_answer,
 )
 from relay.resumable.appends import Appends
+from relay.resumable.redeliver import Redelivery
 from relay.resumable.store import ResumableStore
 from relay.settings import Route
 from relay.spool.base import SpoolError
@@ -78,6 +79,8 @@ class ResumableEndpoints:
         )
         self._routes = {route.prefix: route for route in settings.routes}
         self.appends = Appends(ctx, store)
+        self.redelivery = Redelivery(self.appends, self._routes)
+        store.on_sweep = self.redelivery.due
 
     # -- routing --------------------------------------------------------------------------------------------
 
@@ -133,6 +136,8 @@ class ResumableEndpoints:
         now, limits, req = time.time(), request.route.limits, request.req
         if req.method == "HEAD":
             await respond(request, core.decide_head(req, upload, now=now, limits=limits))
+            if upload is not None:
+                self.redelivery.kick(upload)  # a client back after a failed forward: deliver now if we can
         elif req.method == "DELETE":
             async with self.store.forward_lock(upload_id):  # a forward under way ends first (store Rule 5)
                 upload = self.store.get(upload_id)
@@ -325,6 +330,11 @@ class ResumableEndpoints:
             if upload.state == core.FAILED:
                 self.ctx.metrics.resumable.labels(event="terminated").inc()
         await respond(request, replace(decision, upload=None))
+
+    async def stop(self) -> None:
+        """Stop the background retries, then the store (its sweeper, the spool)."""
+        await self.redelivery.stop()
+        await self.store.stop()
 
     # -- the registry -------------------------------------------------------------------------------------------
 

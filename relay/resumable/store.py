@@ -94,6 +94,8 @@ class ResumableStore:
         self._forwards: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Called on every sweep with the uploads and the time (relay/resumable/redeliver.py retries forwards).
+        self.on_sweep: Callable[[list[ResumableUpload], float], None] | None = None
 
     # -- start and stop -------------------------------------------------------------------------------------
 
@@ -247,6 +249,8 @@ class ResumableStore:
     async def sweep(self) -> None:
         """Expire idle incomplete uploads (their data deleted), forget finished ones past their time."""
         now = time.time()
+        if self.on_sweep is not None:
+            self.on_sweep(list(self._uploads.values()), now)
         for upload in list(self._uploads.values()):
             forwarding = self._forwards.get(upload.id)
             if forwarding is not None and forwarding.locked():

@@ -137,6 +137,28 @@ def test_upstream_down_at_completion_then_delivered_once(make_stack: Callable[..
     assert_clean(stack, [data])
 
 
+def test_a_client_that_only_asks_head_after_a_failed_forward_still_gets_it_delivered(
+    make_stack: Callable[..., Stack],
+) -> None:
+    # tus-js-client after a 502 on its last PATCH retries with a HEAD, sees the full offset and reports success:
+    # it never sends the completing PATCH again. The relay delivers by itself once the upstream is back.
+    stack = make_stack()
+    assert stack.sink is not None
+    data = os.urandom(300_000)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/headonly.bin", len(data)).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        stack.sink.stop()
+        assert tus_patch(client, location, 0, data).status_code == 502
+        stack.start_sink()
+        assert tus_head(client, location).headers["upload-offset"] == str(len(data))
+        wait_for(lambda: stack.record(upload_id)["state"] == "completed", 10)
+        assert stack.record(upload_id)["upstream_status"] == 200
+        replay = tus_patch(client, location, len(data), b"")  # a client that does send it again: no second copy
+        assert replay.status_code == 204 and replay.headers["x-upload-sha256"] == sha256(data)
+    assert_clean(stack, [data])
+
+
 def test_upstream_dies_mid_cut_through(tmp_path: Path) -> None:
     upstream = TinyUpstream(read_limit=1024 * 1024, die=True)
     stack = Stack(tmp_path, ())
