@@ -8,6 +8,9 @@ of any wait on Redis.
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlsplit
+
 from prometheus_client import CollectorRegistry
 
 from relay.bus import EventBus
@@ -15,7 +18,7 @@ from relay.state.base import FeedEntry, SharedState
 from relay.state.memory import MemoryState
 from relay.uploads import UploadRegistry
 
-__all__ = ["FeedEntry", "MemoryState", "SharedState", "open_state"]
+__all__ = ["FeedEntry", "MemoryState", "SharedState", "check_redis", "open_state"]
 
 
 def open_state(
@@ -50,3 +53,16 @@ def _memory_registry(size: int, ttl: float) -> UploadRegistry:
     from relay.uploads import InMemoryUploadRegistry
 
     return InMemoryUploadRegistry(max_finished=size, ttl=ttl)
+
+
+def check_redis(url: str) -> None:
+    """Before serving: raise ValueError (one line, without the URL's password) unless Redis answers a PING."""
+    from relay.state.link import ERRORS, describe
+    from relay.state.redis import ping
+
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        asyncio.run(ping(url))
+    except ERRORS + (ValueError,) as exc:
+        raise ValueError(f"redis at {shown} does not answer ({describe(exc)})") from None

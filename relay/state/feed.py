@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from relay.bus import Subscription
 from relay.core.events import TERMINAL, Event, Part, Progress
 from relay.state.base import FeedEntry
 from relay.state.codec import decode_event, decode_record, id_key
@@ -109,7 +110,7 @@ class Fanout:
         self.link = link
         self.followers: set[Follower] = set()
         self.last_id: str | None = None
-        self.sinks: list[Callable[[Event], None]] = []  # the bus's own subscriptions
+        self.subscriptions: set[Subscription] = set()  # RedisEventBus.subscribe()'s, relay/bus.py's rules
 
     def add(self, follower: Follower) -> Follower:
         self.followers.add(follower)
@@ -133,10 +134,11 @@ class Fanout:
             newest: Any = await self.client.xrevrange(self.key, count=1)
             self.last_id = _text(newest[0][0]) if newest else "0-0"
         reply: Any = await self.client.xread({self.key: self.last_id}, count=READ_COUNT, block=BLOCK_MS)
+        listening = bool(self.followers or self.subscriptions)  # else only the position moves: no decoding
         for _, entries in reply or []:
             for raw_id, fields in entries:
                 self.last_id = _text(raw_id)
-                event = _entry_event(fields)
+                event = _entry_event(fields) if listening else None
                 if event is not None:
                     self.deliver(self.last_id, event)
 
@@ -146,8 +148,11 @@ class Fanout:
                 follower.put(entry_id, event)
                 if follower.closed:
                     self.followers.discard(follower)
-        for sink in self.sinks:
-            sink(event)
+        for subscription in tuple(self.subscriptions):
+            if subscription.matches(event):
+                subscription.put(event)
+                if subscription.closed:
+                    self.subscriptions.discard(subscription)
 
 
 async def follow_upload(

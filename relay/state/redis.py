@@ -96,32 +96,23 @@ class RedisUploadRegistry:
 
 
 class RedisEventBus:
-    """`publish` queues for Redis; subscribers get every relay's events back from the stream."""
+    """`publish` queues for Redis; subscribers get every relay's events back from the stream (the fan-out)."""
 
     def __init__(self, queue: WriteQueue, fanout: Fanout) -> None:
         self.queue = queue
         self.fanout = fanout
-        self._subscribers: set[Subscription] = set()
-        fanout.sinks.append(self._deliver)
 
     def publish(self, event: Event) -> None:
         self.queue.event(event)
 
     def subscribe(self, upload_id: str | None = None) -> Subscription:
         subscription = Subscription(upload_id)
-        self._subscribers.add(subscription)
+        self.fanout.subscriptions.add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()
-        self._subscribers.discard(subscription)
-
-    def _deliver(self, event: Event) -> None:
-        for subscription in tuple(self._subscribers):
-            if subscription.matches(event):
-                subscription.put(event)
-                if subscription.closed:
-                    self._subscribers.discard(subscription)
+        self.fanout.subscriptions.discard(subscription)
 
 
 class RedisState:

@@ -31,10 +31,12 @@ once in `relay_state_errors_total` (so does anything pushed out of a full queue,
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from relay.core.events import Event, Progress
 from relay.state.codec import encode_event, encode_record, record_gen
@@ -43,6 +45,7 @@ from relay.uploads import UploadRecord
 
 __all__ = ["FLUSH", "Batch", "Flusher", "Keys", "WriteQueue", "flush_args"]
 
+log = logging.getLogger("relay.state")
 FLUSH_INTERVAL = 0.1
 FLUSH_TIMEOUT = 5.0
 MAX_PENDING = 10_000
@@ -84,7 +87,8 @@ for _ = 1, nev do
   if not fenced[id] then
     local eid = redis.call('XADD', p .. 'events', 'MAXLEN', '~', all_max, '*', 'e', name, 'd', data)
     local one = p .. 'events:' .. id
-    redis.call('XADD', one, 'MAXLEN', '~', one_max, eid, 'e', name, 'd', data)
+    -- pcall: should this stream ever be ahead of the other (deleted by hand), skip it rather than fail all
+    redis.pcall('XADD', one, 'MAXLEN', '~', one_max, eid, 'e', name, 'd', data)
     redis.call('EXPIRE', one, fin_ttl)
   end
 end
@@ -266,6 +270,12 @@ class Flusher:
         try:
             async with asyncio.timeout(timeout):
                 await self.script(args=self.args(batch))
+        except ResponseError as exc:
+            # Redis answered, with an error (a key of another type under our prefix?): retrying the same batch
+            # would fail the same way and hold up everything behind it, so it is counted and dropped.
+            log.warning("relay-server: redis refused a write (%s); %d records and events dropped", exc, batch.size)
+            self.on_error(batch.size - batch.carried)
+            return False
         except ERRORS as exc:
             self.link.down(exc)
             self.on_error(batch.size - batch.carried)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,11 @@ class Relays:
         relay = start_relay("--redis", self.redis.url, "--redis-prefix", "t:", *extra, upstream=self.upstream)
         self.started.append(relay)
         return relay
+
+    def start_many(self, count: int, *extra: str) -> list[RunningServer]:
+        """`count` relays started side by side (a relay takes seconds to start on a busy machine)."""
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(lambda _: self.start(*extra), range(count)))
 
     def stop_all(self) -> None:
         for relay in self.started:
