@@ -3,14 +3,15 @@
 Theory of operation
 -------------------
 One `Fanout` task per relay reads the stream of every upload (`<p>events`) with XREAD BLOCK from an explicit
-entry id (never `$` after the first call, so nothing added between two reads is missed) and hands each entry
-to the local `Follower`s that want it. A follower is one SSE client: a bounded queue that merges a waiting
-progress event with a newer one of the same upload and never drops the others (relay/bus.py's rules); a
-client that lets too many pile up is cut off.
+entry id (never `$`, so nothing added between two reads is missed) and hands each entry to the local
+`Follower`s that want it; while nobody on the relay listens it reads nothing at all. A follower is one SSE
+client: a bounded queue that merges a waiting progress event with a newer one of the same upload and never
+drops the others (relay/bus.py's rules); a client that lets too many pile up is cut off.
 
 `follow_upload` (one upload):
-  1. the follower is registered first, then the starting point is read from Redis; every entry newer than that
-     point is added to the stream after the follower exists, so the fan-out delivers it: nothing falls between;
+  1. the follower is registered first (and the fan-out's reading position taken, if it was idle), then the
+     starting point is read from Redis; every entry newer than that point is added to the stream after the
+     fan-out's position, so the fan-out delivers it to the follower: nothing falls between;
   2. without `Last-Event-ID`: a snapshot in one MULTI (the record and the id of the upload stream's last entry),
      sent as the catch-up of the contract (current counts, parts so far, the terminal event), every line
      with that last entry id; with `Last-Event-ID`: XRANGE of the upload's stream after that id (the per-upload
@@ -111,34 +112,61 @@ class Fanout:
         self.followers: set[Follower] = set()
         self.last_id: str | None = None
         self.subscriptions: set[Subscription] = set()  # RedisEventBus.subscribe()'s, relay/bus.py's rules
+        self._wanted = asyncio.Event()
 
-    def add(self, follower: Follower) -> Follower:
+    @property
+    def listening(self) -> bool:
+        return bool(self.followers or self.subscriptions)
+
+    async def join(self, follower: Follower) -> Follower:
+        """Register first, then make sure the reader has a position: taken now, before the caller reads its
+        snapshot, so the reader starts at or before it."""
         self.followers.add(follower)
+        if self.last_id is None:
+            try:
+                async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                    await self.position()
+            except ERRORS as exc:
+                self.link.down(exc)
+        self.wake()
         return follower
+
+    def wake(self) -> None:
+        self._wanted.set()
 
     def remove(self, follower: Follower) -> None:
         follower.close()
         self.followers.discard(follower)
 
     async def run(self) -> None:
+        """Reads only while someone on this relay listens: an idle relay sends Redis no XREAD at all."""
         while True:
+            if not self.listening:
+                self.last_id = None  # the next listener takes a fresh position
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
             await self.link.wait_up()
             try:
+                await self.position()
                 await self.read_once()
             except ERRORS as exc:
                 self.link.down(exc)
 
-    async def read_once(self) -> None:
+    async def position(self) -> None:
+        """Where to read from: the newest entry now, then always an explicit id (never `$`, which would
+        lose what is added between two reads)."""
         if self.last_id is None:
-            # Where to start: the newest entry now (then always an explicit id, never `$`).
             newest: Any = await self.client.xrevrange(self.key, count=1)
             self.last_id = _text(newest[0][0]) if newest else "0-0"
+
+    async def read_once(self) -> None:
+        assert self.last_id is not None
         reply: Any = await self.client.xread({self.key: self.last_id}, count=READ_COUNT, block=BLOCK_MS)
-        listening = bool(self.followers or self.subscriptions)  # else only the position moves: no decoding
         for _, entries in reply or []:
             for raw_id, fields in entries:
                 self.last_id = _text(raw_id)
-                event = _entry_event(fields) if listening else None
+                event = _entry_event(fields) if self.listening else None
                 if event is not None:
                     self.deliver(self.last_id, event)
 
@@ -164,8 +192,9 @@ async def follow_upload(
     last_event_id: str | None,
     unknown_wait: float,
 ) -> AsyncIterator[FeedEntry]:
-    follower = fanout.add(Follower(upload_id))
+    follower = Follower(upload_id)
     try:
+        await fanout.join(follower)
         if last_event_id is not None:
             replayed, record = await _replay_upload(client, keys, upload_id, last_event_id)
             sent_id, parts_sent, sent_bytes = last_event_id, 0, 0
@@ -212,9 +241,10 @@ async def follow_upload(
 
 
 async def follow_all(client: Redis, keys: Keys, fanout: Fanout, last_event_id: str | None) -> AsyncIterator[FeedEntry]:
-    follower = fanout.add(Follower(None))
+    follower = Follower(None)
     sent_id = last_event_id or "0-0"
     try:
+        await fanout.join(follower)
         if last_event_id is not None:
             try:
                 async with asyncio.timeout(SNAPSHOT_TIMEOUT):

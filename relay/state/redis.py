@@ -7,7 +7,7 @@ The data path does not change: `RedisUploadRegistry.apply` updates this relay's 
 `RedisEventBus.publish` queues the event. Neither waits. Background jobs, started by `start()` in the app's
 lifespan, do the talking:
   - Flusher (relay/state/writer.py): everything queued, one EVALSHA per FLUSH_INTERVAL (100 ms) at most;
-  - Fanout (relay/state/feed.py): XREAD BLOCK on the stream of every upload, for this relay's SSE clients;
+  - Fanout (relay/state/feed.py): XREAD BLOCK on the stream of every upload while this relay has SSE clients;
   - Leases (relay/state/leases.py): renews the caps' leases this relay holds;
   - Heartbeat and Sweeper (relay/state/heartbeats.py): liveness, and `relay_lost` for a dead relay's uploads;
   - Link.watch (relay/state/link.py): after an error, PING with backoff until Redis answers again.
@@ -108,6 +108,7 @@ class RedisEventBus:
     def subscribe(self, upload_id: str | None = None) -> Subscription:
         subscription = Subscription(upload_id)
         self.fanout.subscriptions.add(subscription)
+        self.fanout.wake()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
