@@ -18,6 +18,8 @@ from relay.uploads import UploadRecord
 
 __all__ = ["decode_event", "decode_record", "encode_event", "encode_record", "id_key", "record_gen"]
 
+_JUNK = (ValueError, TypeError, KeyError, IndexError, AttributeError)  # json.JSONDecodeError is a ValueError
+
 _EVENTS: dict[str, type[Event]] = {
     cls.name: cls for cls in (Started, Progress, Part, Completed, Failed, Resumed, Interrupted)
 }
@@ -29,11 +31,15 @@ def encode_event(event: Event) -> tuple[str, str]:
 
 
 def decode_event(name: str, data: str | bytes) -> Event | None:
-    """The event back from its stream fields; None for a name this relay does not know (a newer relay)."""
+    """The event back from its stream fields; None for a name this relay does not know (a newer relay) or for
+    fields it cannot read (something else wrote under the prefix): never an exception on a read path."""
     cls = _EVENTS.get(name)
     if cls is None:
         return None
-    return _event_from_dict(cls, json.loads(data))
+    try:
+        return _event_from_dict(cls, json.loads(data))
+    except _JUNK:
+        return None
 
 
 def _event_from_dict(cls: type[Event], fields: dict[str, Any]) -> Event:
@@ -66,16 +72,23 @@ def encode_record(record: UploadRecord) -> str:
     )
 
 
-def decode_record(text: str | bytes) -> UploadRecord:
-    fields = json.loads(text)
-    terminal = fields.pop("terminal", None)
-    parts = fields.pop("parts", [])
-    record = UploadRecord(**fields)
-    record.parts = [Part(**part) for part in parts]
-    if terminal is not None:
-        event = _event_from_dict(_EVENTS[terminal[0]], terminal[1])
-        assert isinstance(event, Completed | Failed)
-        record.terminal = event
+def decode_record(text: str | bytes | None) -> UploadRecord | None:
+    """The record back from its JSON; None for no record, or one this relay cannot read."""
+    if text is None:
+        return None
+    try:
+        fields = json.loads(text)
+        terminal = fields.pop("terminal", None)
+        parts = fields.pop("parts", [])
+        record = UploadRecord(**fields)
+        record.parts = [Part(**part) for part in parts]
+        if terminal is not None:
+            event = _event_from_dict(_EVENTS[terminal[0]], terminal[1])
+            if not isinstance(event, Completed | Failed):
+                return None
+            record.terminal = event
+    except _JUNK:
+        return None
     return record
 
 

@@ -271,7 +271,7 @@ async def _replay_upload(
             entries, text = await pipe.execute()
     except ERRORS:
         return [], None
-    return _decode_entries(entries), None if text is None else decode_record(text)
+    return _decode_entries(entries), decode_record(text)
 
 
 async def _snapshot(
@@ -286,7 +286,7 @@ async def _snapshot(
             text, newest = await pipe.execute()
     except ERRORS:
         return local, "0-0"
-    stored = None if text is None else decode_record(text)
+    stored = decode_record(text)
     last_id = _text(newest[0][0]) if newest else "0-0"
     return fresher(local, stored), last_id
 

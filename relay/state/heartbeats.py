@@ -123,12 +123,12 @@ class Sweeper:
 
     async def _lose(self, upload_id: str) -> int:
         text, fin, gen = await self.client.hmget(self.keys.upload(upload_id), ["json", "fin", "gen"])
-        if text is None or gen is None:
+        record = decode_record(text)
+        if record is None or gen is None:  # expired, or unreadable: nothing to end
             await self.client.hdel(self.keys.active, upload_id)
             return 0
         if fin == b"1":
             return 0
-        record = decode_record(text)
         now = time.time()
         event = Failed(upload_id, record.bytes, record.total, now, RELAY_LOST)
         record.state = state.FAILED

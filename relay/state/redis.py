@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -40,12 +41,13 @@ from relay.state.codec import decode_record
 from relay.state.feed import Fanout, follow_all, follow_upload, fresher
 from relay.state.heartbeats import Heartbeat, Sweeper
 from relay.state.leases import Leases
-from relay.state.link import ERRORS, Link
+from relay.state.link import ERRORS, Link, describe
 from relay.state.writer import FLUSH, Batch, Flusher, Keys, WriteQueue, flush_args
 from relay.uploads import InMemoryUploadRegistry, UploadRecord
 
 __all__ = ["RedisEventBus", "RedisState", "RedisUploadRegistry", "connect", "ping"]
 
+log = logging.getLogger("relay.state")
 READ_TIMEOUT = 2.0
 STOP_TIMEOUT = 2.0
 BLOCK_SLACK = 3.0  # the fan-out's XREAD BLOCK (1 s) must never look like a dead socket
@@ -170,16 +172,16 @@ class RedisState:
         return flush_args(self.keys, batch, relay_id=self.relay_id, finished_ttl=self.ttl)
 
     async def start(self) -> None:
-        jobs: list[Coroutine[Any, Any, None]] = [
-            self.link.watch(self.client),
-            self.flusher.run(),
-            self.fanout.run(),
-            self.heartbeat.run(),
-            self.sweeper.run(),
-        ]
+        jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "the redis watch": lambda: self.link.watch(self.client),
+            "the state writer": self.flusher.run,
+            "the event reader": self.fanout.run,
+            "the heartbeat": self.heartbeat.run,
+            "the relay_lost sweeper": self.sweeper.run,
+        }
         if self.leases.wanted:
-            jobs.append(self.leases.run())
-        self._tasks = [asyncio.create_task(job) for job in jobs]
+            jobs["the lease renewal"] = self.leases.run
+        self._tasks = [asyncio.create_task(_kept(name, job)) for name, job in jobs.items()]
 
     async def stop(self) -> None:
         """Write what is still queued (bounded), give back the leases, say goodbye, close."""
@@ -212,7 +214,7 @@ class RedisState:
         except ERRORS as exc:
             self.link.down(exc)
             return local
-        return fresher(local, None if text is None else decode_record(text))
+        return fresher(local, decode_record(text))
 
     async def listing(self, limit: int) -> list[UploadRecord]:
         local = self._registry.local.recent(limit)
@@ -240,7 +242,7 @@ class RedisState:
             gone = [upload_id for upload_id, text in zip(ids, texts, strict=True) if text is None]
             if gone:  # expired records: their index entries go too
                 await self.client.zrem(self.keys.index, *gone)
-        return [decode_record(text) for text in texts if text is not None]
+        return [record for text in texts if (record := decode_record(text)) is not None]
 
     def follow(
         self, upload_id: str | None, last_event_id: str | None, *, unknown_wait: float
@@ -255,3 +257,14 @@ class RedisState:
 
     def give_back(self, lease: str | None) -> None:
         self.leases.give_back(lease)
+
+
+async def _kept(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background job until cancelled; a bug in it is one line in the log and a restart, never a dead
+    job or a traceback (Redis's own errors never get here: each job handles them through Link)."""
+    while True:
+        try:
+            await job()
+        except Exception as exc:
+            log.error("relay-server: %s stopped (%s); restarting it", name, describe(exc))
+            await asyncio.sleep(1.0)
