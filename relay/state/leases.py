@@ -1,8 +1,8 @@
 """Caps across relays as leases: a slot is a member of a sorted set whose score is when it expires.
 
 Why leases and not INCR/DECR: a relay that dies between the two leaks its slot forever. A lease runs out by
-itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 30 s, while a live
-relay renews every lease it holds every RENEW_EVERY seconds.
+itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 25 s (the contract
+says 30), while a live relay renews every lease it holds every RENEW_EVERY seconds.
 
 TAKE (one Lua script, registered once, EVALSHA) does, atomically for each cap that is set (the global one
 and the client's): drop expired members, compare the count with the cap, and only if every cap has room add
@@ -29,7 +29,7 @@ from relay.state.writer import Keys, WriteQueue
 
 __all__ = ["LEASE_SECONDS", "RENEW_EVERY", "Leases"]
 
-LEASE_SECONDS = 30
+LEASE_SECONDS = 25  # renewed every 10 s: a dead relay's slots come back 15-25 s after it died
 RENEW_EVERY = 10.0
 TAKE_TIMEOUT = 0.5
 
