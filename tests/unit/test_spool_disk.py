@@ -3,6 +3,10 @@
 Design under test (relay/spool/base.py Rules 2 and 3): `commit` and `abort` keep every byte handed
 over, durably; `discard` truncates back to where the writer started; a writer opened at an offset drops
 whatever lies past it. The durable offset is the data file's size.
+
+What every spool must do (appends, read-back, abort/discard, truncate, restart) is tested once for the disk and
+the S3 spool alike in tests/s3/test_spool_contract.py; here is what only the disk spool has (its writer thread's
+backpressure, the loop kept free, free space, a kill -9 mid-append, a cancelled commit).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TypeVar
 import pytest
 
 from relay.core.resumable import RECEIVING, create, recover
-from relay.spool import DiskSpool, Spool, SpoolDataLost, SpoolError
+from relay.spool import DiskSpool, Spool, SpoolError
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -44,85 +48,6 @@ def run(scenario: Callable[[DiskSpool], Awaitable[T]], root: Path, **options: in
 async def read_all(spool: Spool, upload_id: str, start: int = 0) -> bytes:
     chunks = [chunk async for chunk in spool.read(upload_id, start)]
     return b"".join(chunks)
-
-
-def test_appends_commit_and_read_back_byte_exact(tmp_path: Path) -> None:
-    data = random.Random(1).randbytes(5 * 1024 * 1024 + 123)
-    pieces = [data[:1], data[1:300_000], data[300_000:3_000_000], data[3_000_000:]]
-
-    async def scenario(spool: DiskSpool) -> tuple[int, bytes, int]:
-        await spool.create("up", b'{"v": 1}')
-        offset = 0
-        for piece in pieces:
-            writer = await spool.writer("up", offset)
-            view = memoryview(piece)
-            for start in range(0, len(piece), 256 * 1024):
-                chunk = view[start : start + 256 * 1024]
-                await writer.write(chunk if start % 2 else bytearray(chunk))  # type: ignore[arg-type]
-            offset = await writer.commit()
-        return offset, await read_all(spool, "up"), await spool.offset("up")
-
-    offset, back, durable = run(scenario, tmp_path)
-    assert offset == durable == len(data)
-    assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()
-
-
-def test_read_from_an_offset(tmp_path: Path) -> None:
-    async def scenario(spool: DiskSpool) -> bytes:
-        await spool.create("up", b"{}")
-        writer = await spool.writer("up", 0)
-        await writer.write(bytes(range(256)) * 10_000)
-        await writer.commit()
-        return await read_all(spool, "up", 2_000_000)
-
-    assert run(scenario, tmp_path) == (bytes(range(256)) * 10_000)[2_000_000:]
-
-
-def test_abort_keeps_what_was_handed_over_and_discard_drops_it(tmp_path: Path) -> None:
-    async def scenario(spool: DiskSpool) -> tuple[int, int, int, bytes]:
-        await spool.create("up", b"{}")
-        first = await spool.writer("up", 0)
-        await first.write(b"a" * 1000)
-        await first.commit()
-        broken = await spool.writer("up", 1000)
-        await broken.write(b"b" * 500)
-        kept = await broken.abort()  # the append broke: its bytes stay
-        bad = await spool.writer("up", kept)
-        await bad.write(b"c" * 700)
-        dropped = await bad.discard()  # checksum mismatch: back to where it started
-        return kept, dropped, await spool.offset("up"), await read_all(spool, "up")
-
-    kept, dropped, durable, back = run(scenario, tmp_path)
-    assert (kept, dropped, durable) == (1500, 1500, 1500)
-    assert back == b"a" * 1000 + b"b" * 500
-
-
-def test_writer_drops_bytes_past_its_offset_and_refuses_a_gap(tmp_path: Path) -> None:
-    async def scenario(spool: DiskSpool) -> tuple[int, bytes]:
-        await spool.create("up", b"{}")
-        writer = await spool.writer("up", 0)
-        await writer.write(b"0123456789")
-        await writer.commit()
-        with pytest.raises(SpoolDataLost):
-            await spool.writer("up", 11)
-        again = await spool.writer("up", 4)  # the caller's committed offset was 4: 4..9 were never acknowledged
-        await again.write(b"xy")
-        return await again.commit(), await read_all(spool, "up")
-
-    assert run(scenario, tmp_path) == (6, b"0123xy")
-
-
-def test_closed_writer_refuses(tmp_path: Path) -> None:
-    async def scenario(spool: DiskSpool) -> None:
-        await spool.create("up", b"{}")
-        writer = await spool.writer("up", 0)
-        await writer.commit()
-        with pytest.raises(SpoolError):
-            await writer.write(b"x")
-        with pytest.raises(SpoolError):
-            await writer.commit()
-
-    run(scenario, tmp_path)
 
 
 def test_backpressure_with_a_small_queue(tmp_path: Path) -> None:
@@ -165,26 +90,6 @@ def test_the_loop_keeps_running_while_the_spool_writes(tmp_path: Path) -> None:
     assert run(scenario, tmp_path) > 10
 
 
-def test_restart_lists_uploads_and_reports_offsets(tmp_path: Path) -> None:
-    async def first(spool: DiskSpool) -> None:
-        for index, upload_id in enumerate(["a", "b", "c"]):
-            await spool.create(upload_id, f'{{"n": {index}}}'.encode())
-            writer = await spool.writer(upload_id, 0)
-            await writer.write(b"z" * (index * 1000))
-            await writer.commit()
-        await spool.save_info("b", b'{"n": 42}')
-        (tmp_path / ".c.json.tmp").write_bytes(b"half")  # a crash during save_info leaves only this behind
-
-    async def second(spool: DiskSpool) -> tuple[list[str], list[int], bytes | None, bytes | None]:
-        ids = await spool.list()
-        offsets = [await spool.offset(upload_id) for upload_id in ids]
-        return ids, offsets, await spool.load_info("b"), await spool.load_info("nope")
-
-    run(first, tmp_path)
-    assert run(second, tmp_path) == (["a", "b", "c"], [0, 1000, 2000], b'{"n": 42}', None)
-    assert not list(tmp_path.glob(".*")), "the crash's temporary file is swept when the spool opens"
-
-
 def test_create_refuses_a_taken_id_and_non_ids(tmp_path: Path) -> None:
     async def scenario(spool: DiskSpool) -> None:
         await spool.create("up", b"{}")
@@ -215,18 +120,6 @@ def test_delete_removes_both_files(tmp_path: Path) -> None:
     after_data, after, listed = run(scenario, tmp_path)
     assert after_data == ["a.data", "a.json", "b.json"]
     assert after == [] and listed == []
-
-
-def test_truncate(tmp_path: Path) -> None:
-    async def scenario(spool: DiskSpool) -> bytes:
-        await spool.create("up", b"{}")
-        writer = await spool.writer("up", 0)
-        await writer.write(b"abcdef")
-        await writer.commit()
-        await spool.truncate("up", 2)
-        return await read_all(spool, "up")
-
-    assert run(scenario, tmp_path) == b"ab"
 
 
 def test_free_bytes(tmp_path: Path) -> None:
