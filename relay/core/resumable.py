@@ -211,6 +211,7 @@ class ResumableUpload:
     append_start: int | None = None  # offset when the open append began
     append_checksum: bool = False  # the open append carries a tus checksum: its bytes are unverified
     sha256: str | None = None
+    repr_digest: str | None = None  # the creation's RFC 9530 Repr-Digest, checked over the whole file at the end
     upstream_status: int | None = None
     error: ErrorInfo | None = None
 

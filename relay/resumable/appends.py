@@ -30,10 +30,18 @@ from dataclasses import replace
 from typing import Any
 
 from relay.core import resumable as core
-from relay.core.events import Interrupted, Resumed
+from relay.core.digests import DigestChecker, request_digests
+from relay.core.events import ErrorInfo, Interrupted, Resumed
 from relay.core.resumable import Decision, ResumableUpload
 from relay.core.resumable_headers import ChecksumMismatch
-from relay.errors import ClientDisconnected, ClientTimeout, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    ClientDisconnected,
+    ClientTimeout,
+    DigestMismatch,
+    RelayError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relay.headers import header_value
 from relay.proxy import RelayContext
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
@@ -58,6 +66,13 @@ class _Refused(RelayError):
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
         super().__init__("the append was refused")
+
+
+def _file_digests(request: Request, upload: ResumableUpload) -> DigestChecker | None:
+    """The whole file's Repr-Digest: the completing request's, else the creation's (RFC 9530; contract)."""
+    given = header_value(request.scope["headers"], b"repr-digest")
+    value = given if given is not None else (upload.repr_digest or "").encode("latin-1")
+    return request_digests([(b"repr-digest", value)]) if value else None
 
 
 def _no_interim(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -275,6 +290,11 @@ class Appends:
                 lock.release()
         # The forward ended before the file was complete: say why, keep the bytes (Rule 3).
         error = forward.error
+        if isinstance(error, DigestMismatch):  # the file's Repr-Digest did not match: nothing of it is kept
+            await live.writer.discard()
+            dropped = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
+            await self._reject_file(request, dropped, error)
+            return
         if isinstance(error, _Refused):
             await self._end_append(request, upload, live, location, answer=False)
             await respond(request, replace(error.decision, upload=None))
@@ -335,6 +355,7 @@ class Appends:
             frame=frame,
             live=live.chunks() if live is not None else None,
             on_last=on_last,
+            digests=_file_digests(request, upload),
         )
         forwarded = [(name, value) for name, value in request.scope["headers"] if name in _FORWARDED]
         scope = ForwardUpload.scope_for(
@@ -376,6 +397,15 @@ class Appends:
 
         return on_start
 
+    async def _reject_file(self, request: Request, upload: ResumableUpload, error: DigestMismatch) -> None:
+        """The whole file does not match its Repr-Digest: the upload ends `failed` (digest_mismatch), its data
+        deleted (contract, "Digests"); the upstream saw only an aborted request."""
+        ended = core.apply(upload, core.TERMINATE, now=time.time(), error=ErrorInfo(error.code, error.message))
+        await self.store.spool.delete_data(upload.id)
+        await self.store.save(ended)
+        refusal = core.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload.id)
+        await respond(request, refusal)
+
     async def _after_forward(self, request: Request, upload: ResumableUpload, forward: ForwardUpload) -> None:
         """A forward ended; if it failed before answering, the file stays for a retry (502/504)."""
         error = forward.error
@@ -383,6 +413,9 @@ class Appends:
             return
         current = self.store.get(upload.id) or upload
         if current.state != core.FORWARDING:
+            return
+        if isinstance(error, DigestMismatch):
+            await self._reject_file(request, current, error)
             return
         decision = core.decide_forward_end(request.req, current, now=time.time(), error=error)
         if decision.upload is not None:

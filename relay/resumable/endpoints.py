@@ -28,6 +28,7 @@ import uuid
 from dataclasses import replace
 
 from relay.core import resumable as core
+from relay.core.digests import request_digests
 from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
 from relay.core.multipart import _part_headers as part_headers
 from relay.core.resumable import Decision, ResumableSettings, ResumableUpload
@@ -199,6 +200,7 @@ class ResumableEndpoints:
         try:
             req = parse_request(scope["method"], headers, protocol)
             check_token(self.ctx.settings, headers)
+            request_digests(headers)  # RFC 9530 fields: bad syntax is a 400 before anything is created or read
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
             if has_dot_segment(raw_path):
                 raise BadRequest("the path has a '.' or '..' segment")
@@ -280,6 +282,9 @@ class ResumableEndpoints:
 
     async def _created(self, request: Request, decision: Decision, upload_id: str) -> None:
         scope = request.scope
+        given = header_value(scope["headers"], b"repr-digest")
+        if decision.upload is not None and given is not None:  # checked over the whole file before it goes up
+            decision = replace(decision, upload=replace(decision.upload, repr_digest=given.decode("latin-1")))
         if decision.upload is not None:
             fresh = decision.upload
             try:

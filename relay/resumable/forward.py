@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from relay.core.digests import DigestChecker
 from relay.core.events import Completed, Event, Part
 from relay.core.inspector import UploadInspector
 from relay.core.limits import Limits
@@ -104,6 +105,7 @@ class FileBody:
         frame: Framing,
         live: AsyncIterator[bytes] | None = None,
         on_last: Callable[[], Awaitable[None]] | None = None,
+        digests: DigestChecker | None = None,
     ) -> None:
         self._spool = spool
         self._upload_id = upload_id
@@ -111,6 +113,7 @@ class FileBody:
         self._frame = frame
         self._live = live
         self._on_last = on_last
+        self._digests = digests  # a Repr-Digest of the whole file: checked before its last bytes are handed over
         self._pieces = self._generate()
         self._next: bytes | None = None
         self._primed = False
@@ -125,12 +128,19 @@ class FileBody:
     async def _generate(self) -> AsyncIterator[bytes]:
         if self._frame.preamble:
             yield self._frame.preamble
+        digests = self._digests
         if self._spooled:
             async for chunk in self._spooled_bytes():
+                if digests is not None:
+                    digests.update(chunk)
                 yield chunk
         if self._live is not None:
             async for chunk in self._live:
+                if digests is not None:
+                    digests.update(chunk)
                 yield chunk
+        if digests is not None:
+            digests.verify()  # DigestMismatch aborts the forward: the upstream never holds a complete body
         if self._on_last is not None:
             await self._on_last()
         if self._frame.epilogue:

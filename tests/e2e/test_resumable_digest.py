@@ -1,0 +1,69 @@
+"""RFC 9530 `Repr-Digest` on resumable uploads (contract, "Digests"): given on the creation or on the last append,
+it is checked over the whole file before the file's last bytes go upstream; a mismatch is 400 `digest_mismatch`,
+the upload ends `failed` and its data is deleted, and the upstream never holds the file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable
+
+import pytest
+
+from tests.interop.support import Stack, make_stack, sha256, tus_create, tus_head, tus_patch, wait_for
+
+__all__ = ["make_stack"]
+
+
+def repr_digest(data: bytes, algorithm: str = "sha-256") -> str:
+    digest = hashlib.new(algorithm.replace("-", ""), data).digest()
+    return f"{algorithm}=:{base64.b64encode(digest).decode()}:"
+
+
+@pytest.mark.parametrize("algorithm", ["sha-256", "sha-512"])
+def test_a_right_digest_at_creation_delivers(make_stack: Callable[..., Stack], algorithm: str) -> None:
+    stack = make_stack()
+    data = os.urandom(600_000)
+    with stack.client() as client:
+        created = tus_create(client, "/upload/d.bin", len(data), headers={"Repr-Digest": repr_digest(data, algorithm)})
+        location = created.headers["location"]
+        assert tus_patch(client, location, 0, data[:250_000]).status_code == 204
+        done = tus_patch(client, location, 250_000, data[250_000:])
+    assert done.status_code == 204, done.text
+    assert done.headers["x-upload-sha256"] == sha256(data)
+    assert stack.stored_hashes() == [sha256(data)]
+
+
+@pytest.mark.parametrize("given_on", ["creation", "last-append"])
+@pytest.mark.parametrize("appends", [1, 2], ids=["cut-through", "from-the-spool"])
+def test_a_wrong_digest_is_400_and_nothing_is_kept(
+    make_stack: Callable[..., Stack], given_on: str, appends: int
+) -> None:
+    stack = make_stack()
+    data = os.urandom(600_000)
+    wrong = repr_digest(data[:-1] + bytes([data[-1] ^ 1]))  # one flipped bit in the last byte
+    creation = {"Repr-Digest": wrong} if given_on == "creation" else {}
+    last = {"Repr-Digest": wrong} if given_on == "last-append" else {}
+    with stack.client() as client:
+        location = tus_create(client, "/upload/bad.bin", len(data), headers=creation).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        split = 0 if appends == 1 else 300_000
+        if split:
+            assert tus_patch(client, location, 0, data[:split]).status_code == 204
+        refused = tus_patch(client, location, split, data[split:], headers=last)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "digest_mismatch"
+        assert tus_head(client, location).status_code == 404
+    record = stack.record(upload_id)
+    assert record["state"] == "failed" and record["error"]["code"] == "digest_mismatch"
+    assert stack.stored_hashes() == [] and stack.partial_files() == []
+    wait_for(lambda: stack.spool_data() == [], 5)
+
+
+def test_a_malformed_digest_is_400_before_anything_is_created(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    with stack.client() as client:
+        refused = tus_create(client, "/upload/m.bin", 10, headers={"Repr-Digest": "sha-256=not-a-byte-sequence"})
+    assert refused.status_code == 400
+    assert stack.spool_data() == []
