@@ -8,6 +8,7 @@ mismatch, 2 bad arguments or files, 3 network.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shlex
 import sys
@@ -28,7 +29,7 @@ from client.results import FileResult, UploadResult, error_summary
 from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions, upload_resumable
 from client.resumable_wire import metadata_header, repr_field
 from client.retry import RetryDecision
-from client.sources import LocalFile, check_files
+from client.sources import LocalFile, check_files, multipart_segments, new_boundary
 from client.target import DEFAULT_RELAY, build_url, resolve_target
 from client.upload import DEFAULT_FIELD, DEFAULT_TIMEOUT, upload_async
 from client.version import version
@@ -174,9 +175,6 @@ def upload_command(
         _check_resumable(local, raw=raw, events=events, method=method, field=field)
     elif chunk_size is not None or protocol is not None:
         raise ArgumentError("--chunk-size and --protocol go with --resumable")
-    elif digest and not raw:
-        # Repr-Digest covers the whole body: for multipart that is the framing too, built per request.
-        raise ArgumentError("--digest needs --raw or --resumable (a multipart body's digest is not supported yet)")
     elif digest and any(f.is_stdin for f in local):
         raise ArgumentError("--digest reads the file before sending it: standard input cannot be read twice")
     # Resolved here, once: a --to URL that contradicts --relay is a usage error before anything is sent.
@@ -311,10 +309,40 @@ def _resumable_notes(
 
 
 async def _with_digest(group: list[LocalFile], options: dict[str, Any]) -> dict[str, Any]:
-    """--digest on a raw upload: Repr-Digest of the file, from one read before sending (RFC 9530)."""
-    digest = await hash_range(group[0].path, 0, group[0].size or 0)
+    """--digest: Repr-Digest of the body about to be sent, from one read of the files before sending (RFC 9530).
+
+    A raw body is the file. A multipart body is the framing too, so the boundary is chosen here and the framed
+    body is hashed as it will go: form fields, each file's part head, its bytes, the closing boundary.
+    """
     headers = [(k, v) for k, v in options["headers"] if k.lower() != "repr-digest"]
-    return {**options, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
+    if options["raw"]:
+        digest = await hash_range(group[0].path, 0, group[0].size or 0)
+        return {**options, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
+    boundary = new_boundary()
+    marks = [(options["field"], file, _FileMark(index)) for index, file in enumerate(group)]
+    segments = multipart_segments(marks, options["form"], boundary)  # type: ignore[arg-type]
+    digest = await asyncio.to_thread(_hash_framed, segments, group)
+    return {**options, "boundary": boundary, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
+
+
+class _FileMark:
+    """Where a file's bytes stand among the framing segments (hashed from the file itself)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _hash_framed(segments: Sequence[object], files: list[LocalFile]) -> bytes:
+    sha = hashlib.sha256()
+    for segment in segments:
+        if isinstance(segment, bytes):
+            sha.update(segment)
+            continue
+        assert isinstance(segment, _FileMark)
+        with open(files[segment.index].path, "rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                sha.update(chunk)
+    return sha.digest()
 
 
 async def _upload_all(

@@ -171,6 +171,7 @@ class _Request:
     observer: UploadObserver
     # Standard input can be read once: the same source for every attempt, so a second read is refused.
     stdin: StdinSource | None = None
+    boundary: str | None = None  # a multipart boundary chosen beforehand (--digest hashes the framed body first)
 
     @property
     def replayable(self) -> bool:
@@ -183,7 +184,7 @@ def _build_body(request: _Request) -> tuple[Body, list[FileSource | StdinSource]
     ]
     if request.raw:
         return Body([sources[0]], request.files[0].content_type, request.observer), sources
-    boundary = new_boundary()
+    boundary = request.boundary or new_boundary()
     parts: list[tuple[str, LocalFile | str, Source]] = [(request.field_name, s.file, s) for s in sources]
     segments = multipart_segments(parts, request.form, boundary)
     return Body(segments, f"multipart/form-data; boundary={boundary}", request.observer), sources
@@ -330,6 +331,7 @@ async def upload_async(
     observer: UploadObserver | None = None,
     on_retry: Callable[[RetryDecision], None] | None = None,
     client: httpx.AsyncClient | None = None,
+    boundary: str | None = None,
 ) -> UploadResult:
     """Upload `files` in one request to `relay` + `to`; see `upload` for the arguments."""
     paths = [os.fspath(f) for f in files]
@@ -361,6 +363,7 @@ async def upload_async(
         admin_token=admin_token,
         observer=observer or _NoObserver(),
         stdin=StdinSource(local[0]) if local[0].is_stdin else None,
+        boundary=boundary,
     )
     own_client = client is None
     if client is None:

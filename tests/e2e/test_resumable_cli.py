@@ -452,9 +452,22 @@ def test_plain_raw_upload_with_digest(relay: RunningServer, tmp_path: Path, env:
     out = one_json(result.stdout)
     expected = "sha-256=:" + base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode() + ":"
     assert ["repr-digest", expected] in out["response"]["headers"]  # what the sink saw
-    refused = run_client(str(path), "--digest", "--to", "/upload/p", "--relay", relay.url, env=env)
-    assert refused.returncode == 2
-    assert "--digest needs --raw or --resumable" in refused.stderr
+
+
+def test_plain_multipart_upload_with_digest(relay: RunningServer, tmp_path: Path, env: dict[str, str]) -> None:
+    """--digest on a multipart body: Repr-Digest of the framed body (boundary chosen first); the relay checks it
+    and delivers, and answers with its own Repr-Digest of what it received."""
+    paths = [make_file(tmp_path / "a.bin", 2 * MiB), make_file(tmp_path / "b.txt", 1000)]
+    args = [*map(str, paths), "--digest", "--form", "album=2026", "--to", "/upload/m", "--relay", relay.url, "--json"]
+    result = run_client(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    out = one_json(result.stdout)
+    assert out["status"] == 200
+    sent = dict(out["response"]["headers"])["repr-digest"]
+    assert sent.startswith("sha-256=:")
+    assert [f["sha256"] for f in out["response"]["files"]] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in paths
+    ]
 
 
 def test_upload_the_relay_lost_starts_anew(
