@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relay.core import resumable as core
-from relay.core.resumable import Decision
+from relay.core import resumable_decisions as decide
+from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import ResumableRequest
 from relay.errors import RelayError, TooManyUploads
 from relay.metrics import RelayMetrics
@@ -73,7 +73,7 @@ async def respond(request: Request, decision: Decision) -> None:
 
 
 async def refuse(metrics: RelayMetrics, request: Request, error: RelayError, *, upload_id: str | None = None) -> None:
-    decision = core.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload_id)
+    decision = decide.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload_id)
     extra: Headers = [(b"retry-after", b"1")] if isinstance(error, TooManyUploads) else []
     metrics.rejections.labels(code=error.code).inc()
     await respond(request, replace(decision, headers=decision.headers + tuple(extra)))

@@ -29,10 +29,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from relay.core import resumable as core
+from relay.core import resumable as core, resumable_decisions as decide
 from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import ErrorInfo, Interrupted, Resumed
-from relay.core.resumable import Decision, ResumableUpload
+from relay.core.resumable import ResumableUpload
+from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import ChecksumMismatch
 from relay.errors import (
     ClientDisconnected,
@@ -206,7 +207,7 @@ class Appends:
         """Decide the append's end, make the spool match (Rule 1), save, report; answer unless told not to."""
         self.store.hold(upload.id, upload.writer)
         ended = live.ended and not live.overflow and failure is None
-        decision = core.decide_append_end(
+        decision = decide.decide_append_end(
             request.req,
             upload,
             writer=upload.writer or "",
@@ -226,7 +227,9 @@ class Appends:
             else:
                 await live.writer.discard()
         except (SpoolError, OSError) as exc:
-            decision = core.decide_error(request.req.protocol, SpoolUnavailable(str(exc)), limits=request.route.limits)
+            decision = decide.decide_error(
+                request.req.protocol, SpoolUnavailable(str(exc)), limits=request.route.limits
+            )
             record = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
         if record is not None:
             await self.store.save(record)
@@ -242,7 +245,7 @@ class Appends:
         elif failure is None and decision.action != "none":
             await respond(request, replace(decision, upload=None))
         elif isinstance(failure, ClientTimeout):
-            await respond(request, core.decide_error(request.req.protocol, failure, limits=request.route.limits))
+            await respond(request, decide.decide_error(request.req.protocol, failure, limits=request.route.limits))
         return decision
 
     # -- forwarding ---------------------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ class Appends:
             ok = live.checksum_ok
             if ok is False:
                 raise ChecksumMismatch()
-            decision = core.decide_append_end(
+            decision = decide.decide_append_end(
                 request.req,
                 upload,
                 writer=upload.writer or "",
@@ -310,7 +313,7 @@ class Appends:
         record = decision.upload
         if isinstance(error, UpstreamError | UpstreamTimeout) and record is not None and failure is None:
             if record.state == core.FORWARDING:
-                end = core.decide_forward_end(request.req, record, now=time.time(), error=error)
+                end = decide.decide_forward_end(request.req, record, now=time.time(), error=error)
                 if end.upload is not None:
                     await self.store.save(end.upload)
                 await respond(request, replace(end, upload=None))
@@ -318,7 +321,7 @@ class Appends:
         if failure is None and decision.action not in ("none", "forward"):
             await respond(request, replace(decision, upload=None))
         elif isinstance(failure, ClientTimeout):
-            await respond(request, core.decide_error(request.req.protocol, failure, limits=request.route.limits))
+            await respond(request, decide.decide_error(request.req.protocol, failure, limits=request.route.limits))
 
     async def forward(self, request: Request, upload: ResumableUpload) -> None:
         """Every byte is in the spool: send the file upstream, answer with what came of it (Rule 4)."""
@@ -327,7 +330,7 @@ class Appends:
             if current is not None and current.state != core.FORWARDING:
                 # Another request's forward ended meanwhile: answer as the upload stands now.
                 now, limits = time.time(), request.route.limits
-                again = core.decide_append_begin(request.req, current, writer="", now=now, limits=limits)
+                again = decide.decide_append_begin(request.req, current, writer="", now=now, limits=limits)
                 await respond(request, replace(again, upload=None))
                 return
             upload = current or upload
@@ -374,7 +377,7 @@ class Appends:
                 return status, headers + tus_headers(request) + request.cors, True
             upload = committed[0]
             sha256 = header_value(headers, b"x-upload-sha256")
-            decision = core.decide_forward_end(
+            decision = decide.decide_forward_end(
                 request.req,
                 upload,
                 now=time.time(),
@@ -403,7 +406,7 @@ class Appends:
         ended = core.apply(upload, core.TERMINATE, now=time.time(), error=ErrorInfo(error.code, error.message))
         await self.store.spool.delete_data(upload.id)
         await self.store.save(ended)
-        refusal = core.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload.id)
+        refusal = decide.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload.id)
         await respond(request, refusal)
 
     async def _after_forward(self, request: Request, upload: ResumableUpload, forward: ForwardUpload) -> None:
@@ -417,7 +420,7 @@ class Appends:
         if isinstance(error, DigestMismatch):
             await self._reject_file(request, current, error)
             return
-        decision = core.decide_forward_end(request.req, current, now=time.time(), error=error)
+        decision = decide.decide_forward_end(request.req, current, now=time.time(), error=error)
         if decision.upload is not None:
             await self.store.save(decision.upload)
         if not isinstance(error, ClientDisconnected):

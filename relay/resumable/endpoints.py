@@ -27,11 +27,12 @@ import time
 import uuid
 from dataclasses import replace
 
-from relay.core import resumable as core
+from relay.core import resumable as core, resumable_decisions as decide
 from relay.core.digests import request_digests
 from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
 from relay.core.multipart import _part_headers as part_headers
-from relay.core.resumable import Decision, ResumableSettings, ResumableUpload
+from relay.core.resumable import ResumableSettings, ResumableUpload
+from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import (
     UnsupportedTusVersion,
     detect_protocol,
@@ -99,7 +100,7 @@ class ResumableEndpoints:
         if request is None:
             return
         if request.req.method != "POST" or "POST" not in route.methods:
-            await respond(request, core.method_not_allowed(request.req.protocol, "POST, OPTIONS"))
+            await respond(request, decide.method_not_allowed(request.req.protocol, "POST, OPTIONS"))
             return
         await self._create(request)
 
@@ -117,7 +118,7 @@ class ResumableEndpoints:
         if upload_id and not valid_upload_id(upload_id):  # answered in the request's protocol all the same
             headers = scope["headers"]
             missing = NotFound("no such resumable upload")
-            decision = core.decide_error(detect_protocol(headers) or "tus", missing, limits=route.limits)
+            decision = decide.decide_error(detect_protocol(headers) or "tus", missing, limits=route.limits)
             cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
             unread = may_have_body(headers)
             await write_answer(send, 404, [*decision.headers, *cors], decision.body, receive, unread)
@@ -127,7 +128,7 @@ class ResumableEndpoints:
             return
         method = request.req.method
         if method not in ("HEAD", "PATCH", "DELETE") or not upload_id:
-            await respond(request, core.method_not_allowed(request.req.protocol))
+            await respond(request, decide.method_not_allowed(request.req.protocol))
             return
         await self._prefixed(request, upload_id.decode("ascii"))
 
@@ -136,16 +137,16 @@ class ResumableEndpoints:
         upload = self.store.get(upload_id)
         now, limits, req = time.time(), request.route.limits, request.req
         if req.method == "HEAD":
-            await respond(request, core.decide_head(req, upload, now=now, limits=limits))
+            await respond(request, decide.decide_head(req, upload, now=now, limits=limits))
             if upload is not None:
                 self.redelivery.kick(upload)  # a client back after a failed forward: deliver now if we can
         elif req.method == "DELETE":
             async with self.store.forward_lock(upload_id):  # a forward under way ends first (store Rule 5)
                 upload = self.store.get(upload_id)
-                await self._delete(request, core.decide_delete(req, upload, now=time.time()))
+                await self._delete(request, decide.decide_delete(req, upload, now=time.time()))
         else:
             writer = uuid.uuid4().hex
-            decision = core.decide_append_begin(req, upload, writer=writer, now=now, limits=limits)
+            decision = decide.decide_append_begin(req, upload, writer=writer, now=now, limits=limits)
             await self._act(request, decision)
 
     # -- parsing and admission --------------------------------------------------------------------------------
@@ -174,10 +175,10 @@ class ResumableEndpoints:
         try:
             check_token(self.ctx.settings, headers)
         except RelayError as exc:
-            decision = core.decide_error(detect_protocol(headers) or "tus", exc, limits=route.limits)
+            decision = decide.decide_error(detect_protocol(headers) or "tus", exc, limits=route.limits)
             await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body)
             return True
-        decision = core.decide_options(detect_protocol(headers), route.limits)
+        decision = decide.decide_options(detect_protocol(headers), route.limits)
         await write_answer(send, decision.status or 204, list(decision.headers) + cors, b"")
         return True
 
@@ -194,7 +195,7 @@ class ResumableEndpoints:
                 if interop is not None
                 else UnsupportedTusVersion("Tus-Resumable: 1.0.0 is required")
             )
-            decision = core.decide_error("tus", error, limits=route.limits)
+            decision = decide.decide_error("tus", error, limits=route.limits)
             await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
             return None
         try:
@@ -205,7 +206,7 @@ class ResumableEndpoints:
             if has_dot_segment(raw_path):
                 raise BadRequest("the path has a '.' or '..' segment")
         except RelayError as exc:
-            decision = core.decide_error(protocol, exc, limits=route.limits)
+            decision = decide.decide_error(protocol, exc, limits=route.limits)
             await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body, receive, unread)
             return None
         client = client_address(self.ctx.settings, scope)
@@ -256,7 +257,7 @@ class ResumableEndpoints:
         except (SpoolError, OSError):
             free = None
         target: bytes = scope.get("extensions", {}).get("relay.raw_target") or scope.get("raw_path") or b"/"
-        decision = core.decide_create(
+        decision = decide.decide_create(
             req,
             upload_id=upload_id,
             route=request.route.prefix,

@@ -37,7 +37,6 @@ from relay.core.resumable import (
     STATES,
     TERMINATE,
     TRANSITIONS,
-    Decision,
     IllegalTransition,
     ResumableSettings,
     ResumableUpload,
@@ -45,6 +44,11 @@ from relay.core.resumable import (
     WriterOpen,
     apply,
     create,
+    recover,
+    sweep,
+)
+from relay.core.resumable_decisions import (
+    Decision,
     decide_append_begin,
     decide_append_end,
     decide_create,
@@ -54,8 +58,6 @@ from relay.core.resumable import (
     decide_head,
     decide_options,
     method_not_allowed,
-    recover,
-    sweep,
 )
 from relay.core.resumable_headers import (
     Protocol,
