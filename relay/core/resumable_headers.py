@@ -30,7 +30,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from relay.errors import BadRequest, PayloadTooLarge, RelayError
+from relay.errors import (
+    BadRequest,
+    BeyondUploadLength,
+    ChecksumMismatch,
+    CompletedUpload,
+    InconsistentLength,
+    InsufficientStorage,
+    OffsetMismatch,
+    UnsupportedChecksum,
+    UnsupportedMediaType,
+    UnsupportedTusVersion,
+    UploadInvalid,
+)
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -77,53 +89,6 @@ CHECKSUM_ALGORITHMS: Mapping[str, int] = {"sha1": 20, "sha256": 32, "md5": 16}
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _SF_INTEGER = re.compile(rb"[0-9]{1,15}")  # RFC 8941 §3.3.1: at most 15 digits; a sign makes it negative
 _METADATA_KEY = re.compile(r"[^\s,]+")
-
-
-# Errors of resumable uploads not (yet) in relay/errors.py; the lead moves them there.
-class UnsupportedTusVersion(RelayError):
-    status_code, code, default_message = 412, "unsupported_version", "Tus-Resumable must be 1.0.0"
-
-
-class UnsupportedMediaType(RelayError):
-    status_code, code, default_message = 415, "unsupported_media_type", "wrong Content-Type for an append"
-
-
-class OffsetMismatch(RelayError):
-    status_code, code, default_message = 409, "offset_mismatch", "Upload-Offset does not match the upload"
-
-    def __init__(self, expected: int, provided: int) -> None:
-        self.expected, self.provided = expected, provided
-        super().__init__(f"Upload-Offset {provided} does not match the upload's offset {expected}")
-
-
-class UnsupportedChecksum(BadRequest):
-    code, default_message = "unsupported_checksum", "unsupported Upload-Checksum algorithm"
-
-
-class ChecksumMismatch(RelayError):
-    status_code, code, default_message = 460, "checksum_mismatch", "the body does not match Upload-Checksum"
-
-
-class BeyondUploadLength(PayloadTooLarge):
-    code, default_message = "upload_length_exceeded", "the request brings bytes past Upload-Length"
-
-
-class InconsistentLength(BadRequest):
-    code, default_message = "inconsistent_upload_length", "inconsistent upload length values"
-
-
-class CompletedUpload(BadRequest):
-    code, default_message = "completed_upload", "the upload is already complete"
-
-
-class UploadInvalid(RelayError):
-    """IETF interop 8: bytes past the length deactivate the upload resource (draft -09..-11 §4.4.2)."""
-
-    status_code, code, default_message = 400, "inconsistent_upload_length", "bytes past the upload's length"
-
-
-class InsufficientStorage(RelayError):
-    status_code, code, default_message = 507, "insufficient_storage", "the spool cannot hold this upload"
 
 
 @dataclass(frozen=True, slots=True)
