@@ -52,7 +52,7 @@ def test_quick_run_writes_its_table(tmp_path: Path) -> None:
     for row in (
         "| tus, one append (POST + 1 PATCH) | relay-sha256 |",
         "| tus, 4 MiB appends (POST + PATCHes) | relay-none |",
-        "| raw, Content-Length (raw socket, `sendfile`) | relay-sha256 |",
+        "| raw, Content-Length (raw socket, 64 KiB writes) | relay-sha256 |",
         "| relay-sha256, tus, one append (POST + 1 PATCH) |",
     ):
         assert row in table
