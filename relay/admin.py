@@ -33,6 +33,7 @@ from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Una
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
 from relay.types import Message, Receive, Scope, Send
+from relay.webhooks import webhook_deliveries
 
 __all__ = ["PROBE_INTERVAL", "UNKNOWN_ID_WAIT", "UpstreamProbe", "create_admin_app", "upstream_probe"]
 
@@ -185,6 +186,10 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
     async def all_events() -> EventSourceResponse:
         subscription = ctx.bus.subscribe(None)
         return _EventStream(ctx, subscription, _every_upload(ctx, subscription))
+
+    @app.get("/_relay/webhooks", dependencies=admin)
+    async def webhooks() -> dict[str, Any]:
+        return webhook_deliveries(ctx)
 
     @app.api_route("/_relay/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
     async def unknown(rest: str) -> None:

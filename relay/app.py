@@ -18,6 +18,7 @@ from relay.types import Receive, Scope, Send
 from relay.ui import create_ui_app
 from relay.uploads import InMemoryUploadRegistry, UploadRegistry
 from relay.upstream import Upstream
+from relay.webhooks import start_webhooks, stop_webhooks
 
 __all__ = ["RelayApp", "create_app"]
 
@@ -98,8 +99,10 @@ class RelayApp:
                 )
         if any(route.resumable for route in settings.routes):
             self.resumable = await open_resumable(self.ctx)
+        await start_webhooks(self.ctx)
 
     async def shutdown(self) -> None:
+        await stop_webhooks(self.ctx)
         if self.resumable is not None:
             await self.resumable.stop()
         for upstream in self.ctx.upstreams.values():

@@ -42,6 +42,7 @@ from relay.settings import (
     parse_size,
     relay_version,
 )
+from relay.webhooks import webhook_endpoints
 
 __all__ = ["main", "settings_from_options"]
 
@@ -114,6 +115,7 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         log_level=options["log_level"],
         log_format=options["log_format"],
         health_checks_upstream=options["health_checks_upstream"],
+        webhooks=webhook_endpoints(options["webhook"], options["webhook_secret"], ctx.params.get("config")),
     )
 
 
@@ -257,6 +259,8 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     default=False,
     help="/_relay/health answers 503 while no upstream is reachable.",
 )
+@option("--webhook", multiple=True, help="URL to POST signed upload.completed / upload.failed events to (repeatable).")
+@option("--webhook-secret", default=None, help="Webhook signing secret: whsec_<base64>, or any string (its bytes).")
 @click.option(
     "--version",
     is_flag=True,

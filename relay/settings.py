@@ -13,6 +13,7 @@ from pathlib import Path
 
 from relay.core.limits import Limits
 from relay.core.progress import ProgressPolicy
+from relay.webhooks.endpoints import WebhookEndpoint
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -154,6 +155,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     health_checks_upstream: bool = False  # /_relay/health answers 503 when no upstream is reachable
+    webhooks: tuple[WebhookEndpoint, ...] = ()  # --webhook / [[webhooks]]: signed POSTs when uploads end
 
     def __post_init__(self) -> None:
         if not self.routes:

@@ -67,7 +67,7 @@ def outbox_directory(spool: str) -> Path:
 async def start_webhooks(ctx: RelayContext) -> None:
     """Open the outbox (pending deliveries of an earlier run included) and start delivering; a no-op without
     configured webhooks."""
-    endpoints: tuple[WebhookEndpoint, ...] = getattr(ctx.settings, "webhooks", ())  # TEMP until settings.py has it
+    endpoints = ctx.settings.webhooks
     if not endpoints or id(ctx) in _running:
         return
     outbox = Outbox(outbox_directory(ctx.settings.spool))
