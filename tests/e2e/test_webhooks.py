@@ -1,0 +1,356 @@
+"""Webhooks through a real relay: signed as Standard Webhooks (checked with the standardwebhooks package, not
+our own code), retried from a durable outbox, never on the upload's path.
+
+The receiver is a small HTTP server on 127.0.0.1 in a thread of the test. RELAY_WEBHOOK_BACKOFF shortens the
+retry schedule so the retries happen in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from relay.testing import RunningServer, start_relay, start_sink
+
+SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two bytes").decode()
+RAW_SECRET = "a plain passphrase"
+FAST = {"RELAY_WEBHOOK_BACKOFF": "0.3,0.3,0.3,0.3,0.3,0.3"}
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    payload: Any  # what standardwebhooks verified, or None
+    error: str | None
+    status: int  # what the receiver answered
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1: answers `script` statuses in turn, then 200; verifies every request."""
+
+    secret: str | bytes = SECRET
+    port: int = 0
+    script: list[int] = field(default_factory=list)
+    sleep: float = 0.0
+    requests: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closing: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def start(self) -> Receiver:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._closing = asyncio.Event()
+            server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+            ready.set()
+            loop.run_forever()
+            server.close()
+            # Handlers still asleep wake up, answer and end here. Left pending for the garbage collector, a task's
+            # finaliser runs in whatever the main thread is doing (CPython 3.11 then broke an ast.parse).
+            loop.run_until_complete(self._finish_handlers())
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(5)
+        return self
+
+    async def _finish_handlers(self) -> None:
+        assert self._closing is not None
+        self._closing.set()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")[1:]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        try:
+            payload, error = Webhook(self.secret).verify(body, headers), None
+        except WebhookVerificationError as exc:
+            payload, error = None, str(exc)
+        with self._lock:
+            status = self.script.pop(0) if self.script else 200
+        if self.sleep and self._closing is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.sleep)
+        with self._lock:
+            self.requests.append(Received(headers, body, payload, error, status))
+        try:
+            writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".encode())
+            await writer.drain()
+        except ConnectionError:
+            pass  # the relay gave up on this attempt (its timeout, or it stopped)
+        finally:
+            writer.close()
+
+    def delivered(self) -> list[Received]:
+        with self._lock:
+            return [item for item in self.requests if 200 <= item.status < 300]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deliveries(relay: RunningServer) -> list[dict[str, Any]]:
+    answer: list[dict[str, Any]] = httpx.get(f"{relay.url}/_relay/webhooks", timeout=5).json()["webhooks"]
+    return answer
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[RunningServer]:
+    server = start_sink(None)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def make(**kwargs: Any) -> Receiver:
+        receiver = Receiver(**kwargs)
+        made.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in made:
+        receiver.stop()
+
+
+def relay_with(
+    sink: RunningServer, spool: Path, *urls: str, env: dict[str, str] | None = None, **flags: str
+) -> RunningServer:
+    """A relay sending webhooks to `urls`; the values of `flags` are extra command-line arguments."""
+    hooks = [arg for url in urls for arg in ("--webhook", url)]
+    return start_relay(
+        *hooks, "--webhook-secret", SECRET, "--spool", str(spool), *flags.values(), upstream=sink.url, env=env
+    )
+
+
+def test_signed_deliveries_of_both_events(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    both = receivers().start()
+    failures = receivers(secret=RAW_SECRET.encode()).start()
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[[webhooks]]\nurl = "{failures.url}"\nevents = ["upload.failed"]\nsecret = "{RAW_SECRET}"\n')
+    relay = start_relay(
+        "--webhook", both.url, "--webhook-secret", SECRET, "--spool", str(tmp_path / "spool"),
+        "--config", str(config), upstream=sink.url,
+    )  # fmt: skip
+    try:
+        ok = httpx.post(f"{relay.url}/upload/a.bin", content=b"x" * 1000, timeout=10)
+        bad = httpx.post(
+            f"{relay.url}/upload/b.bin", content=b"y" * 1000, headers={"content-digest": "sha-256=:" + "A" * 43 + "=:"}
+        )
+        assert (ok.status_code, bad.status_code) == (200, 400)
+        wait_for(lambda: len(both.delivered()) == 2 and len(failures.delivered()) == 1, what="3 deliveries")
+        records = {
+            upload_id: httpx.get(f"{relay.url}/_relay/uploads/{upload_id}").json()
+            for upload_id in (ok.headers["x-upload-id"], bad.headers["x-upload-id"])
+        }
+        listing = wait_for(
+            lambda: [d for d in deliveries(relay) if d["state"] == "delivered"][2:] and deliveries(relay)
+        )
+        metrics = httpx.get(f"{relay.url}/_relay/metrics").text
+    finally:
+        relay.stop()
+    for item in both.delivered() + failures.delivered():
+        assert item.error is None, item.error  # standardwebhooks verified it
+        assert item.headers["webhook-id"].startswith("msg_")
+        assert item.headers["content-type"] == "application/json"
+        assert abs(int(item.headers["webhook-timestamp"]) - time.time()) < 60
+    by_type = {item.payload["type"]: item.payload for item in both.delivered()}
+    assert set(by_type) == {"upload.completed", "upload.failed"}
+    completed, failed = by_type["upload.completed"], by_type["upload.failed"]
+    assert completed["data"] == records[ok.headers["x-upload-id"]]
+    assert failed["data"] == records[bad.headers["x-upload-id"]]
+    assert failed["data"]["error"]["code"] == "digest_mismatch"
+    assert completed["timestamp"].endswith("Z") and completed["timestamp"][:4].isdigit()
+    assert [item.payload["type"] for item in failures.delivered()] == ["upload.failed"]
+    assert {(d["type"], d["url"], d["state"], d["attempts"], d["last_status"]) for d in listing} == {
+        ("upload.completed", both.url, "delivered", 1, 200),
+        ("upload.failed", both.url, "delivered", 1, 200),
+        ("upload.failed", failures.url, "delivered", 1, 200),
+    }
+    assert set(listing[0]) >= {"id", "type", "upload_id", "url", "attempts", "state", "last_status", "last_error"}
+    assert 'relay_webhook_deliveries_total{outcome="delivered"} 3.0' in metrics
+    assert "relay_webhook_queue_depth 0.0" in metrics
+    assert "relay_webhook_oldest_pending_seconds 0.0" in metrics
+
+
+def test_down_then_500_then_200_is_delivered_exactly_once(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers(script=[500])  # not started yet: the first attempt finds nobody listening
+    relay = relay_with(sink, tmp_path / "spool", receiver.url, env=FAST)
+    try:
+        ok = httpx.post(f"{relay.url}/upload/r.bin", content=b"r" * 100, timeout=10)
+        assert ok.status_code == 200
+        first = wait_for(lambda: [d for d in deliveries(relay) if d["attempts"] >= 1], what="a failed attempt")
+        assert first[0]["state"] == "pending" and first[0]["last_status"] is None and first[0]["last_error"]
+        receiver.start()
+        wait_for(lambda: receiver.delivered(), what="the delivery")
+        time.sleep(1.0)  # long enough for two more retries, were any still scheduled
+        (listed,) = deliveries(relay)
+        metrics = httpx.get(f"{relay.url}/_relay/metrics").text
+    finally:
+        relay.stop()
+    assert [item.status for item in receiver.requests] == [500, 200]
+    assert len({item.headers["webhook-id"] for item in receiver.requests}) == 1  # the same message, retried
+    assert all(item.error is None for item in receiver.requests)
+    assert (listed["state"], listed["last_status"], listed["last_error"]) == ("delivered", 200, None)
+    # One or more attempts found nobody listening (0.3 s apart), then the 500, then the 200.
+    assert listed["attempts"] >= 3
+    assert f'relay_webhook_deliveries_total{{outcome="retried"}} {listed["attempts"] - 1}.0' in metrics
+    assert 'relay_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+
+
+def test_gives_up_after_the_schedule(sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]) -> None:
+    receiver = receivers(script=[503] * 10).start()
+    relay = relay_with(sink, tmp_path / "spool", receiver.url, env={"RELAY_WEBHOOK_BACKOFF": "0.1,0.1"})
+    try:
+        httpx.post(f"{relay.url}/upload/g.bin", content=b"g", timeout=10)
+        (listed,) = wait_for(lambda: [d for d in deliveries(relay) if d["state"] == "failed"], what="giving up")
+    finally:
+        relay.stop()
+    assert (listed["attempts"], listed["last_status"], listed["last_error"]) == (3, 503, "HTTP 503")
+    assert len(receiver.requests) == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_pending_deliveries_survive_a_restart(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver], sig: int
+) -> None:
+    receiver = receivers()
+    spool = tmp_path / "spool"
+    # The next attempt 2 s after a failed one: the relay is stopped in between, the receiver comes up, and the
+    # restarted relay finds the deliveries in the outbox and makes that attempt.
+    backoff = {"RELAY_WEBHOOK_BACKOFF": "2,2,2,2,2,2"}
+    relay = relay_with(sink, spool, receiver.url, env=backoff)
+    try:
+        ids = [httpx.post(f"{relay.url}/upload/p{n}", content=b"p", timeout=10).headers["x-upload-id"] for n in "12"]
+        wait_for(lambda: len([d for d in deliveries(relay) if d["attempts"] >= 1]) == 2, what="two failed attempts")
+    finally:
+        relay.stop(sig)
+    assert len(list((spool / "webhooks").glob("msg_*.json"))) == 2
+    receiver.start()
+    relay = relay_with(sink, spool, receiver.url, env=backoff)
+    try:
+        wait_for(lambda: len(receiver.delivered()) == 2, what="the pending deliveries after the restart")
+        listing = wait_for(lambda: all(d["state"] == "delivered" for d in deliveries(relay)) and deliveries(relay))
+    finally:
+        relay.stop()
+    assert sorted(item.payload["data"]["id"] for item in receiver.delivered()) == sorted(ids)
+    assert all(item.payload["type"] == "upload.completed" for item in receiver.delivered())
+    assert {d["attempts"] for d in listing} <= {2, 3}
+    assert len(receiver.requests) == 2  # each delivered once
+
+
+def test_a_slow_receiver_never_slows_uploads(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers(sleep=5.0).start()
+    relay = relay_with(sink, tmp_path / "spool", receiver.url)
+    try:
+        started = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            answers = [client.post(f"{relay.url}/upload/s{n}", content=b"s" * 10_000) for n in range(20)]
+        took = time.monotonic() - started
+        listed = wait_for(lambda: len(deliveries(relay)) == 20 and deliveries(relay), what="20 outbox entries")
+    finally:
+        relay.stop()
+    assert [answer.status_code for answer in answers] == [200] * 20
+    # 20 uploads while the receiver holds every webhook for 5 s: any wait on a webhook would show here.
+    assert took < 3.0, f"20 small uploads took {took:.2f} s with a receiver that sleeps 5 s"
+    assert {d["state"] for d in listed} == {"pending"}  # the receiver was still asleep on them
+
+
+def test_webhook_flags_are_checked_at_start_up(tmp_path: Path) -> None:
+    for args, message in [
+        (["--webhook", "http://127.0.0.1:1/h"], "needs --webhook-secret"),
+        (["--webhook", "ftp://127.0.0.1/h", "--webhook-secret", "s"], "http:// or https://"),
+        (["--webhook", "http://127.0.0.1:1/h", "--webhook-secret", "whsec_!!!"], "base64"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            start_relay(*args, "--spool", str(tmp_path / "spool"), upstream="http://127.0.0.1:1")
+
+
+def test_listing_needs_the_admin_token(sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]) -> None:
+    receiver = receivers().start()
+    relay = relay_with(sink, tmp_path / "spool", receiver.url, admin=("--admin-token=adm"))
+    try:
+        refused = httpx.get(f"{relay.url}/_relay/webhooks")
+        allowed = httpx.get(f"{relay.url}/_relay/webhooks", headers={"authorization": "Bearer adm"})
+    finally:
+        relay.stop()
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    assert allowed.status_code == 200 and allowed.json() == {"webhooks": []}
+    assert json.dumps(allowed.json())
+
+
+def test_signer_agrees_with_standardwebhooks() -> None:
+    from relay.webhooks import backoff_schedule
+    from relay.webhooks.signer import parse_secret, signed_headers
+
+    body = b'{"type":"upload.completed"}'
+    now = int(time.time())
+    for secret, verifier in [(SECRET, Webhook(SECRET)), (RAW_SECRET, Webhook(RAW_SECRET.encode()))]:
+        headers = signed_headers(parse_secret(secret), "msg_" + "0" * 32, now, body)
+        assert verifier.verify(body, headers) == {"type": "upload.completed"}
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body + b" ", headers)
+    assert backoff_schedule({}) == (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+    assert backoff_schedule({"RELAY_WEBHOOK_BACKOFF": "0.5, 1,2"}) == (0.5, 1.0, 2.0)
+    with pytest.raises(ValueError, match="RELAY_WEBHOOK_BACKOFF"):
+        backoff_schedule({"RELAY_WEBHOOK_BACKOFF": "soon"})
