@@ -40,7 +40,9 @@ from relay.spool.base import SpoolDataLost, SpoolError
 __all__ = ["MAX_QUEUED", "READ_CHUNK", "DiskSpool", "DiskWriter"]
 
 MAX_QUEUED = 4 * 1024 * 1024  # bytes handed over and not yet written, all uploads of the spool together
-READ_CHUNK = 1024 * 1024
+# Under the 1 MiB mmap threshold relay/tuning.py pins: a 1 MiB read buffer was mmapped and unmapped each time,
+# 259,000 page faults per GiB forwarded from the spool (benchmarks/RESULTS.md, run 8); 1 MiB - 64 KiB: a few.
+READ_CHUNK = 1024 * 1024 - 64 * 1024
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the relay's upload ids (relay/headers.py); never a path
 T = TypeVar("T")
 

@@ -76,7 +76,9 @@ MIN_PART = 5 * 1024 * 1024  # S3: every part of a multipart upload but the last 
 PART_SIZE = 8 * 1024 * 1024  # what a writer buffers before uploading a part
 MAX_PARTS = 10_000  # S3: part numbers 1 to 10,000
 MAX_COPY_PART = 5 * 1024 * 1024 * 1024  # S3: the largest part UploadPartCopy takes
-READ_CHUNK = 1024 * 1024
+# Under the 1 MiB mmap threshold relay/tuning.py pins: a 1 MiB read buffer was mmapped and unmapped each time,
+# 259,000 page faults per GiB forwarded from the spool (benchmarks/RESULTS.md, run 8); 1 MiB - 64 KiB: a few.
+READ_CHUNK = 1024 * 1024 - 64 * 1024
 _DELETE_BATCH = 1000  # S3: DeleteObjects takes at most 1,000 keys
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the relay's upload ids (relay/headers.py); never a path
 _PIECE = re.compile(r"(\d{16})\.(seg|tail)")
