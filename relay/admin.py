@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import ssl
 import time
@@ -32,6 +33,7 @@ from relay.core.state import COMPLETED, FAILED, RECEIVING, REJECTED
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
 from relay.proxy import RelayContext
+from relay.state import FeedEntry
 from relay.types import Message, Receive, Scope, Send
 from relay.webhooks import webhook_deliveries
 
@@ -43,6 +45,7 @@ _HTTP_ERRORS: dict[int, type[RelayError]] = {404: NotFound, 405: MethodNotAllowe
 PROBE_INTERVAL = 5.0
 MAX_LIST_LIMIT = 10_000
 _STATES = (RECEIVING, "forwarding", COMPLETED, FAILED, REJECTED)  # forwarding: resumable uploads
+_EVENT_IDS = itertools.count(1)
 
 
 @dataclass
@@ -99,8 +102,14 @@ def upstream_probe(app: FastAPI) -> UpstreamProbe:
     return probe
 
 
-def _sse(event: Event) -> dict[str, str]:
-    return {"event": event.name, "data": json.dumps(event.to_dict())}
+def _sse(event: Event, event_id: str | None = None) -> dict[str, str]:
+    """One SSE message; `id:` is the Redis stream entry id, or a counter of this process without --redis."""
+    return {"id": event_id or str(next(_EVENT_IDS)), "event": event.name, "data": json.dumps(event.to_dict())}
+
+
+async def _entries(feed: AsyncIterator[FeedEntry]) -> AsyncIterator[dict[str, str]]:
+    async for event_id, event in feed:
+        yield _sse(event, event_id)
 
 
 def create_admin_app(ctx: RelayContext) -> FastAPI:
@@ -148,13 +157,15 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         probe.wanted.set()
         routes = [{"prefix": route.prefix, "upstream": route.upstream} for route in ctx.settings.routes]
         unavailable = ctx.settings.health_checks_upstream and not probe.any_reachable()
+        problem = ctx.shared.problem()  # with --redis: None, or why Redis is not answering
         body = {
-            "status": "unavailable" if unavailable else "ok",
+            "status": "degraded" if problem else "unavailable" if unavailable else "ok",
             "uploads_in_flight": ctx.in_flight,
             "routes": routes,
             "upstreams": probe.report(),
+            **({"shared_state": problem} if problem else {}),
         }
-        return JSONResponse(body, status_code=503 if unavailable else 200)
+        return JSONResponse(body, status_code=503 if unavailable or problem else 200)
 
     @app.get("/_relay/metrics", dependencies=admin)
     async def metrics() -> Response:
@@ -164,18 +175,22 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
     async def uploads(request: Request) -> dict[str, Any]:
         state, limit = _list_query(request)
         # The registry keeps a bounded number of records: filtering all of them is cheap.
-        records = ctx.registry.recent(MAX_LIST_LIMIT) if state else ctx.registry.recent(limit)
+        records = await ctx.shared.listing(MAX_LIST_LIMIT if state else limit)
         return {"uploads": [record.to_dict() for record in records if state in (None, record.state)][:limit]}
 
     @app.get("/_relay/uploads/{upload_id}", dependencies=admin)
     async def upload(upload_id: str) -> dict[str, Any]:
-        record = ctx.registry.get(upload_id)
+        record = await ctx.shared.lookup(upload_id)
         if record is None:
             raise NotFound(f"no upload {upload_id}")
         return record.to_dict()
 
     @app.get("/_relay/uploads/{upload_id}/events", dependencies=admin)
-    async def upload_events(upload_id: str) -> EventSourceResponse:
+    async def upload_events(upload_id: str, request: Request) -> EventSourceResponse:
+        # With --redis: any relay's events from Redis Streams, `Last-Event-ID` replayed (relay/state/feed.py).
+        feed = ctx.shared.follow(upload_id, request.headers.get("last-event-id"), unknown_wait=UNKNOWN_ID_WAIT)
+        if feed is not None:
+            return _EventStream(ctx, None, _entries(feed))
         # Subscribe and take the snapshot in one step (no await between): an event is either in the snapshot
         # or in the queue, never in both and never in neither.
         subscription = ctx.bus.subscribe(upload_id)
@@ -183,7 +198,10 @@ def create_admin_app(ctx: RelayContext) -> FastAPI:
         return _EventStream(ctx, subscription, _one_upload(ctx, subscription, catch_up))
 
     @app.get("/_relay/events", dependencies=admin)
-    async def all_events() -> EventSourceResponse:
+    async def all_events(request: Request) -> EventSourceResponse:
+        feed = ctx.shared.follow(None, request.headers.get("last-event-id"), unknown_wait=UNKNOWN_ID_WAIT)
+        if feed is not None:
+            return _EventStream(ctx, None, _entries(feed))
         subscription = ctx.bus.subscribe(None)
         return _EventStream(ctx, subscription, _every_upload(ctx, subscription))
 
@@ -213,7 +231,9 @@ class _EventStream(EventSourceResponse):
     """An SSE response that always releases its subscription, even when its generator never started
     (the client left before the response headers went out)."""
 
-    def __init__(self, ctx: RelayContext, subscription: Subscription, events: AsyncIterator[dict[str, str]]) -> None:
+    def __init__(
+        self, ctx: RelayContext, subscription: Subscription | None, events: AsyncIterator[dict[str, str]]
+    ) -> None:
         super().__init__(events, ping=PING_SECONDS)
         self._ctx = ctx
         self._subscription = subscription
@@ -235,7 +255,8 @@ class _EventStream(EventSourceResponse):
                 # body cleanly, so followers see the stream end (and uvicorn logs no incomplete response).
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self._ctx.bus.unsubscribe(self._subscription)
+            if self._subscription is not None:  # a Redis feed (None) cleans up after itself
+                self._ctx.bus.unsubscribe(self._subscription)
 
 
 @dataclass(frozen=True)

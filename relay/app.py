@@ -8,15 +8,16 @@ the upstream connection pools.
 from __future__ import annotations
 
 from relay.admin import create_admin_app
-from relay.bus import EventBus, InMemoryEventBus
+from relay.bus import EventBus
 from relay.errors import NotFound
 from relay.metrics import RelayMetrics
 from relay.proxy import RelayContext, Upload, error_response, may_have_body
 from relay.resumable import ResumableEndpoints, open_resumable
 from relay.settings import Route, Settings
+from relay.state import open_state
 from relay.types import Receive, Scope, Send
 from relay.ui import create_ui_app
-from relay.uploads import InMemoryUploadRegistry, UploadRegistry
+from relay.uploads import UploadRegistry
 from relay.upstream import Upstream
 from relay.webhooks import start_webhooks, stop_webhooks
 
@@ -32,12 +33,26 @@ class RelayApp:
         self, settings: Settings, *, bus: EventBus | None = None, registry: UploadRegistry | None = None
     ) -> None:
         self.settings = settings
+        metrics = RelayMetrics()
+        # The one choice of where shared state lives: this process, or Redis with --redis (relay/state/).
+        self.state = open_state(
+            settings.redis,
+            prefix=settings.redis_prefix,
+            metrics=metrics.registry,
+            max_concurrent=settings.max_concurrent_uploads,
+            max_per_client=settings.max_uploads_per_client,
+            registry_size=settings.registry_size,
+            registry_ttl=settings.registry_ttl,
+            bus=bus,
+            registry=registry,
+        )
         self.ctx = RelayContext(
             settings=settings,
-            bus=bus or InMemoryEventBus(),
-            registry=registry or InMemoryUploadRegistry(max_finished=settings.registry_size, ttl=settings.registry_ttl),
-            metrics=RelayMetrics(),
+            bus=self.state.bus,
+            registry=self.state.registry,
+            metrics=metrics,
             upstreams={},
+            state=self.state,
         )
         self.admin = create_admin_app(self.ctx)
         self.ui = create_ui_app(settings)
@@ -99,6 +114,7 @@ class RelayApp:
                 )
         if any(route.resumable for route in settings.routes):
             self.resumable = await open_resumable(self.ctx)
+        await self.state.start()
         await start_webhooks(self.ctx)
 
     async def shutdown(self) -> None:
@@ -108,6 +124,7 @@ class RelayApp:
         for upstream in self.ctx.upstreams.values():
             await upstream.aclose()
         self.ctx.upstreams.clear()
+        await self.state.stop()  # last: what the others emitted is written
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

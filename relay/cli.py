@@ -31,6 +31,7 @@ from relay.config import (
 from relay.core.limits import Limits
 from relay.settings import (
     DEFAULT_PREFIX,
+    DEFAULT_REDIS_PREFIX,
     DEFAULT_RESUMABLE_EXPIRY,
     DEFAULT_RESUMABLE_MAX_INCOMPLETE,
     DEFAULT_RESUMABLE_PREFIX,
@@ -42,6 +43,7 @@ from relay.settings import (
     parse_size,
     relay_version,
 )
+from relay.state import check_redis
 from relay.webhooks import webhook_endpoints
 
 __all__ = ["main", "settings_from_options"]
@@ -115,6 +117,8 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         log_level=options["log_level"],
         log_format=options["log_format"],
         health_checks_upstream=options["health_checks_upstream"],
+        redis=options["redis"] or None,
+        redis_prefix=options["redis_prefix"],
         webhooks=webhook_endpoints(options["webhook"], options["webhook_secret"], ctx.params.get("config")),
     )
 
@@ -259,6 +263,12 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     default=False,
     help="/_relay/health answers 503 while no upstream is reachable.",
 )
+@option(
+    "--redis",
+    default=None,
+    help="Redis URL (redis://, rediss://, unix://): share uploads, events and caps with every relay on it.",
+)
+@option("--redis-prefix", default=DEFAULT_REDIS_PREFIX, help="Prefix of the relay's Redis keys.")
 @option("--webhook", multiple=True, help="URL to POST signed upload.completed / upload.failed events to (repeatable).")
 @option("--webhook-secret", default=None, help="Webhook signing secret: whsec_<base64>, or any string (its bytes).")
 @click.option(
@@ -284,6 +294,8 @@ def command(ctx: click.Context, /, config: str | None, host: str, port: int, **o
         settings = settings_from_options(ctx, options)
         if any(route.upstream is None for route in settings.routes):
             check_store(settings.store)
+        if settings.redis is not None:
+            check_redis(settings.redis)  # unreachable at start-up: one line, exit 2
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
     if run(settings, host, port):

@@ -62,6 +62,7 @@ from relay.headers import (
 )
 from relay.metrics import RelayMetrics
 from relay.settings import Route, Settings
+from relay.state import MemoryState, SharedState
 from relay.types import Receive, Scope, Send
 from relay.uploads import UploadRegistry
 from relay.upstream import Upstream, UpstreamResponse
@@ -100,6 +101,14 @@ class RelayContext:
     upstreams: dict[str, Upstream]
     in_flight: int = 0
     per_client: dict[str, int] = field(default_factory=dict)
+    state: SharedState | None = None  # None: this process only, over `bus` and `registry`
+
+    @property
+    def shared(self) -> SharedState:
+        """Reads the admin endpoints may await, and the caps across relays (relay/state/)."""
+        if self.state is None:
+            self.state = MemoryState(self.bus, self.registry)
+        return self.state
 
     def emit(self, event: Event) -> None:
         self.registry.apply(event)
@@ -229,6 +238,7 @@ class Upload:
         self.response_started = False
         self.body_error: RelayError | None = None
         self.finished = False
+        self.lease: str | None = None  # the caps' slot across relays, with --redis
         self.client_key = self.client_address()
         self.cors = self.cors_headers()
 
@@ -334,6 +344,8 @@ class Upload:
             return
         try:
             self.check_headers()
+            # The caps across relays: one await on the head of the request, never per chunk.
+            self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key)
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
             self.ctx.metrics.rejections.labels(code=exc.code).inc()
@@ -399,6 +411,7 @@ class Upload:
         )
 
     def end(self) -> None:
+        self.ctx.shared.give_back(self.lease)
         self.ctx.in_flight -= 1
         left = self.ctx.per_client.pop(self.client_key, 1) - 1
         if left:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_FILES",
     "DEFAULT_METHODS",
     "DEFAULT_PREFIX",
+    "DEFAULT_REDIS_PREFIX",
     "DEFAULT_RESUMABLE_EXPIRY",
     "DEFAULT_RESUMABLE_MAX_INCOMPLETE",
     "DEFAULT_RESUMABLE_PREFIX",
@@ -51,6 +52,8 @@ DEFAULT_SPOOL = "./spool"
 DEFAULT_RESUMABLE_EXPIRY = 86400.0
 DEFAULT_RESUMABLE_MAX_INCOMPLETE = 1000
 RESUMABLE_FORWARDS = ("multipart", "raw")
+DEFAULT_REDIS_PREFIX = "relay:"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -155,6 +158,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     health_checks_upstream: bool = False  # /_relay/health answers 503 when no upstream is reachable
+    redis: str | None = None  # --redis URL: registry, events and caps shared with other relays (relay/state/)
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     webhooks: tuple[WebhookEndpoint, ...] = ()  # --webhook / [[webhooks]]: signed POSTs when uploads end
 
     def __post_init__(self) -> None:
@@ -179,6 +184,10 @@ class Settings:
             raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        if self.redis is not None and not self.redis.startswith(REDIS_SCHEMES):
+            raise ValueError("--redis takes a redis://, rediss:// or unix:// URL")
+        if not self.redis_prefix:
+            raise ValueError("--redis-prefix must not be empty")
 
     def _check_resumable(self) -> None:
         prefix = self.resumable_prefix
