@@ -309,13 +309,23 @@ def recover(upload: ResumableUpload, durable: int, *, now: float) -> tuple[Resum
         return upload, committed
     if upload.state == RECEIVING:
         if durable == upload.offset:
-            return upload, durable  # nothing new: the expiry clock is not reset by a restart
+            return _complete_if_full(upload, now), durable  # nothing new: the expiry clock is not reset
         upload = apply(upload, APPEND_BEGIN, now=now, writer=RECOVERY_WRITER)
     keep = committed if upload.append_checksum else durable
     if upload.length is not None:
         keep = min(keep, upload.length)
     event = APPEND_DISCARD if upload.append_checksum else APPEND_BREAK
-    return apply(upload, event, now=now, writer=upload.writer, offset=keep), keep
+    return _complete_if_full(apply(upload, event, now=now, writer=upload.writer, offset=keep), now), keep
+
+
+def _complete_if_full(upload: ResumableUpload, now: float) -> ResumableUpload:
+    """Every byte is there but the relay died before the upstream answered (the completing append is recorded
+    `forwarding` only in memory until then: its bytes are fsynced only if the upstream fails). Such an upload
+    is finished: it goes back to `forwarding`, with a note, so that the relay delivers it again by itself."""
+    if upload.state != RECEIVING or upload.length is None or upload.offset != upload.length:
+        return upload
+    note = ErrorInfo("relay_restarted", "the relay restarted before the upstream answered; it delivers again")
+    return replace(apply(upload, COMPLETE, now=now), error=note)
 
 
 def sweep(upload: ResumableUpload, now: float) -> Literal["keep", "expire", "forget"]:

@@ -19,11 +19,19 @@ Rules:
 4. A forward holds the upload's forward lock from the completing commit until the upstream's answer is
    recorded; once every byte is in, the append lets go of the upload (HEAD answers at once). A completing
    request that finds the lock held waits, then answers from the upload's state then (no second delivery).
+5. The completing append of a cut-through is not fsynced before its last bytes go upstream, and its
+   `forwarding` state is kept in memory only: if the upstream takes the file, those bytes are deleted anyway
+   (an fsync of the whole file was the largest part of a one-append upload's extra time). If the upstream
+   fails, the bytes are fsynced and the state saved before the 502/504 is answered. A relay that dies in
+   between restarts with what the disk holds: every byte there, the upload goes back to `forwarding` and is
+   delivered again (relay.core.resumable.recover); fewer, the client resumes from there. Nothing that was
+   acknowledged is lost: that append is answered only after the upstream answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -277,9 +285,11 @@ class Appends:
             if decision.action != "forward" or decision.upload is None:
                 raise _Refused(decision)
             await lock.acquire()  # free: no forward runs while the upload is appending (Rule 4)
-            await live.writer.commit()
+            # No fsync on this path (Rule 5): these bytes are needed again only if the upstream fails, and then
+            # they are made durable, and the upload recorded, before anything is answered (_after_forward).
+            await live.writer.commit(sync=False)
             committed.append(decision.upload)
-            await self.store.save(decision.upload)
+            self.store.record(decision.upload)
             self.store.release(upload.id)
 
         forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed)
@@ -423,6 +433,8 @@ class Appends:
             return
         decision = decide.decide_forward_end(request.req, current, now=time.time(), error=error)
         if decision.upload is not None:
+            with contextlib.suppress(SpoolError, OSError):  # a cut-through committed without fsync (Rule 5)
+                await self.store.spool.sync(upload.id)
             await self.store.save(decision.upload)
         if not isinstance(error, ClientDisconnected):
             await respond(request, replace(decision, upload=None))

@@ -53,8 +53,12 @@ class SpoolWriter(Protocol):
         """Queue `chunk` for appending; returns at once unless too much is queued (backpressure)."""
         ...
 
-    async def commit(self) -> int:
-        """Write everything queued, make it durable, close; return the new durable size."""
+    async def commit(self, *, sync: bool = True) -> int:
+        """Write everything queued, make it durable, close; return the new size.
+
+        `sync=False` leaves the flush to disk to the system (the completing append of a cut-through, whose bytes
+        are needed again only if the upstream fails: then `Spool.sync` makes them durable before any answer).
+        """
         ...
 
     async def abort(self) -> int:
@@ -97,6 +101,10 @@ class Spool(Protocol):
 
     async def delete(self, upload_id: str) -> None:
         """Remove the bytes and the info document; deleting an unknown upload is not an error."""
+        ...
+
+    async def sync(self, upload_id: str) -> None:
+        """Make every byte stored for `upload_id` durable (after a `commit(sync=False)`)."""
         ...
 
     async def delete_data(self, upload_id: str) -> None:

@@ -171,8 +171,8 @@ class DiskWriter:
         finally:
             self._worker.written(size)
 
-    async def commit(self) -> int:
-        size = await self._finish(keep=True)
+    async def commit(self, *, sync: bool = True) -> int:
+        size = await self._finish(keep=True, sync=sync)
         if self._error is not None:
             raise SpoolError(f"spool write failed: {self._error}") from self._error
         return size
@@ -183,7 +183,7 @@ class DiskWriter:
     async def discard(self) -> int:
         return await self._finish(keep=False)
 
-    async def _finish(self, *, keep: bool) -> int:
+    async def _finish(self, *, keep: bool, sync: bool = True) -> int:
         if self._closed:
             raise SpoolError("this spool writer is closed")
         self._closed = True
@@ -193,7 +193,8 @@ class DiskWriter:
             try:
                 if not keep:
                     os.ftruncate(fd, start)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
                 return os.fstat(fd).st_size
             finally:
                 os.close(fd)
@@ -325,6 +326,18 @@ class DiskSpool:
 
     async def delete_data(self, upload_id: str) -> None:
         await asyncio.to_thread(self._unlink, upload_id, (".data",))
+
+    async def sync(self, upload_id: str) -> None:
+        path = self._path(upload_id, ".data")
+
+        def fsync() -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await asyncio.to_thread(fsync)
 
     def _unlink(self, upload_id: str, suffixes: tuple[str, ...]) -> None:
         for suffix in suffixes:

@@ -230,7 +230,7 @@ class S3Writer:
             self._segment_start += multipart.size
             self._multipart = None
 
-    async def commit(self) -> int:
+    async def commit(self, *, sync: bool = True) -> int:  # S3 keeps what it acknowledged: always durable
         """Upload what is buffered (even after a failed part: its bytes are still here) and complete the segment.
 
         If S3 fails again, SpoolError: the caller goes back to where the append began, and the parts that made it
@@ -662,6 +662,9 @@ class S3Spool:
     async def delete(self, upload_id: str) -> None:
         await self.delete_data(upload_id)
         await self._delete_keys([self._info_key(upload_id)])
+
+    async def sync(self, upload_id: str) -> None:
+        """Nothing to do: what S3 acknowledged is durable."""
 
     async def delete_data(self, upload_id: str) -> None:
         layout = await self._scan(upload_id, uploads=True)

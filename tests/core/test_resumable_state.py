@@ -228,7 +228,10 @@ def test_from_json_refuses_unknown_versions_and_states() -> None:
     [
         (new_upload(offset=40), 40, RECEIVING, 40, 40),
         (new_upload(offset=40), 70, RECEIVING, 70, 70),  # an unrecorded append's bytes are kept
-        (new_upload(offset=40), 170, RECEIVING, 100, 100),  # never past the length
+        # never past the length; every byte there: finished, back to forwarding to be delivered again
+        (new_upload(offset=40), 170, FORWARDING, 100, 100),
+        (new_upload(offset=40), 99, RECEIVING, 99, 99),
+        (new_upload(offset=100), 100, FORWARDING, 100, 100),  # a completing append recorded only in memory
         (new_upload(offset=40, state=APPENDING, writer="w", append_start=40), 60, RECEIVING, 60, 60),
         (
             new_upload(offset=40, state=APPENDING, writer="w", append_start=40, append_checksum=True),

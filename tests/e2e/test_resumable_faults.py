@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -225,6 +226,46 @@ def test_terminated_and_expired_leave_no_data(make_stack: Callable[..., Stack]) 
         assert client.delete(one, headers={"Tus-Resumable": "1.0.0"}).status_code == 204
     wait_for(lambda: stack.spool_data() == [], 7)
     assert stack.stored() == [] and stack.partial_files() == []
+
+
+def test_relay_killed_while_the_upstream_thinks_delivers_after_the_restart(tmp_path: Path) -> None:
+    """Every byte is in and the upstream has the whole file but has not answered when the relay is killed: after
+    the restart the upload is finished (`forwarding`, noted relay_restarted) and the relay delivers it again by
+    itself; the client never sent its bytes twice (appends.py Rule 5, core recover)."""
+    upstream = TinyUpstream(status=200, body=b"thinking", delay=30)  # takes the body, then answers too late
+    spool = tmp_path / "spool"
+    relay = start_relay("--spool", str(spool), upstream=upstream.url)
+    port = relay.port
+    data = os.urandom(700_000)
+    try:
+        with httpx.Client(base_url=relay.url, timeout=20) as client:
+            location = tus_create(client, "/upload/thinking.bin", len(data)).headers["location"]
+            upload_id = location.rsplit("/", 1)[1]
+
+            def send_all() -> None:
+                with contextlib.suppress(httpx.HTTPError):  # the relay is killed under it
+                    tus_patch(client, location, 0, data)
+
+            sender = threading.Thread(target=send_all)
+            sender.start()
+            wait_for(lambda: len(upstream.requests) == 1, 10)  # the upstream has read the whole (framed) file
+        relay.stop(signal.SIGKILL)
+        sender.join(10)
+        upstream.close()
+        sink_dir = tmp_path / "received"
+        sink = start_sink(sink_dir)
+        relay = start_relay("--spool", str(spool), "--port", str(port), upstream=sink.url)
+        try:
+            with httpx.Client(base_url=relay.url, timeout=20) as client:
+                assert tus_head(client, location).headers["upload-offset"] == str(len(data))
+                wait_for(lambda: client.get(f"/_relay/uploads/{upload_id}").json()["state"] == "completed", 10)
+            stored = [p for p in sink_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
+            assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in stored] == [sha256(data)]
+        finally:
+            sink.stop()
+    finally:
+        relay.stop()
+        upstream.close()
 
 
 def test_head_during_forwarding_answers_at_once(tmp_path: Path) -> None:
