@@ -287,7 +287,14 @@ class Appends:
             await lock.acquire()  # free: no forward runs while the upload is appending (Rule 4)
             # No fsync on this path (Rule 5): these bytes are needed again only if the upstream fails, and then
             # they are made durable, and the upload recorded, before anything is answered (_after_forward).
-            await live.writer.commit(sync=False)
+            try:
+                await live.writer.commit(sync=False)
+            except (SpoolError, OSError) as exc:  # a disk error: answered 503, the lock not left held
+                lock.release()
+                raise SpoolUnavailable(f"the spool could not store the upload: {exc}") from exc
+            except BaseException:
+                lock.release()
+                raise
             committed.append(decision.upload)
             self.store.record(decision.upload)
             self.store.release(upload.id)

@@ -10,6 +10,7 @@ import hashlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.testing import start_relay, start_sink
+from relay.testing import start_process, start_relay, start_sink
 from tests.interop.support import (
     OCTETS,
     Stack,
@@ -382,3 +383,54 @@ def test_delete_while_the_file_goes_upstream_waits_for_the_answer(tmp_path: Path
     finally:
         relay.stop()
         upstream.close()
+
+
+FAILING_COMMIT = """
+import sys
+from relay.spool import disk
+from relay.spool.base import SpoolError
+
+async def commit(self, *, sync=True):
+    if not sync:  # the completing append of a cut-through: the disk fails under it
+        await self._finish(keep=True, sync=False)
+        raise SpoolError("injected ENOSPC")
+    return await ORIGINAL(self, sync=sync)
+
+ORIGINAL = disk.DiskWriter.commit
+disk.DiskWriter.commit = commit
+from relay.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_disk_error_on_the_completing_append_is_503_and_leaves_the_upload_usable(tmp_path: Path) -> None:
+    sink = start_sink(tmp_path / "received")
+    relay = start_process(
+        [
+            sys.executable,
+            "-c",
+            FAILING_COMMIT,
+            "--port",
+            "0",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--upstream",
+            sink.url,
+        ]
+    )
+    try:
+        with httpx.Client(base_url=relay.url, timeout=10) as client:
+            location = tus_create(client, "/upload/enospc.bin", 5).headers["location"]
+            failed = tus_patch(client, location, 0, b"hello")
+            assert failed.status_code == 503, failed.text
+            assert failed.json()["error"]["code"] == "spool_unavailable"
+            head = tus_head(client, location)  # answers at once: nothing is left held
+            assert head.status_code == 200
+            again = tus_patch(
+                client, location, int(head.headers["upload-offset"]), b"hello"[int(head.headers["upload-offset"]) :]
+            )
+            assert again.status_code == 503  # the disk still fails, but the request ends
+        assert "Traceback" not in relay.log()
+    finally:
+        relay.stop()
+        sink.stop()
