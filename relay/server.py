@@ -185,11 +185,17 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before serving so `--port 0` works and the real port is known."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind before serving so `--port 0` works and the real port is known.
+
+    `reuse_port` (SO_REUSEPORT): several listening sockets on one port, the kernel spreading connections
+    across them (`--workers`, relay/workers.py).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
