@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -38,12 +40,14 @@ from relay.settings import (
     DEFAULT_SPOOL,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_WORKERS,
     Route,
     Settings,
     parse_size,
     relay_version,
 )
 from relay.state import check_redis
+from relay.types import ASGIApp
 from relay.webhooks import webhook_endpoints
 
 __all__ = ["main", "settings_from_options"]
@@ -120,6 +124,7 @@ def settings_from_options(ctx: click.Context, options: dict[str, Any]) -> Settin
         redis=options["redis"] or None,
         redis_prefix=options["redis_prefix"],
         webhooks=webhook_endpoints(options["webhook"], options["webhook_secret"], ctx.params.get("config")),
+        workers=options["workers"],
     )
 
 
@@ -271,6 +276,12 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 @option("--redis-prefix", default=DEFAULT_REDIS_PREFIX, help="Prefix of the relay's Redis keys.")
 @option("--webhook", multiple=True, help="URL to POST signed upload.completed / upload.failed events to (repeatable).")
 @option("--webhook-secret", default=None, help="Webhook signing secret: whsec_<base64>, or any string (its bytes).")
+@option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=1,
+    help="Relay processes serving the port under one supervisor; above 1 needs --redis.",
+)
 @click.option(
     "--version",
     is_flag=True,
@@ -298,17 +309,65 @@ def command(ctx: click.Context, /, config: str | None, host: str, port: int, **o
             check_redis(settings.redis)  # unreachable at start-up: one line, exit 2
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
+    if settings.workers > 1:
+        sys.exit(run_workers(settings, host, port))
     if run(settings, host, port):
         sys.exit(FORCED_EXIT)
 
 
 def run(settings: Settings, host: str, port: int) -> bool:
     """Serve until a signal; True when a second Ctrl-C forced the quit."""
-    from relay.accesslog import AccessLog, configure_logging
-    from relay.admin import upstream_probe
-    from relay.app import RelayApp
+    from relay.server import bind_socket
+
+    _prepare(settings)
+    try:
+        main_sock = bind_socket(host, port)
+        sink_sock = bind_socket("127.0.0.1", 0) if _embedded(settings) else None
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    follower = None
+    embedded = _embedded(settings)
+    if sink_sock is not None:
+        from relay.sink import create_sink_app
+
+        settings = _with_upstream(settings, _sink_url(sink_sock))
+        follower = (create_sink_app(settings.store), sink_sock)
+    lines = _startup_lines(settings, _url(settings, main_sock), embedded)
+    return _serve_relay(settings, main_sock, follower=follower, on_ready=lambda: print(lines, flush=True))
+
+
+def run_workers(settings: Settings, host: str, port: int) -> int:
+    """`--workers N`: a supervisor (relay/workers.py) and N relays on one port; the exit code."""
+    from relay.server import bind_socket
+    from relay.workers import Pool, bind_shared, supervise
+
+    _prepare(settings)
+    embedded = _embedded(settings)
+    try:
+        sockets = bind_shared(host, port, settings.workers)
+        sink_sock = bind_socket("127.0.0.1", 0) if embedded else None
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sink = None
+    if sink_sock is not None:
+        settings = _with_upstream(settings, _sink_url(sink_sock))
+        sink = partial(_serve_sink, settings, sink_sock)
+    lines = _startup_lines(settings, _url(settings, sockets[0]), embedded)
+    pool = Pool(
+        sockets=sockets,
+        serve=lambda sock, on_ready: _serve_relay(settings, sock, on_ready=on_ready),
+        announce=lambda: print(lines, flush=True),
+        sink=sink,
+        drain_timeout=settings.drain_timeout,
+        prog=PROG,
+    )
+    return supervise(pool)
+
+
+def _prepare(settings: Settings) -> None:
+    """What every relay process needs before it listens (inherited by forked workers)."""
+    from relay.accesslog import configure_logging
     from relay.resumable import check_spool
-    from relay.server import bind_socket, loop_factory, serve
     from relay.tuning import install_nocopy_body, tune_malloc
 
     tune_malloc()
@@ -318,42 +377,29 @@ def run(settings: Settings, host: str, port: int) -> bool:
         check_spool(settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    try:
-        main_sock = bind_socket(host, port)
-        sink_sock = bind_socket("127.0.0.1", 0) if any(r.upstream is None for r in settings.routes) else None
-    except OSError as exc:
-        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    follower = None
-    embedded: set[str] = set()
-    if sink_sock is not None:
-        from relay.sink import create_sink_app
 
-        sink_url = f"http://127.0.0.1:{sink_sock.getsockname()[1]}"
-        embedded = {route.prefix for route in settings.routes if route.upstream is None}
-        settings = _with_upstream(settings, sink_url)
-        follower = (create_sink_app(settings.store), sink_sock)
+
+def _serve_relay(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    follower: tuple[ASGIApp, socket.socket] | None = None,
+    on_ready: Callable[[], None],
+) -> bool:
+    """One relay on a bound socket until a signal; True when a second Ctrl-C forced the quit."""
+    from relay.accesslog import AccessLog
+    from relay.admin import upstream_probe
+    from relay.app import RelayApp
+    from relay.server import loop_factory, serve
+
     relay = RelayApp(settings)
-    scheme = "https" if settings.ssl_certfile else "http"
-    bound = main_sock.getsockname()
-    url = f"{scheme}://[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{scheme}://{bound[0]}:{bound[1]}"
-
-    def ready() -> None:
-        lines = [f"{PROG} {relay_version()} listening on {url}"]
-        for route in settings.routes:
-            note = f" (embedded sample upstream, storing in {settings.store})" if route.prefix in embedded else ""
-            lines.append(f"{PROG}: relaying {route.prefix} to {route.upstream}{note}")
-        print("\n".join(lines), flush=True)
-
-    # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down; with these handlers in place that
-    # re-raise is harmless and a signalled relay exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: None)
+    _ignore_stop_signals()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(
             serve(
-                (AccessLog(relay), main_sock),
+                (AccessLog(relay), sock),
                 follower=follower,
-                on_ready=ready,
+                on_ready=on_ready,
                 header_timeout=settings.header_timeout,
                 drain_timeout=settings.drain_timeout,
                 ssl_certfile=settings.ssl_certfile,
@@ -361,6 +407,49 @@ def run(settings: Settings, host: str, port: int) -> bool:
                 background=[partial(upstream_probe(relay.admin).run, eager=settings.health_checks_upstream)],
             )
         )
+
+
+def _serve_sink(settings: Settings, sock: socket.socket, on_ready: Callable[[], None]) -> bool:
+    """The embedded sample upstream as a process of its own (with --workers), its INFO lines dropped."""
+    from relay.accesslog import quiet_lifecycle
+    from relay.server import loop_factory, serve
+    from relay.sink import create_sink_app
+
+    _ignore_stop_signals()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        job = serve((create_sink_app(settings.store), sock), on_ready=on_ready, drain_timeout=settings.drain_timeout)
+        return runner.run(job, context=quiet_lifecycle())
+
+
+def _ignore_stop_signals() -> None:
+    # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down; with these handlers in place that
+    # re-raise is harmless and a signalled relay exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+
+
+def _embedded(settings: Settings) -> set[str]:
+    """The prefixes of the routes served by the embedded sample upstream."""
+    return {route.prefix for route in settings.routes if route.upstream is None}
+
+
+def _sink_url(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _url(settings: Settings, sock: socket.socket) -> str:
+    scheme = "https" if settings.ssl_certfile else "http"
+    bound = sock.getsockname()
+    return f"{scheme}://[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{scheme}://{bound[0]}:{bound[1]}"
+
+
+def _startup_lines(settings: Settings, url: str, embedded: set[str]) -> str:
+    workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
+    lines = [f"{PROG} {relay_version()} listening on {url}{workers}"]
+    for route in settings.routes:
+        note = f" (embedded sample upstream, storing in {settings.store})" if route.prefix in embedded else ""
+        lines.append(f"{PROG}: relaying {route.prefix} to {route.upstream}{note}")
+    return "\n".join(lines)
 
 
 def _with_upstream(settings: Settings, url: str) -> Settings:

@@ -48,6 +48,7 @@ SERVER_KEYS = {
     "client_min_rate", "cors_origin", "drain_timeout", "client_min_rate_grace", "header_timeout", "upstream_ca",
     "resumable_prefix", "spool", "resumable_expiry", "resumable_max_incomplete", "ssl_certfile", "ssl_keyfile",
     "log_level", "log_format", "health_checks_upstream", "s3_endpoint", "redis", "redis_prefix", "webhook_secret",
+    "workers",
 }  # fmt: skip
 _ROUTE_KEYS = {
     "prefix", "upstream", "methods", "max_body_size", "max_file_size", "max_files", "resumable",

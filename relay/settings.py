@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_SPOOL",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_WORKERS",
     "RESUMABLE_FORWARDS",
     "Route",
     "Settings",
@@ -56,6 +57,7 @@ DEFAULT_REDIS_PREFIX = "relay:"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+MAX_WORKERS = 128
 
 _UNITS = {
     "": 1,
@@ -161,6 +163,7 @@ class Settings:
     redis: str | None = None  # --redis URL: registry, events and caps shared with other relays (relay/state/)
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     webhooks: tuple[WebhookEndpoint, ...] = ()  # --webhook / [[webhooks]]: signed POSTs when uploads end
+    workers: int = 1  # --workers: relay processes on one port under a supervisor (relay/workers.py)
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -188,6 +191,11 @@ class Settings:
             raise ValueError("--redis takes a redis://, rediss:// or unix:// URL")
         if not self.redis_prefix:
             raise ValueError("--redis-prefix must not be empty")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self.workers > 1 and self.redis is None:
+            # Each worker is a relay of its own: without a shared state each would keep its own uploads and caps.
+            raise ValueError("--workers above 1 needs --redis (the workers share uploads, events and caps there)")
 
     def _check_resumable(self) -> None:
         prefix = self.resumable_prefix
