@@ -6,7 +6,8 @@ head of a request may await:
   - `lookup` / `listing`: records as every relay sees them (the admin endpoints);
   - `follow`: an SSE feed of `(entry id, event)` with replay after `Last-Event-ID`, or None when the in-process
     bus is all there is (the admin endpoints then use their own catch-up);
-  - `take_slots` / `give_back`: the caps, one await before a body is read, a synchronous release at the end;
+  - `take_slots` / `give_back`: the upload's id and the caps, one await before a body is read (raising
+    UploadIdInUse or TooManyUploads), a synchronous release at the end;
   - `problem`: None while healthy, else why `/_relay/health` says `degraded`.
 relay/state/memory.py keeps everything in this process (the relay without --redis); relay/state/redis.py shares
 it between every relay on one Redis. relay/app.py chooses one, once, at start-up (`open_state`).

@@ -27,6 +27,7 @@ from relay.core.events import ErrorInfo, Failed
 from relay.state.codec import decode_record
 from relay.state.link import ERRORS, Link
 from relay.state.writer import HEARTBEAT_TTL, Batch, Keys
+from relay.uploads import UploadRecord
 
 __all__ = ["Heartbeat", "Sweeper"]
 
@@ -70,7 +71,9 @@ class Sweeper:
         relay_id: str,
         flush: AsyncScript,
         args: Callable[[Batch], list[str | int | float]],
+        on_lost: Callable[[Failed, UploadRecord], None] | None = None,
     ) -> None:
+        self.on_lost = on_lost
         self.client = client
         self.keys = keys
         self.link = link
@@ -137,6 +140,8 @@ class Sweeper:
         record.terminal = event
         batch = Batch(records=[(record, _text(gen))], events=[event])
         await self.flush(args=self.args(batch))
+        if self.on_lost is not None:  # several relays may sweep the same upload: the webhooks dedupe (by id)
+            self.on_lost(event, record)
         log.warning("relay-server: upload %s ended relay_lost (its relay's heartbeat is gone)", upload_id)
         return 1
 

@@ -1,12 +1,20 @@
 """Caps across relays as leases: a slot is a member of a sorted set whose score is when it expires.
 
+The upload's id is claimed the same way, as a cap of one: `<p>id:<upload id>` holds the lease of the one
+upload in progress under that id on any relay, so a client-chosen `X-Upload-ID` already in progress on another
+relay gets 409 `upload_id_in_use` (UploadIdInUse) from the same single await, before any cap is counted (a
+refusal recorded under that id would replace the other upload's record). A lease this relay gave back but has
+not written yet (the write queue flushes every 100 ms) is dropped by TAKE itself, so the same id may follow
+itself on one relay at once; on another relay it is free once that release is written (within about 100 ms
+of the end of the upload).
+
 Why leases and not INCR/DECR: a relay that dies between the two leaks its slot forever. A lease runs out by
 itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 25 s (the contract
 says 30), while a live relay renews every lease it holds every RENEW_EVERY seconds.
 
-TAKE (one Lua script, registered once, EVALSHA) does, atomically for each cap that is set (the global one
-and the client's): drop expired members, compare the count with the cap, and only if every cap has room add
-the new lease to each set. Times are Redis's own (`TIME`), so relays' clocks never compare with each other;
+TAKE (one Lua script, registered once, EVALSHA) does, atomically for the id and each cap that is set (the
+global one and the client's): drop expired members, compare the count with the cap, and only if every one has
+room add the new lease to each set. Times are Redis's own (`TIME`), so relays' clocks never compare with each other;
 the lease is generous against a server clock step. RENEW re-adds (ZADD, not XX) every lease still held, so
 after a Redis restart that lost the sets the counts are right again within one renewal.
 
@@ -23,7 +31,7 @@ import itertools
 
 from redis.asyncio import Redis
 
-from relay.errors import TooManyUploads
+from relay.errors import TooManyUploads, UploadIdInUse
 from relay.state.link import ERRORS, Link
 from relay.state.writer import Keys, WriteQueue
 
@@ -37,6 +45,7 @@ TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lease = tonumber(ARGV[2])
+for i = 3 + #KEYS, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
 for k = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
   if redis.call('ZCARD', KEYS[k]) >= tonumber(ARGV[2 + k]) then return k end
@@ -82,15 +91,10 @@ class Leases:
         self._numbers = itertools.count()
         self.held: dict[str, list[str]] = {}  # lease (the member) -> the sorted sets it is in
 
-    @property
-    def wanted(self) -> bool:
-        return self.max_concurrent is not None or self.max_per_client is not None
-
-    async def take(self, client_key: str) -> str | None:
-        """A lease on every cap that is set, or TooManyUploads; None when no cap is set."""
-        if not self.wanted:
-            return None
-        caps: list[tuple[str, int, str]] = []
+    async def take(self, client_key: str, upload_id: str) -> str:
+        """A lease on the upload's id and on every cap that is set, or UploadIdInUse, or TooManyUploads."""
+        id_key = self.keys.claim(upload_id)
+        caps: list[tuple[str, int, str]] = [(id_key, 1, f"upload {upload_id} is")]
         if self.max_concurrent is not None:
             caps.append((self.keys.cap("uploads"), self.max_concurrent, f"{self.max_concurrent} uploads are"))
         if self.max_per_client is not None:
@@ -102,17 +106,22 @@ class Leases:
         self.held[member] = [key for key, _, _ in caps]
         if not self.link.is_up:
             return member  # per relay until Redis is back: the proxy's own count applies
+        stale = self.queue.take_releases(id_key)  # our own ends of this id, not written yet
         try:
             async with asyncio.timeout(TAKE_TIMEOUT):
                 full = await self._take(
-                    keys=[key for key, _, _ in caps], args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps)]
+                    keys=[key for key, _, _ in caps],
+                    args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps), *stale],
                 )
         except ERRORS as exc:
             self.link.down(exc)
+            for old in stale:
+                self.queue.release(id_key, old)
             return member
         if full:
             del self.held[member]
-            raise TooManyUploads(f"{caps[int(full) - 1][2]} in progress; try again shortly")
+            what = f"{caps[int(full) - 1][2]} in progress"
+            raise UploadIdInUse(what) if full == 1 else TooManyUploads(f"{what}; try again shortly")
         return member
 
     def give_back(self, member: str | None) -> None:

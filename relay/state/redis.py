@@ -8,7 +8,7 @@ The data path does not change: `RedisUploadRegistry.apply` updates this relay's 
 lifespan, do the talking:
   - Flusher (relay/state/writer.py): everything queued, one EVALSHA per FLUSH_INTERVAL (100 ms) at most;
   - Fanout (relay/state/feed.py): XREAD BLOCK on the stream of every upload while this relay has SSE clients;
-  - Leases (relay/state/leases.py): renews the caps' leases this relay holds;
+  - Leases (relay/state/leases.py): renews the leases this relay holds (the ids of its uploads, the caps);
   - Heartbeat and Sweeper (relay/state/heartbeats.py): liveness, and `relay_lost` for a dead relay's uploads;
   - Link.watch (relay/state/link.py): after an error, PING with backoff until Redis answers again.
 What may await Redis: the admin endpoints (`lookup`, `listing`, `follow`) and `take_slots`, once per request
@@ -17,7 +17,8 @@ the local view, caps to the relay's own count, and health says `degraded` until 
 
 Keys (all under the prefix, default `relay:`): `upload:<id>` (hash: json, fin, gen, relay; key TTL),
 `index` (sorted set by start time), `active` (hash id -> relay), `events` and `events:<id>` (streams),
-`relay:<relay id>` (heartbeat), `cap:uploads` and `cap:client:<address>` (leases).
+`relay:<relay id>` (heartbeat), `cap:uploads`, `cap:client:<address>` and `id:<upload id>` (leases),
+`wh:*` (the webhooks' outbox, relay/webhooks/redis_outbox.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.bus import Subscription
-from relay.core.events import Event, ResumableNote
+from relay.core.events import Event, Failed, ResumableNote
 from relay.state.base import FeedEntry
 from relay.state.codec import decode_record
 from relay.state.feed import Fanout, follow_all, follow_upload, fresher
@@ -51,6 +52,7 @@ log = logging.getLogger("relay.state")
 READ_TIMEOUT = 2.0
 STOP_TIMEOUT = 2.0
 BLOCK_SLACK = 3.0  # the fan-out's XREAD BLOCK (1 s) must never look like a dead socket
+LOST_KEPT = 1000
 
 
 def connect(url: str, *, read_timeout: float = READ_TIMEOUT) -> Redis:
@@ -98,14 +100,29 @@ class RedisUploadRegistry:
 
 
 class RedisEventBus:
-    """`publish` queues for Redis; subscribers get every relay's events back from the stream (the fan-out)."""
+    """`publish` queues for Redis; subscribers get every relay's events back from the stream (the fan-out).
+
+    `subscribe_own` is for who must act once per ending across all relays (the webhooks' deliverer): it gets
+    only the events this relay published, and the `relay_lost` endings its sweeper wrote (`own`), straight
+    from here, never through Redis."""
 
     def __init__(self, queue: WriteQueue, fanout: Fanout) -> None:
         self.queue = queue
         self.fanout = fanout
+        self.own_subscriptions: set[Subscription] = set()
 
     def publish(self, event: Event) -> None:
         self.queue.event(event)
+        self.own(event)
+
+    def own(self, event: Event) -> None:
+        for subscription in self.own_subscriptions:
+            subscription.put(event)
+
+    def subscribe_own(self) -> Subscription:
+        subscription = Subscription(None)
+        self.own_subscriptions.add(subscription)
+        return subscription
 
     def subscribe(self, upload_id: str | None = None) -> Subscription:
         subscription = Subscription(upload_id)
@@ -116,6 +133,7 @@ class RedisEventBus:
     def unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()
         self.fanout.subscriptions.discard(subscription)
+        self.own_subscriptions.discard(subscription)
 
 
 class RedisState:
@@ -153,12 +171,26 @@ class RedisState:
             max_per_client=max_per_client,
         )
         self.heartbeat = Heartbeat(self.client, self.keys, self.link, self.relay_id)
-        self.sweeper = Sweeper(self.client, self.keys, self.link, self.relay_id, self._flush, self.flush_args)
+        self.sweeper = Sweeper(
+            self.client, self.keys, self.link, self.relay_id, self._flush, self.flush_args, on_lost=self._lost
+        )
+        # Records of other relays' uploads this relay's sweeper ended `relay_lost` (for the webhooks' body).
+        self.lost: dict[str, UploadRecord] = {}
         self._registry = RedisUploadRegistry(
             InMemoryUploadRegistry(max_finished=registry_size, ttl=registry_ttl), self.queue
         )
         self._bus = RedisEventBus(self.queue, self.fanout)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _lost(self, event: Failed, record: UploadRecord) -> None:
+        self.lost[record.id] = record
+        while len(self.lost) > LOST_KEPT:
+            del self.lost[next(iter(self.lost))]
+        self._bus.own(event)
+
+    def record(self, upload_id: str) -> UploadRecord | None:
+        """This relay's record of an upload, or one its sweeper ended: what an ending's webhook carries."""
+        return self._registry.local.get(upload_id) or self.lost.get(upload_id)
 
     @property
     def bus(self) -> RedisEventBus:
@@ -178,9 +210,8 @@ class RedisState:
             "the event reader": self.fanout.run,
             "the heartbeat": self.heartbeat.run,
             "the relay_lost sweeper": self.sweeper.run,
+            "the lease renewal": self.leases.run,
         }
-        if self.leases.wanted:
-            jobs["the lease renewal"] = self.leases.run
         self._tasks = [asyncio.create_task(_kept(name, job)) for name, job in jobs.items()]
 
     async def stop(self) -> None:
@@ -253,7 +284,7 @@ class RedisState:
         return follow_upload(self.client, self.keys, self.fanout, local, upload_id, last_event_id, unknown_wait)
 
     async def take_slots(self, upload_id: str, client: str) -> str | None:
-        return await self.leases.take(client)
+        return await self.leases.take(client, upload_id)
 
     def give_back(self, lease: str | None) -> None:
         self.leases.give_back(lease)

@@ -132,6 +132,10 @@ class Keys:
     def cap(self, name: str) -> str:
         return f"{self.prefix}cap:{name}"
 
+    def claim(self, upload_id: str) -> str:
+        """The lease of the one upload in progress under this id (relay/state/leases.py)."""
+        return f"{self.prefix}id:{upload_id}"
+
 
 @dataclass
 class Batch:
@@ -197,6 +201,14 @@ class WriteQueue:
     def release(self, key: str, member: str) -> None:
         self._releases.append((key, member))
         self.wakeup.set()
+
+    def take_releases(self, key: str) -> list[str]:
+        """The members of `key` queued for release and not written yet, taken out of the queue (the caller
+        removes them itself)."""
+        taken = [member for held, member in self._releases if held == key]
+        if taken:
+            self._releases = [(held, member) for held, member in self._releases if held != key]
+        return taken
 
     def take(self) -> Batch:
         batch = Batch(

@@ -2,8 +2,14 @@
 
 - endpoints.py: where webhooks go (`--webhook`, `--webhook-secret`, `[[webhooks]]`), checked at start-up.
 - signer.py: Standard Webhooks signatures.
+- base.py: the `OutboxStore` interface and the `Delivery` record.
 - outbox.py: one JSON file per delivery under `<spool>/webhooks/`, written atomically and fsynced.
+- redis_outbox.py: with `--redis`, one outbox in Redis for every relay, each delivery claimed by one relay.
 - deliverer.py: terminal events from the bus into the outbox; attempts, backoff, metrics.
+
+With `--redis`, the deliverer follows only the endings this relay saw (its own uploads, and those its sweeper
+ended `relay_lost`), not every relay's events: each ending is added once, by the relay that holds its full
+record, and the derived delivery id (relay/webhooks/base.py) makes a second add of it a no-op anyway.
 
 `start_webhooks(ctx)` at the app's start-up and `stop_webhooks(ctx)` at shutdown; `webhook_deliveries(ctx)`
 is what `GET /_relay/webhooks` answers. Nothing here is on an upload's path: the deliverer follows the bus.
@@ -16,16 +22,19 @@ is deliberately not a flag.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relay.bus import Subscription
+from relay.webhooks.base import OutboxStore
 from relay.webhooks.deliverer import BACKOFF, Deliverer, WebhookMetrics
 from relay.webhooks.endpoints import EVENT_TYPES, WebhookEndpoint, webhook_endpoints
 from relay.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
     from relay.proxy import RelayContext
+    from relay.uploads import UploadRecord
 
 __all__ = [
     "EVENT_TYPES",
@@ -70,23 +79,44 @@ async def start_webhooks(ctx: RelayContext) -> None:
     endpoints = ctx.settings.webhooks
     if not endpoints or id(ctx) in _running:
         return
-    outbox = Outbox(outbox_directory(ctx.settings.spool))
+    outbox, follow, lookup = _shared_outbox(ctx) or _file_outbox(ctx)
     await outbox.open()
 
     def record(upload_id: str) -> dict[str, Any] | None:
-        found = ctx.registry.get(upload_id)
+        found = lookup(upload_id)
         return found.to_dict() if found is not None else None
 
     deliverer = Deliverer(
         outbox=outbox,
         endpoints=endpoints,
-        bus=ctx.bus,
+        follow=follow,
+        leave=ctx.bus.unsubscribe,
         record=record,
         metrics=WebhookMetrics(ctx.metrics.registry, outbox),
         backoff=backoff_schedule(),
     )
     deliverer.start()
     _running[id(ctx)] = deliverer
+
+
+_Choice = tuple[OutboxStore, Callable[[], Subscription], Callable[[str], "UploadRecord | None"]]
+
+
+def _file_outbox(ctx: RelayContext) -> _Choice:
+    return Outbox(outbox_directory(ctx.settings.spool)), lambda: ctx.bus.subscribe(None), ctx.registry.get
+
+
+def _shared_outbox(ctx: RelayContext) -> _Choice | None:
+    """With --redis: the outbox in Redis, fed by this relay's own endings only (see the module docstring)."""
+    if ctx.settings.redis is None or ctx.state is None:
+        return None
+    from relay.state.redis import RedisState  # only with --redis: plain relays never load redis-py
+    from relay.webhooks.redis_outbox import RedisOutbox
+
+    state = ctx.state
+    if not isinstance(state, RedisState):
+        return None
+    return RedisOutbox(state.client, state.keys, state.link, state.relay_id), state.bus.subscribe_own, state.record
 
 
 async def stop_webhooks(ctx: RelayContext) -> None:

@@ -4,12 +4,16 @@ Theory of operation
 -------------------
 Two tasks, both off the upload's path (an upload only publishes its terminal event on the bus, as always):
 
-- `_consume` follows the event bus like an SSE stream does. For each `completed` or `failed` upload it builds
-  the message once (`{"type", "timestamp", "data": <the upload's record>}`), writes one outbox entry per
-  endpoint that wants that type, and wakes the sender. The outbox write (an fsync, in a thread) happens here,
-  so a slow disk or receiver delays only webhooks, never an upload.
-- `_dispatch` starts an attempt for every pending delivery that is due, at most MAX_IN_FLIGHT at once, and
-  sleeps until the next one is due or a new one arrives.
+- `_consume` follows the event bus like an SSE stream does (with `--redis`: only the events this relay
+  published, and the `relay_lost` endings its sweeper wrote, so each ending is added once, by its relay).
+  For each `completed` or `failed` upload it builds the message once (`{"type", "timestamp", "data": <the
+  upload's record>}`), adds one outbox entry per endpoint that wants that type (its id derived from the
+  upload's run, the endpoint and the type: relay/webhooks/base.py), and wakes the sender. The outbox write
+  (an fsync, or a Redis call) happens here, so a slow disk, Redis or receiver delays only webhooks, never an
+  upload.
+- `_dispatch` asks the outbox for what is due (relay/webhooks/base.py `OutboxStore.due`: with Redis, claimed
+  for this relay alone), starts an attempt for each, at most MAX_IN_FLIGHT at once, and sleeps until the
+  next one is due, the outbox says to ask again, or a new one arrives.
 
 Rules:
 1. An attempt is a POST of the stored body, signed afresh (relay/webhooks/signer.py), with a total timeout
@@ -21,7 +25,7 @@ Rules:
 3. Uploads refused from their headers (`rejected`) send nothing: anyone who can reach the relay could
    otherwise make it post on their behalf, as often as they like.
 4. At `stop`, events still queued are written to the outbox before the tasks end (SIGTERM loses none);
-   attempts in flight are cancelled and stay pending.
+   attempts in flight are cancelled and stay pending (released: with Redis another relay may take them).
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay import __version__
-from relay.bus import EventBus, Subscription
+from relay.bus import Subscription
 from relay.core.events import Completed, Event, Failed
+from relay.webhooks.base import DELIVERED, FAILED, PENDING, Delivery, OutboxStore, delivery_id
 from relay.webhooks.endpoints import WebhookEndpoint
-from relay.webhooks.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
-from relay.webhooks.signer import new_message_id, signed_headers
+from relay.webhooks.signer import signed_headers
 
 __all__ = ["BACKOFF", "MAX_IN_FLIGHT", "TIMEOUT", "Deliverer", "WebhookMetrics"]
 
@@ -60,7 +64,7 @@ class WebhookMetrics:
 
     OUTCOMES = ("delivered", "retried", "failed")
 
-    def __init__(self, registry: CollectorRegistry, outbox: Outbox) -> None:
+    def __init__(self, registry: CollectorRegistry, outbox: OutboxStore) -> None:
         self.registry = registry
         self.deliveries = Counter(
             "relay_webhook_deliveries", "Webhook attempts by outcome", ["outcome"], registry=registry
@@ -68,7 +72,7 @@ class WebhookMetrics:
         for outcome in self.OUTCOMES:
             self.deliveries.labels(outcome=outcome)
         self.queue_depth = Gauge("relay_webhook_queue_depth", "Webhook deliveries pending", registry=registry)
-        self.queue_depth.set_function(lambda: len(outbox.pending()))
+        self.queue_depth.set_function(outbox.pending_count)
         self.oldest = Gauge(
             "relay_webhook_oldest_pending_seconds", "Age of the oldest pending webhook delivery", registry=registry
         )
@@ -85,9 +89,10 @@ class Deliverer:
     def __init__(
         self,
         *,
-        outbox: Outbox,
+        outbox: OutboxStore,
         endpoints: Sequence[WebhookEndpoint],
-        bus: EventBus,
+        follow: Callable[[], Subscription],
+        leave: Callable[[Subscription], None],
         record: Callable[[str], dict[str, Any] | None],
         metrics: WebhookMetrics,
         backoff: Sequence[float] = BACKOFF,
@@ -95,7 +100,8 @@ class Deliverer:
     ) -> None:
         self.outbox = outbox
         self.endpoints = {endpoint.url: endpoint for endpoint in endpoints}
-        self.bus = bus
+        self.follow = follow
+        self.leave = leave
         self.record = record
         self.metrics = metrics
         self.backoff = tuple(backoff)
@@ -108,18 +114,19 @@ class Deliverer:
         self._subscription: Subscription | None = None
         self._wake = asyncio.Event()
         self._sending: dict[str, asyncio.Task[None]] = {}
+        self._attempting: dict[str, Delivery] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     def start(self) -> None:
-        self._subscription = self.bus.subscribe(None)
+        self._subscription = self.follow()
         self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._dispatch())]
 
     async def stop(self) -> None:
         self._stopping = True
         subscription = self._subscription
         if subscription is not None:
-            self.bus.unsubscribe(subscription)  # its consumer sees the end, after what is queued (Rule 4)
+            self.leave(subscription)  # its consumer sees the end, after what is queued (Rule 4)
         consumer, dispatcher = self._tasks or (None, None)
         if consumer is not None:
             with contextlib.suppress(Exception):
@@ -128,6 +135,9 @@ class Deliverer:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.outbox.release(list(self._attempting.values()))
+        await self.outbox.close()
         await self.client.aclose()
         self.metrics.close()
 
@@ -143,7 +153,7 @@ class Deliverer:
                     return
                 # Cut off for falling more than the bus's bound behind (relay/bus.py Rule 3): follow again.
                 log.warning("webhooks: the event stream overflowed; some terminal events were not queued")
-                self._subscription = self.bus.subscribe(None)
+                self._subscription = self.follow()
                 continue
             # What else has arrived goes into the same outbox write (one directory fsync for all of them).
             events = [event]
@@ -155,48 +165,56 @@ class Deliverer:
                 log.exception("webhooks: could not write outbox entries for %d events", len(events))
 
     async def enqueue(self, events: list[Event]) -> list[Delivery]:
-        """Write the deliveries these events make (terminal events only, not refused uploads: Rule 3)."""
+        """Add the deliveries these events make (terminal events only, not refused uploads: Rule 3)."""
         now = time.time()
         made = [
-            Delivery(new_message_id(), kind, event.upload_id, endpoint.url, body, now, next_attempt_at=now)
+            Delivery(
+                delivery_id(event.upload_id, run, endpoint.url, kind),
+                kind,
+                event.upload_id,
+                endpoint.url,
+                body,
+                now,
+                next_attempt_at=now,
+            )  # fmt: skip
             for event in events
-            for kind, body in self._message(event)
+            for kind, run, body in self._message(event)
             for endpoint in self.endpoints.values()
             if kind in endpoint.events
         ]
         if not made:
             return []
-        saved = await self.outbox.save_all(made)
+        await self.outbox.add(made)
         self._wake.set()
-        return saved
+        return made
 
-    def _message(self, event: Event) -> list[tuple[str, str]]:
-        """`[(type, body)]` for a terminal event, `[]` for any other."""
+    def _message(self, event: Event) -> list[tuple[str, str, str]]:
+        """`[(type, run, body)]` for a terminal event, `[]` for any other; `run` is the upload's start time,
+        which tells apart two uploads that used the same client-chosen id one after the other."""
         if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and event.rejected):
             return []
         kind = "upload.completed" if isinstance(event, Completed) else "upload.failed"
         record = self.record(event.upload_id) or _bare(event)
         message = {"type": kind, "timestamp": _iso8601(event.ts), "data": record}
-        return [(kind, json.dumps(message, separators=(",", ":")))]
+        return [(kind, repr(record.get("started_at")), json.dumps(message, separators=(",", ":")))]
 
     # -- sending ---------------------------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
         while True:
             self._wake.clear()
-            now = time.time()
-            next_due: float | None = None
-            for delivery in sorted(self.outbox.pending(), key=lambda item: item.next_attempt_at):
-                if delivery.id in self._sending:
-                    continue
-                if delivery.next_attempt_at > now:
-                    next_due = delivery.next_attempt_at if next_due is None else min(next_due, delivery.next_attempt_at)
-                    continue
-                if len(self._sending) >= MAX_IN_FLIGHT:
-                    break  # an attempt that ends wakes us
+            try:
+                ready, wait = await self.outbox.due(MAX_IN_FLIGHT - len(self._sending), set(self._sending))
+            except Exception:  # a bug or a disk error: one line, and the loop goes on
+                log.exception("webhooks: reading the outbox")
+                ready, wait = [], 1.0
+            for delivery in ready:
+                self._attempting[delivery.id] = delivery
                 self._sending[delivery.id] = asyncio.create_task(self._attempt(delivery))
+            if len(self._sending) >= MAX_IN_FLIGHT:
+                wait = None  # an attempt that ends wakes us
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), None if next_due is None else max(0.0, next_due - now))
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
@@ -211,6 +229,7 @@ class Deliverer:
             log.exception("webhooks: delivery %s", delivery.id)
         finally:
             self._sending.pop(delivery.id, None)
+            self._attempting.pop(delivery.id, None)
             self._wake.set()
 
     async def _post(self, endpoint: WebhookEndpoint, delivery: Delivery) -> tuple[int | None, str | None]:
@@ -232,17 +251,18 @@ class Deliverer:
 
     async def _record(self, delivery: Delivery, status: int | None, error: str | None, give_up: bool = False) -> None:
         attempts = delivery.attempts + 1
-        now = time.time()
+        retry_in: float | None = None
         if error is None:
-            state, outcome, next_at = DELIVERED, "delivered", delivery.next_attempt_at
+            state, outcome = DELIVERED, "delivered"
         elif give_up or attempts > len(self.backoff):
-            state, outcome, next_at = FAILED, "failed", delivery.next_attempt_at
+            state, outcome = FAILED, "failed"
         else:
-            state, outcome, next_at = PENDING, "retried", now + self.backoff[attempts - 1]
+            state, outcome, retry_in = PENDING, "retried", self.backoff[attempts - 1]
+        next_at = delivery.next_attempt_at if retry_in is None else time.time() + retry_in
         updated = replace(
             delivery, state=state, attempts=attempts, next_attempt_at=next_at, last_status=status, last_error=error
         )
-        await self.outbox.save(updated)
+        await self.outbox.finish(updated, retry_in)
         self.metrics.deliveries.labels(outcome=outcome).inc()
         if state == FAILED:
             log.warning(

@@ -25,52 +25,20 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Collection
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+
+from relay.webhooks.base import DELIVERED, FAILED, PENDING, Delivery
 
 __all__ = ["DELIVERED", "FAILED", "KEEP_FINISHED", "PENDING", "Delivery", "Outbox"]
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 KEEP_FINISHED = 1000
 _ID = re.compile(r"msg_[0-9a-f]{32}")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message to one endpoint. `body` is the exact JSON sent on every attempt (the signature covers it)."""
-
-    id: str
-    type: str
-    upload_id: str
-    url: str
-    body: str
-    created_at: float
-    state: str = PENDING
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    last_status: int | None = None
-    last_error: str | None = None
-    updated_at: float = 0.0
-
-    def describe(self) -> dict[str, Any]:
-        """The delivery as `GET /_relay/webhooks` lists it."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "upload_id": self.upload_id,
-            "url": self.url,
-            "attempts": self.attempts,
-            "state": self.state,
-            "last_status": self.last_status,
-            "last_error": self.last_error,
-            "created_at": self.created_at,
-            "next_attempt_at": self.next_attempt_at if self.state == PENDING else None,
-        }
-
-
 class Outbox:
-    """The deliveries of one directory; `open()` before use."""
+    """The deliveries of one directory (an `OutboxStore`, relay/webhooks/base.py); `open()` before use."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -78,6 +46,9 @@ class Outbox:
 
     async def open(self) -> None:
         self.deliveries = await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        """Nothing to close: every write was durable when it returned."""
 
     def _load(self) -> dict[str, Delivery]:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -102,6 +73,9 @@ class Outbox:
     def pending(self) -> list[Delivery]:
         return [delivery for delivery in self.deliveries.values() if delivery.state == PENDING]
 
+    def pending_count(self) -> int:
+        return len(self.pending())
+
     def oldest_pending_age(self, now: float | None = None) -> float:
         created = [delivery.created_at for delivery in self.pending()]
         return max(0.0, (now or time.time()) - min(created)) if created else 0.0
@@ -110,7 +84,34 @@ class Outbox:
         newest_first = sorted(self.deliveries.values(), key=lambda delivery: delivery.created_at, reverse=True)
         return newest_first[:limit]
 
+    async def due(self, limit: int, busy: Collection[str]) -> tuple[list[Delivery], float | None]:
+        now = time.time()
+        ready: list[Delivery] = []
+        next_due: float | None = None
+        for delivery in sorted(self.pending(), key=lambda item: item.next_attempt_at):
+            if delivery.id in busy:
+                continue
+            if delivery.next_attempt_at > now:
+                next_due = delivery.next_attempt_at if next_due is None else min(next_due, delivery.next_attempt_at)
+            elif len(ready) < limit:
+                ready.append(delivery)
+        return ready, None if next_due is None else max(0.0, next_due - now)
+
     # -- writing (Rules 1-3) --------------------------------------------------------------------------------------
+
+    async def add(self, deliveries: list[Delivery]) -> None:
+        """Write the deliveries this outbox does not hold yet (an id it knows keeps its state)."""
+        fresh = [delivery for delivery in deliveries if delivery.id not in self.deliveries]
+        if fresh:
+            await self.save_all(fresh)
+
+    async def finish(self, delivery: Delivery, retry_in: float | None) -> None:
+        if retry_in is not None:
+            delivery = replace(delivery, next_attempt_at=time.time() + retry_in)
+        await self.save(delivery)
+
+    async def release(self, deliveries: list[Delivery]) -> None:
+        """Attempts cut short stay pending as they are on disk: nothing to do (Rule 3 of the deliverer)."""
 
     async def save(self, delivery: Delivery) -> Delivery:
         """Write `delivery` durably, then index it; returns it with `updated_at` set."""

@@ -1,0 +1,87 @@
+"""`409 upload_id_in_use` across relays: a client-chosen X-Upload-ID in progress on relay A is refused on B.
+
+The claim is a lease on `<p>id:<upload id>` taken in the same single await as the caps (relay/state/leases.py),
+so these tests run without any cap set: the id alone must be claimed. The slow upload is a raw socket that
+sends its head and part of its body, then waits, so the test decides when it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import time
+
+import httpx
+
+from relay.testing import RunningServer
+from tests.e2e.test_webhooks import wait_for
+from tests.redis.conftest import Relays
+
+BODY = b"".join(bytes([n]) * 1000 for n in range(100))  # 100 kB, every byte position distinct enough
+
+
+class SlowUpload:
+    """A POST of BODY with X-Upload-ID `upload_id` whose first half is sent at once, the rest on `finish()`."""
+
+    def __init__(self, relay: RunningServer, upload_id: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+        head = (
+            f"POST /upload/slow.bin HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(BODY)}\r\n"
+            f"x-upload-id: {upload_id}\r\ncontent-type: application/octet-stream\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + BODY[: len(BODY) // 2])
+
+    def finish(self) -> int:
+        self.sock.sendall(BODY[len(BODY) // 2 :])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            more = self.sock.recv(65536)
+            assert more, f"the relay closed the connection: {answer!r}"
+            answer += more
+        self.sock.close()
+        return int(answer.split(b" ", 2)[1])
+
+
+def post(relay: RunningServer, upload_id: str) -> httpx.Response:
+    return httpx.post(f"{relay.url}/upload/again.bin", content=BODY, headers={"x-upload-id": upload_id}, timeout=10)
+
+
+def state_of(relay: RunningServer, upload_id: str) -> str | None:
+    answer = httpx.get(f"{relay.url}/_relay/uploads/{upload_id}", timeout=5)
+    return str(answer.json()["state"]) if answer.status_code == 200 else None
+
+
+def test_an_id_in_progress_on_a_is_refused_on_b(relays: Relays) -> None:
+    a, b = relays.start_many(2)
+    slow = SlowUpload(a, "shared-id")
+    wait_for(lambda: state_of(b, "shared-id") == "receiving", what="the upload in progress, seen from b")
+    refused = post(b, "shared-id")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "upload_id_in_use"
+    assert refused.headers["x-upload-id"] == "shared-id"
+    assert state_of(b, "shared-id") == "receiving"  # the refusal wrote nothing over a's upload
+    assert slow.finish() == 200
+    wait_for(lambda: state_of(b, "shared-id") == "completed", what="a's upload completed, seen from b")
+    first = httpx.get(f"{b.url}/_relay/uploads/shared-id", timeout=5).json()
+    assert first["parts"][0]["sha256"] == hashlib.sha256(BODY).hexdigest()  # a's bytes, whole
+    # Once a's upload ended, its lease is given back (written within ~100 ms): b takes the id.
+    again = wait_for(lambda: (answer := post(b, "shared-id")).status_code != 409 and answer, what="b accepts it")
+    assert again.status_code == 200, again.text
+    record = httpx.get(f"{b.url}/_relay/uploads/shared-id", timeout=5).json()
+    assert record["state"] == "completed" and record["parts"][0]["sha256"] == hashlib.sha256(BODY).hexdigest()
+    # The same relay may reuse an id as soon as its upload ended (its own release is not waited for).
+    assert post(b, "shared-id").status_code == 200
+    assert post(b, "shared-id").status_code == 200
+
+
+def test_an_id_held_by_a_killed_relay_comes_back(relays: Relays) -> None:
+    a, b = relays.start_many(2)
+    SlowUpload(a, "orphan")
+    wait_for(lambda: state_of(b, "orphan") == "receiving", what="the upload in progress, seen from b")
+    a.stop(signal.SIGKILL)
+    assert post(b, "orphan").status_code == 409  # a's lease has not run out yet
+    started = time.monotonic()
+    again = wait_for(lambda: (answer := post(b, "orphan")).status_code != 409 and answer, timeout=60)
+    assert again.status_code == 200
+    assert time.monotonic() - started < 30  # the lease (25 s) runs out: the id is not lost forever
