@@ -1,8 +1,9 @@
 """The upload relay's benchmark suite: one command, one interleaved run, a Markdown table and a PNG chart.
 
     python benchmarks/run.py                    # full run: 1 GiB x 3 reps, memory up to 4 GiB (~5 min)
-    python benchmarks/run.py --quick            # smoke run: 4 MiB, 1 rep, nginx skipped (~10 s)
+    python benchmarks/run.py --quick            # smoke run: 4 MiB, 1 rep, nginx skipped (~20 s)
     python benchmarks/run.py --size 256MiB --reps 5 --out /tmp/bench-out
+    python benchmarks/run.py --only scaleout    # the scale-out sections alone (benchmarks/scaleout.py)
 
 It starts, each in its own process group, and stops them all at the end:
   - the upstream: `benchmarks/upstream.py`, a raw asyncio discard server (`--upstream relay-sink` uses
@@ -20,7 +21,10 @@ It then measures, every pass interleaving the paths (A B C A B C ...):
   - resumable (tus) uploads of the same 1 GiB file, in the throughput reps (benchmarks/resumable.py): one append,
     16 MiB appends, and the plain upload by the same raw-socket sender as reference; ratios to the plain upload,
     spool write MB/s, relay CPU-s/GiB; and one-append uploads in the memory section (peak RSS, 16 MiB to 4 GiB).
-    The relays run with `--spool <run dir>` (the data's disk) and forward finished resumable uploads raw.
+    The relays run with `--spool <run dir>` (the data's disk) and forward finished resumable uploads raw;
+  - scale-out (issue 12, benchmarks/scaleout.py, with its own redis-server and SeaweedFS): `--workers 2 --redis`
+    against nginx with 2 workers under 32 x 64 MiB concurrent uploads (per worker RSS, CPU and uploads); 1 KiB
+    latency and CPU-s/GiB with and without `--redis`; resumable uploads on an S3 spool against the disk spool.
 Every upload is checked: HTTP 200 and the byte count the upstream reports must equal the bytes sent.
 Peak RSS is VmHWM summed over the server's process tree, reset through /proc/PID/clear_refs before each
 upload; CPU is utime+stime of the tree from /proc/PID/stat. Linux only; needs curl. The chart needs
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import resumable
+import scaleout
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -65,7 +70,7 @@ WORKLOADS = {
 
 NGINX_CONF = """daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -161,9 +166,19 @@ def reset_hwm(pids: list[int]) -> None:
 
 # --------------------------------------------------------------------------------------------- servers
 class Server:
-    def __init__(self, name: str, cmd: list[str] | str, port: int, logdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str] | str,
+        port: int,
+        logdir: Path,
+        env: dict[str, str] | None = None,
+        grace: float = 10,
+    ) -> None:
         self.name, self.cmd, self.port = name, cmd, port
         self.log = logdir / f"{name}.log"
+        self.env = {**os.environ, **env} if env else None
+        self.grace = grace  # seconds between SIGTERM and SIGKILL at stop()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -180,6 +195,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -197,16 +213,23 @@ class Server:
         return proc_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
 
     def stop(self) -> None:
-        if not self.proc or self.proc.poll() is not None:
+        self.terminate()
+        self.wait_stopped()
+
+    def terminate(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)  # its own process group (start_new_session)
+
+    def wait_stopped(self) -> None:
+        if not self.proc:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own process group (start_new_session)
-            self.proc.wait(10)
+            self.proc.wait(self.grace)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
-        except ProcessLookupError:
-            pass
 
 
 def tool(name: str) -> str:
@@ -311,9 +334,11 @@ class Suite:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.servers: list[Server] = []
         self.paths: dict[str, Server] = {}  # name -> the server the client talks to
+        self.scale: dict[str, Server] = {}  # the scale-out sections' own paths and services (scaleout.py)
         self.relays: set[str] = set()  # paths whose process is measured (not direct)
         self.upstream: Server | None = None
         self.res: dict[str, Any] = {"meta": {}, "throughput": [], "memory": [], "concurrency": [], "small": []}
+        self.res["scaleout"] = {}
 
     # -- lifecycle
     def start(self) -> None:
@@ -335,22 +360,7 @@ class Suite:
         for name, digest in (("relay-sha256", "sha256"), ("relay-none", "none")):
             if name in a.skip:
                 continue
-            p = free_port()
-            cmd = [
-                tool("relay-server"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(p),
-                "--upstream",
-                upstream_url,
-                "--digest",
-                digest,
-                "--max-body-size",
-                "0",
-                *resumable.relay_args(self.run_dir, name),
-            ]
-            self.paths[name] = self._start(Server(name, cmd, p, self.run_dir))
+            self.paths[name] = self.start_relay(name, digest, resumable.relay_args(self.run_dir, name))
             self.relays.add(name)
         for spec in a.relay or []:
             name, _, cmd = spec.partition("=")
@@ -359,25 +369,37 @@ class Suite:
             self.paths[name] = self._start(Server(name, cmd, p, self.run_dir))
             self.relays.add(name)
         if "nginx" not in a.skip:
-            nginx = shutil.which("nginx") or next((c for c in ("/usr/sbin/nginx",) if os.path.exists(c)), None)
-            if nginx is None:
-                log("nginx not installed: skipping the nginx path")
-            else:
-                p = free_port()
-                nrun = self.run_dir / "nginx"
-                nrun.mkdir(exist_ok=True)
-                conf = nrun / "nginx.conf"
-                conf.write_text(NGINX_CONF.format(run=nrun, port=p, upstream_port=up.port))
-                self.paths["nginx"] = self._start(
-                    Server(
-                        "nginx",
-                        [nginx, "-p", str(nrun), "-c", str(conf), "-e", str(nrun / "error.log")],
-                        p,
-                        self.run_dir,
-                    )
-                )
+            nginx = self.start_nginx("nginx", 1)
+            if nginx is not None:
+                self.paths["nginx"] = nginx
                 self.relays.add("nginx")
-        log("paths: " + ", ".join(f"{k}={v.url}" for k, v in self.paths.items()))
+        scaleout.start(self)
+        log("paths: " + ", ".join(f"{k}={v.url}" for k, v in {**self.paths, **self.scale}.items()))
+
+    def start_relay(self, name: str, digest: str, extra: list[str], env: dict[str, str] | None = None) -> Server:
+        """`relay-server` on a free port, forwarding to the upstream; `extra` arguments after the common ones."""
+        p = free_port()
+        cmd = [tool("relay-server"), "--host", "127.0.0.1", "--port", str(p)]
+        cmd += ["--upstream", self.upstream.url, "--digest", digest, "--max-body-size", "0", *extra]  # type: ignore[union-attr]
+        return self._start(Server(name, cmd, p, self.run_dir, env=env))
+
+    def start_service(self, name: str, cmd: list[str] | str, port: int, grace: float) -> Server:
+        """A server the scale-out sections need (redis-server, SeaweedFS): listening when this returns."""
+        self.scale[name] = self._start(Server(name, cmd, port, self.run_dir, grace=grace))
+        return self.scale[name]
+
+    def start_nginx(self, name: str, workers: int) -> Server | None:
+        nginx = shutil.which("nginx") or next((c for c in ("/usr/sbin/nginx",) if os.path.exists(c)), None)
+        if nginx is None:
+            log(f"nginx not installed: skipping the {name} path")
+            return None
+        p = free_port()
+        nrun = self.run_dir / name
+        nrun.mkdir(exist_ok=True)
+        conf = nrun / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(run=nrun, port=p, upstream_port=self.upstream.port, workers=workers))  # type: ignore[union-attr]
+        cmd = [nginx, "-p", str(nrun), "-c", str(conf), "-e", str(nrun / "error.log")]
+        return self._start(Server(name, cmd, p, self.run_dir))
 
     def _start(self, server: Server) -> Server:
         log(f"starting {server.name}: {server.cmd if isinstance(server.cmd, str) else ' '.join(server.cmd)}")
@@ -385,8 +407,14 @@ class Suite:
         return server.start()
 
     def stop(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
+        """All at once (each drains on its own), the services the relays use (Redis, S3) after them."""
+        services = [s for s in self.servers if s.name in scaleout.SERVICES]
+        for group in ([s for s in self.servers if s not in services], services):
+            for server in group:
+                server.terminate()
+            for server in group:
+                server.wait_stopped()
+        scaleout.stop(self)
 
     def upstream_stats(self) -> dict[str, int]:
         c = RawClient(self.upstream.port)  # type: ignore[union-attr]
@@ -402,15 +430,18 @@ class Suite:
         finally:
             c.close()
 
+    def server(self, name: str) -> Server:
+        return self.paths[name] if name in self.paths else self.scale[name]
+
     def measured(self, name: str) -> list[int]:
-        return self.paths[name].pids() if name in self.relays else []
+        return self.server(name).pids() if name in self.relays or name in self.scale else []
 
     # -- what benchmarks/resumable.py needs (its Host protocol)
     def url(self, name: str) -> str:
-        return self.paths[name].url
+        return self.server(name).url
 
     def port(self, name: str) -> int:
-        return self.paths[name].port
+        return self.server(name).port
 
     def meter(self, name: str) -> Callable[[], dict[str, Any]]:
         """Reset the path's peak RSS and start counting its CPU; call the result when the upload is done."""
@@ -430,6 +461,22 @@ class Suite:
 
         return done
 
+    # -- what benchmarks/scaleout.py needs besides (its Host protocol)
+    def data(self, size: int) -> Path:
+        return data_file(Path(self.a.data_dir), size)
+
+    @staticmethod
+    def cpu(pids: list[int]) -> float:
+        return _stat(pids)[0]
+
+    @staticmethod
+    def hwm_kib(pids: list[int]) -> int:
+        return status_kib(pids, "VmHWM")
+
+    @staticmethod
+    def reset_hwm(pids: list[int]) -> None:
+        reset_hwm(pids)
+
     def tus_relays(self) -> list[str]:
         return [n for n in resumable.RESUMABLE_RELAYS if n in self.paths] if "resumable" in self.a.sections else []
 
@@ -446,7 +493,7 @@ class Suite:
 
     # -- one big upload with accounting
     def upload(self, name: str, workload: str, path: Path, tag: str) -> dict[str, Any]:
-        url = self.paths[name].url + URL_PATH
+        url = self.server(name).url + URL_PATH
         pids = self.measured(name)
         reset_hwm(pids)
         cpu0, flt0 = _stat(pids)
@@ -592,11 +639,14 @@ class Suite:
             self.res["concurrency"].append(r)
 
     def small(self) -> None:
+        self.res["small"] += self.small_rows([n for n in self.paths if n != "sink-check"])
+
+    def small_rows(self, names: list[str]) -> list[dict[str, Any]]:
+        """Keep-alive small uploads through each path, interleaved in blocks of 50: one row per path."""
         a = self.a
         body = os.urandom(a.small_size)
-        names = [n for n in self.paths if n != "sink-check"]
         log(f"== small uploads: {a.small} x {label(a.small_size)} keep-alive, interleaved in blocks of 50")
-        clients = {name: RawClient(self.paths[name].port) for name in names}
+        clients = {name: RawClient(self.port(name)) for name in names}
         lat: dict[str, list[float]] = {name: [] for name in names}
         bad: dict[str, int] = dict.fromkeys(names, 0)
         cpu: dict[str, float] = dict.fromkeys(names, 0.0)
@@ -627,6 +677,7 @@ class Suite:
         finally:
             for c in clients.values():
                 c.close()
+        rows = []
         for name in names:
             r = dict(
                 path=name,
@@ -636,11 +687,12 @@ class Suite:
                 p99_ms=pct(lat[name], 0.99),
                 mean_ms=statistics.fmean(lat[name]),
                 failed=bad[name],
-                cpu_ms=cpu[name] * 1000 / max(1, len(lat[name])) if name in self.relays else None,
+                cpu_ms=cpu[name] * 1000 / max(1, len(lat[name])) if self.measured(name) else None,
                 ok=bad[name] == 0,
             )
             log(f"  {name:>13} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  failed {bad[name]}")
-            self.res["small"].append(r)
+            rows.append(r)
+        return rows
 
     # -- report
     def meta(self) -> dict[str, Any]:
@@ -713,6 +765,15 @@ class Suite:
 
                 log(traceback.format_exc())
                 self.res["meta"]["errors"].append(f"{section}: {exc!r}")
+        for section in scaleout.SECTIONS:
+            if section in a.sections:
+                try:
+                    scaleout.run(self, section)
+                except Exception as exc:  # keep what the other sections measured
+                    import traceback
+
+                    log(traceback.format_exc())
+                    self.res["meta"]["errors"].append(f"{section}: {exc!r}")
         if self.tus_relays():
             self.res["meta"]["spool_left"] = resumable.spool_left(self.run_dir, self.tus_relays())
         self.res["meta"].update(self.meta())
@@ -937,6 +998,7 @@ def render(res: dict[str, Any]) -> str:
             )
         add("")
     lines += resumable.render(res)
+    lines += scaleout.render(res)
     if res["concurrency"]:
         r0 = res["concurrency"][0]
         add(f"## Concurrency: {r0['n']} concurrent {label(r0['size'])} uploads (`curl -Z --parallel-immediate`)")
@@ -983,6 +1045,7 @@ def render(res: dict[str, Any]) -> str:
         add(f"![throughput, memory and concurrency]({meta['chart']})")
         add("")
     failures = sum(1 for k in ("throughput", "memory", "concurrency", "small") for r in res[k] if not r.get("ok"))
+    failures += scaleout.failures(res)
     for err in meta.get("errors", []):
         add(f"**Section failed:** {err}")
     add(f"Every upload was checked (HTTP 200 and the upstream's byte count): {failures} failed.")
@@ -1087,14 +1150,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--conc", type=int, default=32, help="concurrent uploads (default 32)")
     p.add_argument("--conc-size", type=parse_size, default=64 * MiB, help="size of each (default 64MiB)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of the `workers` section's relays (`--workers N --redis`) and nginx (default 2)",
+    )
     p.add_argument("--small", type=int, default=2000, help="number of small uploads (default 2000)")
     p.add_argument("--small-size", type=parse_size, default=KiB, help="small upload size (default 1KiB)")
     p.add_argument(
         "--sections",
+        "--only",
         type=lambda t: t.split(","),
-        default=["throughput", "memory", "concurrency", "small", "resumable"],
-        help="comma-separated subset of throughput,memory,concurrency,small,resumable (resumable: the tus rows "
-        "in the throughput reps and the memory section)",
+        default=["throughput", "memory", "concurrency", "small", "resumable", *scaleout.SECTIONS],
+        help="comma-separated subset of throughput,memory,concurrency,small,resumable,workers,redis,s3 "
+        "(resumable: the tus rows in the throughput reps and the memory section; workers, redis, s3: the "
+        "scale-out sections of benchmarks/scaleout.py; `scaleout` names all three)",
     )
     p.add_argument(
         "--skip",
@@ -1137,6 +1208,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.skip.append("nginx")
     if args.resumable_size is None:
         args.resumable_size = args.size
+    if "scaleout" in args.sections:
+        args.sections = [s for s in args.sections if s != "scaleout"] + list(scaleout.SECTIONS)
+    unknown = set(args.sections) - {"throughput", "memory", "concurrency", "small", "resumable", *scaleout.SECTIONS}
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     return args
 
 
@@ -1158,6 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.stop()
     print(md.read_text())
     bad = sum(1 for k in ("throughput", "memory", "concurrency", "small") for r in suite.res[k] if not r.get("ok"))
+    bad += scaleout.failures(suite.res)
     bad += len(suite.res["meta"].get("errors", []))
     if bad:
         log(f"{bad} uploads failed; server logs kept in {suite.run_dir}")
