@@ -8,6 +8,7 @@ A bad value is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import shutil
 import signal
 import socket
@@ -341,6 +342,10 @@ def run_workers(settings: Settings, host: str, port: int) -> int:
     from relay.server import bind_socket
     from relay.workers import Pool, bind_shared, supervise
 
+    # Imported once here, before the fork, like `gunicorn --preload`: a restarted worker serves in a fraction of
+    # the second the imports take on a busy machine.
+    for module in ("relay.app", "relay.admin", "relay.accesslog", "relay.sink"):
+        importlib.import_module(module)
     _prepare(settings)
     embedded = _embedded(settings)
     try:

@@ -229,7 +229,9 @@ class _Supervisor:
         delay = self.policy.died(was_ready=child.ready or child is self.sink, lived=lived, last_delay=child.delay)
         how = _describe(child.exit_code)
         if delay is None:
-            self.gave_up = f"{child.name} {how} before it was ready, {self.policy.failed_starts} times in a row"
+            self.gave_up = (
+                f"{self.policy.failed_starts} in a row exited before they were ready (the last: {child.name} {how})"
+            )
             self._begin_drain("giving up")
             for worker in self._alive(self.workers):
                 _signal(worker, signal.SIGTERM)
@@ -271,6 +273,8 @@ class _Supervisor:
                 if sock is not child.keep:
                     sock.close()
             code = FORCED_EXIT if child.run(self._on_ready(index)) is True else 0
+        except SystemExit as exc:  # uvicorn exits 3 when the app's start-up fails, having logged why
+            code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             log.exception("%s: %s failed", self.pool.prog, child.name)
         finally:

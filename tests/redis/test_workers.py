@@ -1,0 +1,238 @@
+"""`relay-server --workers N --redis`: a supervisor and N relay processes on one port, end to end.
+
+Real processes throughout: redis-server, the sample upstream, the supervisor and its forked workers (found as
+the supervisor's children in /proc). Which worker served an upload is read where the relay itself writes it:
+the `relay` field of the upload's hash in Redis (each worker is a relay with its own id). Covered: 32 concurrent
+uploads byte-exact at the embedded upstream and spread over both workers, the start-up lines printed once;
+a worker killed with SIGKILL mid-upload is restarted, its upload ends `failed` `relay_lost` within 30 s and
+uploads go on; SIGTERM drains and exits 0, a second SIGINT exits 130; `--workers 2` without `--redis` (flag,
+environment, config file) and workers that cannot start are one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay.testing import RunningServer, start_relay
+from tests.redis.conftest import RedisServer
+from tests.redis.test_relays import record, slow_body, upload, wait_for
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def served_by(redis: RedisServer, upload_id: str) -> str:
+    """The id of the relay (here: the worker) that wrote the upload's record."""
+    return redis.command("HGET", f"w:upload:{upload_id}", "relay").decode()
+
+
+def wait_state(relay: RunningServer, upload_id: str, state: str, timeout: float) -> None:
+    wait_for(lambda: (record(relay, upload_id) or {}).get("state") == state, timeout, f"{upload_id} {state}")
+
+
+def wait_owner(redis: RedisServer, upload_id: str) -> str:
+    wait_for(lambda: served_by(redis, upload_id) != "", 5, f"the record of {upload_id} in Redis")
+    return served_by(redis, upload_id)
+
+
+@pytest.fixture
+def supervisors(redis_server: RedisServer) -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def start(*extra: str, upstream: str | None = None) -> RunningServer:
+        relay = start_relay(
+            "--workers", "2", "--redis", redis_server.url, "--redis-prefix", "w:", *extra, upstream=upstream
+        )
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop(timeout=40)
+
+
+def test_two_workers_share_32_concurrent_uploads(
+    supervisors: Callable[..., RunningServer], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    store = tmp_path / "received"
+    relay = supervisors("--store", str(store))
+    log = relay.log()
+    assert log.count("listening on") == 1 and "(2 workers)" in log, log
+    assert log.count("embedded sample upstream") == 1, log
+    assert len(children(relay.pid)) == 3  # two workers and one embedded upstream, not one per worker
+    bodies = {f"many-{index}": os.urandom(256 * 1024 + index) for index in range(32)}
+
+    def one(upload_id: str) -> int:
+        chunks = [bodies[upload_id][at : at + 64 * 1024] for at in range(0, len(bodies[upload_id]), 64 * 1024)]
+        return upload(relay, upload_id, _paced(chunks)).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(one, bodies))
+    assert statuses == [200] * 32
+    for upload_id, body in bodies.items():  # byte-exact at the upstream
+        stored = (store / upload_id / upload_id).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(body).hexdigest()
+    time.sleep(0.3)  # the last flush to Redis
+    spread = Counter(served_by(redis_server, upload_id) for upload_id in bodies)
+    print("uploads per worker:", sorted(spread.values()))
+    assert len(spread) == 2 and "" not in spread, spread
+
+
+def _paced(chunks: list[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:  # slow enough that the 32 uploads overlap
+        yield chunk
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_mid_upload(
+    supervisors: Callable[..., RunningServer], redis_server: RedisServer, sink: RunningServer, tmp_path: Path
+) -> None:
+    relay = supervisors(upstream=sink.url)
+    workers = children(relay.pid)
+    assert len(workers) == 2
+    outcome: dict[str, str] = {}
+
+    def slow(upload_id: str) -> None:
+        try:
+            outcome[upload_id] = str(upload(relay, upload_id, slow_body(300, pause=0.1)).status_code)
+        except httpx.HTTPError as exc:
+            outcome[upload_id] = type(exc).__name__
+
+    # Slow uploads until both workers hold some (the kernel hashes each connection to one of them).
+    threads: list[threading.Thread] = []
+    owners: dict[str, str] = {}
+    while len(set(owners.values())) < 2:
+        assert len(threads) < 24, owners
+        upload_id = f"slow-{len(threads)}"
+        threads.append(threading.Thread(target=slow, args=(upload_id,), daemon=True))
+        threads[-1].start()
+        wait_state(relay, upload_id, "receiving", 10)
+        owners[upload_id] = wait_owner(redis_server, upload_id)
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: len(set(children(relay.pid)) - set(workers)) == 1, 10, "a new worker")
+    assert f"(pid {workers[0]}) was killed by SIGKILL; restarting" in relay.log()
+    # The killed worker's uploads broke at their clients; which relay id they had tells the killed worker's.
+    wait_for(lambda: any(outcome.get(upload_id) not in (None, "200") for upload_id in owners), 10, "a broken upload")
+    lost_relay = next(owners[upload_id] for upload_id in owners if outcome.get(upload_id) not in (None, "200"))
+    lost = [upload_id for upload_id, owner in owners.items() if owner == lost_relay]
+    for upload_id in lost:
+        wait_state(relay, upload_id, "failed", 35)
+        got = record(relay, upload_id)
+        assert got is not None and got["error"]["code"] == "relay_lost"
+    assert time.monotonic() - killed_at < 30
+    # Uploads keep working, on both workers, the new one included.
+    after = {f"after-{index}": os.urandom(100_000) for index in range(12)}
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda item: upload(relay, item[0], item[1]).status_code, after.items()))
+    assert statuses == [200] * 12
+    for upload_id, body in after.items():
+        stored = (tmp_path / "received" / upload_id / upload_id).read_bytes()
+        assert stored == body
+    time.sleep(0.3)
+    new_owners = {served_by(redis_server, upload_id) for upload_id in after}
+    assert len(new_owners) == 2 and lost_relay not in new_owners, (new_owners, lost_relay)
+    # The other worker's uploads were never touched: they complete.
+    for thread in threads:
+        thread.join(60)
+    assert all(outcome[upload_id] == "200" for upload_id in owners if owners[upload_id] != lost_relay), outcome
+
+
+def test_sigterm_drains_and_exits_0(supervisors: Callable[..., RunningServer], sink: RunningServer) -> None:
+    relay = supervisors(upstream=sink.url)
+    workers = children(relay.pid)
+    done: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: done.append(upload(relay, "drained-1", slow_body(30, pause=0.1))))
+    thread.start()
+    wait_state(relay, "drained-1", "receiving", 10)
+    relay.proc.send_signal(signal.SIGTERM)
+    assert relay.proc.wait(30) == 0
+    thread.join(10)
+    assert done and done[0].status_code == 200 and done[0].json()["bytes"] == 30 * 64 * 1024
+    for pid in workers:  # every worker has exited (and was reaped by the supervisor)
+        assert not Path(f"/proc/{pid}").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{relay.url}/_relay/health", timeout=5)
+
+
+def test_second_sigint_forces_the_quit_130(supervisors: Callable[..., RunningServer], sink: RunningServer) -> None:
+    relay = supervisors("--drain-timeout", "60", upstream=sink.url)
+    outcome: list[str] = []
+
+    def slow() -> None:
+        try:
+            outcome.append(str(upload(relay, "cut-1", slow_body(600, pause=0.1)).status_code))
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    thread = threading.Thread(target=slow, daemon=True)
+    thread.start()
+    wait_state(relay, "cut-1", "receiving", 10)
+    relay.proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert relay.proc.poll() is None  # draining: the upload goes on
+    relay.proc.send_signal(signal.SIGINT)
+    assert relay.proc.wait(15) == 130
+    thread.join(10)
+    assert outcome and outcome[0] != "200"
+
+
+def run_relay(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("where", ["flag", "environment", "config"])
+def test_workers_without_redis_is_one_line_and_exit_2(where: str, tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\nworkers = 2\n")
+    args = {"flag": ["--workers", "2"], "environment": [], "config": ["--config", str(config)]}[where]
+    env = {"RELAY_WORKERS": "2"} if where == "environment" else {}
+    proc = run_relay("--upstream", "http://127.0.0.1:9", *args, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--redis" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert "listening on" not in proc.stdout
+
+
+def test_port_in_use_is_one_line_and_exit_2(
+    supervisors: Callable[..., RunningServer], redis_server: RedisServer, sink: RunningServer
+) -> None:
+    # SO_REUSEPORT alone would let a second supervisor of the same user share the port without a word.
+    first = supervisors(upstream=sink.url)
+    proc = run_relay("--port", str(first.port), "--workers", "2", "--redis", redis_server.url, "--upstream", sink.url)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen" in lines[0] and "in use" in lines[0], proc.stderr
+
+
+def test_workers_that_cannot_start_give_up_with_one_line(redis_server: RedisServer, tmp_path: Path) -> None:
+    # The spool is opened by each worker's app at start-up: a path under a file fails there, every time.
+    spool = "/dev/null/spool"
+    proc = run_relay(
+        "--workers", "2", "--redis", redis_server.url, "--spool", spool, "--upstream", "http://127.0.0.1:9"
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("relay-server: error: workers keep exiting") and "giving up" in last, proc.stderr
+    assert "Traceback" not in proc.stderr and "listening on" not in proc.stdout
