@@ -32,12 +32,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from relay.bus import EventBus
 from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import Completed, ErrorInfo, Event, Failed, Started
 from relay.core.inspector import UploadInspector
 from relay.core.limits import check_declared_length
+from relay.core.splicing import may_splice
 from relay.errors import (
     BadRequest,
     ClientDisconnected,
@@ -67,6 +69,7 @@ from relay.types import Receive, Scope, Send
 from relay.uploads import UploadRegistry
 from relay.upstream import Upstream, UpstreamResponse
 from relay.watchdog import IdleWatch
+from relay.zerocopy import ByteCount, SplicedBody, splice_supported
 
 __all__ = [
     "RelayContext",
@@ -88,6 +91,10 @@ LINGER_SECONDS = 2.0
 HASHER = sha256_factory()
 # Byte counters reach Prometheus in batches of this size (and at the end of every body).
 METRICS_BATCH = 4 * 1024 * 1024
+# scope["extensions"] key set by the server glue (relay/server.py): take() -> ClientSocket | None hands the client
+# socket over for a spliced body (relay/zerocopy.py).
+TAKE_BODY = "relay.take_body"
+SPLICE = splice_supported()
 
 
 @dataclass
@@ -429,7 +436,10 @@ class Upload:
             strip_authorization=bool(self.ctx.settings.accepted_tokens) and not self.ctx.settings.forward_authorization,
         )
         try:
-            response = await upstream.send(self.method, self.raw_target, headers, self.body(), self.content_length)
+            response = await upstream.send(self.method, self.raw_target, headers, self.outgoing(), self.content_length)
+        except ClientDisconnected:
+            self.client_gone = True
+            raise
         except Exception as exc:
             # The body generator's own error is the real cause, whatever the upstream leg made of it.
             if self.body_error is not None and self.body_error is not exc:
@@ -438,6 +448,43 @@ class Upload:
         return await self.relay_response(response)
 
     # -- 2-4. the body ------------------------------------------------------------------------------------
+
+    def outgoing(self) -> AsyncIterator[bytes]:
+        """The body generator, or the same wrapped so the upstream leg may splice it (relay/zerocopy.py)."""
+        assert self.inspector is not None
+        take = self.scope.get("extensions", {}).get(TAKE_BODY)
+        splice = SPLICE and take is not None
+        if not splice or not may_splice(
+            content_length=self.content_length,
+            digest=self.ctx.settings.digest,
+            multipart=self.inspector.is_multipart,
+            digest_fields=self.digests is not None,
+        ):
+            return self.body()
+        assert self.content_length is not None
+        return SplicedBody(
+            self.body(),
+            take=take,
+            length=self.content_length,
+            client_idle=self.ctx.settings.client_idle_timeout,
+            on_received=self.spliced_in,
+            on_forwarded=self.note_forwarded,
+            on_end=self.spliced_end,
+        )
+
+    def spliced_in(self, size: int) -> None:
+        """Bytes the kernel moved from the client: counted, limited and reported as a chunk of them would be."""
+        assert self.inspector is not None
+        self.unreported_received += size
+        self.emit_all(self.inspector.feed(cast(bytes, ByteCount(size)), time.time()))
+        self.check_rate()
+
+    def spliced_end(self, whole: bool) -> None:
+        if whole:
+            assert self.inspector is not None
+            self.body_done = True
+            self.emit_all(self.inspector.finish(time.time()))
+        self.report_bytes()
 
     async def body(self) -> AsyncIterator[bytes]:
         """Chunks from the client, inspected, one held back (see the module docstring)."""

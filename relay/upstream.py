@@ -56,6 +56,7 @@ from urllib.parse import unquote, urlsplit
 import httptools
 
 from relay.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from relay.zerocopy import SplicedBody, UpstreamGone
 
 __all__ = ["Upstream", "UpstreamResponse"]
 
@@ -352,7 +353,13 @@ class Upstream:
         conn = await self._acquire()
         conn.head_only = method == "HEAD"
         head = self._head(method, raw_target, headers, content_length)
-        conn, early = await self._send_body(conn, head, body, chunked=content_length is None)
+        spliced: bool | None = None
+        if isinstance(body, SplicedBody) and self._ssl is None:
+            conn, spliced = await self._send_spliced(conn, head, body)
+        if spliced is None:
+            conn, early = await self._send_body(conn, head, body, chunked=content_length is None)
+        else:
+            early = spliced
         try:
             while not conn.head_done:
                 if conn.error is not None:
@@ -429,6 +436,58 @@ class Upstream:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:  # an early stop leaves the generator suspended: run its cleanup now
                 await aclose()
+
+    async def _send_spliced(self, conn: _Connection, head: bytes, body: SplicedBody) -> tuple[_Connection, bool | None]:
+        """The zero-copy seam (relay/zerocopy.py): head and body spliced to the upstream socket on plain TCP.
+
+        Returns the connection and whether an early answer stopped the body, or None when the body was not spliced
+        (nothing written: the caller iterates it). Errors abort the connection, as on the normal path."""
+        if not conn.usable():
+            conn = await self._replace(conn)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None or transport.get_write_buffer_size():
+            return conn, None
+
+        def attach(waiter: asyncio.Future[None] | None) -> None:
+            conn.waiter = waiter  # response bytes, drains and closes wake the splice loop too
+
+        try:
+            stopped = await body.splice(
+                sock.fileno(),
+                head,
+                upstream_idle=self.timeout,
+                upstream_progress=lambda: upstream_progress(transport),
+                stop=lambda: conn.lost or conn.error is not None or self._refused(conn),
+                attach=attach,
+            )
+            if stopped is None:
+                return conn, None
+            return conn, self._early_or_raise(conn) if stopped else False
+        except UpstreamGone as exc:
+            return conn, await self._answer_after_reset(conn, exc)
+        except UpstreamTimeout:
+            if conn.head_done:  # it answered, then stopped reading: its answer stands
+                return conn, True
+            transport.abort()
+            raise
+        except BaseException:
+            transport.abort()
+            raise
+
+    async def _answer_after_reset(self, conn: _Connection, exc: UpstreamGone) -> bool:
+        """A write met a closed upstream socket: an answer it sent before closing may still be unread; read it
+        (bounded by the upstream timeout), else the upstream failed mid-body."""
+        try:
+            while not conn.head_done and not conn.lost:
+                await conn.wait(self.timeout, "reading an answer after the upstream closed")
+        except UpstreamTimeout:
+            pass
+        if conn.head_done:
+            return True
+        if conn.transport is not None:
+            conn.transport.abort()
+        raise conn.error or UpstreamFailed(f"the upstream closed the connection mid-body: {exc}")
 
     async def _replace(self, stale: _Connection) -> _Connection:
         """A kept-alive connection the upstream closed before the relay wrote to it: open a new one."""
