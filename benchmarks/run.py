@@ -736,6 +736,8 @@ class Suite:
             "curl": out(["curl", "--version"]).splitlines()[0] if shutil.which("curl") else "-",
             "nginx": out([nginx, "-v"]) if "nginx" in self.paths else "not run",
             "commit": out(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"]),
+            # a run may take the relay from elsewhere (a clean export of one commit): then say where
+            "relay_from": str(Path(out([PY, "-P", "-c", "import relay; print(relay.__file__)"])).parent),
             "dirty": [
                 line.strip()
                 for line in out(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "relay"]).splitlines()
@@ -923,7 +925,11 @@ def render(res: dict[str, Any]) -> str:
     add(
         f"Command: `{meta.get('command', '')}` ({meta.get('seconds', '?')} s). Commit {meta.get('commit', '-')}, "
         f"Python {meta.get('python')}, kernel {meta.get('kernel')}, {meta.get('cpus')} CPUs."
-        + (f" Uncommitted changes under relay/: {', '.join(meta['dirty'])}." if meta.get("dirty") else "")
+        + (
+            f" The relay package came from {meta['relay_from']}, not this tree."
+            if meta.get("relay_from") and meta["relay_from"] != str(HERE.parent / "relay")
+            else (f" Uncommitted changes under relay/: {', '.join(meta['dirty'])}." if meta.get("dirty") else "")
+        )
     )
     add(
         "Versions: "

@@ -77,7 +77,8 @@ def start_seaweedfs(host: Host) -> dict[str, str]:
     args = [exe, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
     args += [f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false"]
     args += ["-master.volumeSizeLimitMB=256", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}"]
-    args += ["-volume.max=32", "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}"]
+    # 128 volumes of 256 MiB (sparse files): deleted objects' space comes back only at vacuum, 12 GiB go through
+    args += ["-volume.max=128", "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}"]
     args += [f"-filer.port.grpc={filer_grpc}", f"-filer.localSocket={root}/filer.sock", "-s3", f"-s3.port={s3}"]
     args += [f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
     args += [f"-s3.localSocket={root}/s3.sock", f"-s3.config={root / 's3.json'}"]
