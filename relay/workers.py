@@ -166,7 +166,7 @@ class _Supervisor:
 
     def _step(self) -> None:
         now = time.monotonic()
-        due = [c.restart_at for c in self.workers if c.restart_at is not None] + [self.kill_at or now + 1.0]
+        due = [c.restart_at for c in self._children() if c.restart_at is not None] + [self.kill_at or now + 1.0]
         for key, _ in self.selector.select(max(0.0, min(due) - now)):
             if key.fd == self.ready_r:
                 self._read_ready()
@@ -213,7 +213,7 @@ class _Supervisor:
             self.pool.announce()
 
     def _reap(self) -> None:
-        for child in [*self.workers, *([self.sink] if self.sink else [])]:
+        for child in self._children():
             if child.pid is None:
                 continue
             pid, status = os.waitpid(child.pid, os.WNOHANG)
@@ -230,7 +230,8 @@ class _Supervisor:
         how = _describe(child.exit_code)
         if delay is None:
             self.gave_up = (
-                f"{self.policy.failed_starts} in a row exited before they were ready (the last: {child.name} {how})"
+                f"{self.policy.failed_starts} workers in a row exited before they were ready"
+                f" (the last: {child.name} {how})"
             )
             self._begin_drain("giving up")
             for worker in self._alive(self.workers):
@@ -243,7 +244,7 @@ class _Supervisor:
 
     def _restart_due(self) -> None:
         now = time.monotonic()
-        for child in [*self.workers, *([self.sink] if self.sink else [])]:
+        for child in self._children():
             if child.restart_at is not None and child.restart_at <= now and not self.draining:
                 child.restart_at = None
                 self._start(child)
@@ -322,6 +323,9 @@ class _Supervisor:
         if self.forced or FORCED_EXIT in codes:
             return FORCED_EXIT
         return 0 if codes <= {0} else 1
+
+    def _children(self) -> list[_Child]:
+        return [*self.workers, *([self.sink] if self.sink is not None else [])]
 
     @staticmethod
     def _alive(children: list[_Child]) -> list[_Child]:

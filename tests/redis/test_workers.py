@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from relay.testing import RunningServer, start_relay
+from relay.workers import RestartPolicy
 from tests.redis.conftest import RedisServer
 from tests.redis.test_relays import record, slow_body, upload, wait_for
 
@@ -236,3 +237,17 @@ def test_workers_that_cannot_start_give_up_with_one_line(redis_server: RedisServ
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("relay-server: error: workers keep exiting") and "giving up" in last, proc.stderr
     assert "Traceback" not in proc.stderr and "listening on" not in proc.stdout
+
+
+def test_restart_policy_backs_off_and_gives_up() -> None:
+    policy = RestartPolicy(first_delay=0.1, max_delay=1.0, stable_after=10.0, give_up_after=3)
+    assert policy.died(was_ready=True, lived=1.0, last_delay=0.0) == 0.1
+    assert policy.died(was_ready=True, lived=1.0, last_delay=0.1) == 0.2
+    assert policy.died(was_ready=True, lived=1.0, last_delay=0.8) == 1.0  # capped
+    assert policy.died(was_ready=True, lived=60.0, last_delay=1.0) == 0.1  # it served a while: start over
+    assert policy.died(was_ready=False, lived=0.5, last_delay=0.1) == 0.2
+    assert policy.died(was_ready=False, lived=0.5, last_delay=0.2) == 0.4
+    policy.ready()  # any worker ready: the count of failed starts begins again
+    assert policy.died(was_ready=False, lived=0.5, last_delay=0.4) == 0.8
+    assert policy.died(was_ready=False, lived=0.5, last_delay=0.8) == 1.0
+    assert policy.died(was_ready=False, lived=0.5, last_delay=1.0) is None
