@@ -7,7 +7,8 @@ head of a request may await:
   - `follow`: an SSE feed of `(entry id, event)` with replay after `Last-Event-ID`, or None when the in-process
     bus is all there is (the admin endpoints then use their own catch-up);
   - `take_slots` / `give_back`: the upload's id and the caps, one await before a body is read (raising
-    UploadIdInUse or TooManyUploads), a synchronous release at the end;
+    UploadIdInUse or TooManyUploads), a synchronous release at the end; `id_in_use`, the same id check
+    without taking anything;
   - `problem`: None while healthy, else why `/_relay/health` says `degraded`.
 relay/state/memory.py keeps everything in this process (the relay without --redis); relay/state/redis.py shares
 it between every relay on one Redis. relay/app.py chooses one, once, at start-up (`open_state`).
@@ -51,3 +52,8 @@ class SharedState(Protocol):
     async def take_slots(self, upload_id: str, client: str) -> str | None: ...
 
     def give_back(self, lease: str | None) -> None: ...
+
+    async def id_in_use(self, upload_id: str) -> bool:
+        """Whether an upload under this id is in progress on any relay (for a check without taking the id,
+        such as a resumable upload's creation); one await, never on the data path."""
+        ...

@@ -57,6 +57,12 @@ end
 return 0
 """
 
+IN_USE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+
 RENEW = """
 local t = redis.call('TIME')
 local until_ = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
@@ -88,6 +94,7 @@ class Leases:
         self.max_per_client = max_per_client
         self._take = client.register_script(TAKE)
         self._renew = client.register_script(RENEW)
+        self._in_use = client.register_script(IN_USE)
         self._numbers = itertools.count()
         self.held: dict[str, list[str]] = {}  # lease (the member) -> the sorted sets it is in
 
@@ -123,6 +130,17 @@ class Leases:
             what = f"{caps[int(full) - 1][2]} in progress"
             raise UploadIdInUse(what) if full == 1 else TooManyUploads(f"{what}; try again shortly")
         return member
+
+    async def in_use(self, upload_id: str) -> bool:
+        """Whether a live lease holds this id on any relay (one read; False while Redis is down)."""
+        if not self.link.is_up:
+            return False
+        try:
+            async with asyncio.timeout(TAKE_TIMEOUT):
+                return bool(await self._in_use(keys=[self.keys.claim(upload_id)]))
+        except ERRORS as exc:
+            self.link.down(exc)
+            return False
 
     def give_back(self, member: str | None) -> None:
         keys = self.held.pop(member, None) if member is not None else None

@@ -53,3 +53,6 @@ class MemoryState:
 
     def give_back(self, lease: str | None) -> None:
         return None
+
+    async def id_in_use(self, upload_id: str) -> bool:
+        return self.registry.is_active(upload_id)

@@ -289,6 +289,9 @@ class RedisState:
     def give_back(self, lease: str | None) -> None:
         self.leases.give_back(lease)
 
+    async def id_in_use(self, upload_id: str) -> bool:
+        return self._registry.local.is_active(upload_id) or await self.leases.in_use(upload_id)
+
 
 async def _kept(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a background job until cancelled; a bug in it is one line in the log and a restart, never a dead

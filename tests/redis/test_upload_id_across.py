@@ -13,10 +13,14 @@ import socket
 import time
 
 import httpx
+import pytest
 
+from relay.errors import UploadIdInUse
+from relay.state.redis import RedisState
 from relay.testing import RunningServer
 from tests.e2e.test_webhooks import wait_for
-from tests.redis.conftest import Relays
+from tests.redis.conftest import RedisServer, Relays
+from tests.redis.test_state import run, until
 
 BODY = b"".join(bytes([n]) * 1000 for n in range(100))  # 100 kB, every byte position distinct enough
 
@@ -85,3 +89,23 @@ def test_an_id_held_by_a_killed_relay_comes_back(relays: Relays) -> None:
     again = wait_for(lambda: (answer := post(b, "orphan")).status_code != 409 and answer, timeout=60)
     assert again.status_code == 200
     assert time.monotonic() - started < 30  # the lease (25 s) runs out: the id is not lost forever
+
+
+def test_the_id_lease_in_process(redis_server: RedisServer) -> None:
+    async def body(a: RedisState, b: RedisState) -> None:
+        lease = await a.take_slots("x", "10.0.0.1")
+        assert await b.id_in_use("x") and not await b.id_in_use("y")
+        with pytest.raises(UploadIdInUse, match="upload x is in progress"):
+            await b.take_slots("x", "10.0.0.2")
+        a.give_back(lease)
+        # On the relay that gave it back, at once: TAKE drops its own release, not written yet.
+        again = await a.take_slots("x", "10.0.0.1")
+        a.give_back(again)
+
+        async def free() -> bool:
+            return not await b.id_in_use("x")
+
+        await until(free)  # on another relay, once the release is written (the next flush)
+        b.give_back(await b.take_slots("x", "10.0.0.2"))
+
+    run(redis_server, body, max_concurrent=None, max_per_client=None)
