@@ -6,15 +6,19 @@
 - live.py: one append's bytes from the client into the spool.
 - forward.py: the finished file upstream, along a plain upload's path (and cut-through).
 - answers.py: the request as the handlers see it, and how answers are written.
-`open_resumable` builds them at start-up, on the spool the settings name.
+- shared.py: with `--redis`, the state documents, leases and fencing tokens every relay shares.
+`open_resumable` builds them at start-up, on the spool the settings name, sharing the state through Redis when the
+relay runs with `--redis` (the one choice; without it, everything stays in this process as before).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from relay.proxy import RelayContext
 from relay.resumable.endpoints import ResumableEndpoints
+from relay.resumable.shared import RedisUploads
 from relay.resumable.store import ResumableStore
 from relay.settings import Settings
 from relay.spool.base import Spool
@@ -49,11 +53,26 @@ def check_spool(settings: Settings) -> None:
     asyncio.run(check())
 
 
+def _shared(ctx: RelayContext, on_lost: Callable[[str], None]) -> RedisUploads | None:
+    """With --redis, the Redis side of the uploads' state, on the shared state's client, prefix and relay id."""
+    if ctx.settings.redis is None:
+        return None
+    from relay.state.redis import RedisState
+
+    state = ctx.shared
+    if not isinstance(state, RedisState):  # a bus or registry given explicitly (tests, embedding): this process
+        return None
+    return RedisUploads(state.client, state.keys.prefix, state.relay_id, on_lost=on_lost)
+
+
 async def open_resumable(ctx: RelayContext) -> ResumableEndpoints:
-    """The store (recovered from the spool, its sweeper running) and the endpoints on it."""
+    """The store (recovered from the spool, or sharing Redis; its sweeper running) and the endpoints on it."""
     endpoints: list[ResumableEndpoints] = []
+    stores: list[ResumableStore] = []
     spool = open_spool(ctx.settings.spool, s3_endpoint=ctx.settings.s3_endpoint)
-    store = ResumableStore(spool, on_change=lambda upload: endpoints[0].note(upload))
+    shared = _shared(ctx, lambda upload_id: stores[0].lost(upload_id))
+    store = ResumableStore(spool, on_change=lambda upload: endpoints[0].note(upload), shared=shared)
+    stores.append(store)
     endpoints.append(ResumableEndpoints(ctx, store))
     await store.start()
     return endpoints[0]

@@ -54,6 +54,8 @@ class Request:
     client: str
     counted: bool = False
     body_read: bool = False  # the request body was read to its end: no lingering close needed
+    lease: int | None = None  # with Redis: the token of the upload's lease this request holds
+    answered: bool = False  # the response has started: a late refusal can no longer be written
 
     @property
     def headers(self) -> Headers:

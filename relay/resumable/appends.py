@@ -48,6 +48,7 @@ from relay.errors import (
     ClientTimeout,
     DigestMismatch,
     RelayError,
+    UploadIdInUse,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -66,6 +67,9 @@ from relay.watchdog import IdleWatch
 __all__ = ["Appends"]
 
 Headers = list[tuple[bytes, bytes]]
+# A forward that failed with these keeps the file for a retry (502/504; a 409 when the id's lease across relays
+# was still held by the relay whose forward of the same upload has just ended).
+_RETRYABLE = (UpstreamError, UpstreamTimeout, UploadIdInUse)
 # Headers of the completing request that the forward carries on (the rest describe the append, not the file).
 _FORWARDED = {b"authorization", b"user-agent", b"x-forwarded-for"}
 
@@ -264,7 +268,7 @@ class Appends:
     ) -> None:
         """The completing append, forwarded while it arrives (see the module docstring)."""
         committed: list[ResumableUpload] = []
-        lock = self.store.forward_lock(upload.id)
+        lock = self.store.forward_lock(upload.id, request.lease)
 
         async def on_last() -> None:
             self.store.hold(upload.id, upload.writer)
@@ -290,25 +294,29 @@ class Appends:
             try:
                 await live.writer.commit(sync=False)
             except (SpoolError, OSError) as exc:  # a disk error: answered 503, the lock not left held
-                lock.release()
+                await lock.release()
                 raise SpoolUnavailable(f"the spool could not store the upload: {exc}") from exc
             except BaseException:
-                lock.release()
+                await lock.release()
+                raise
+            try:  # with Redis, every relay sees `forwarding` (HEAD shows the full offset) before the last bytes go
+                await self.store.mark(decision.upload)
+            except BaseException:
+                await lock.release()
                 raise
             committed.append(decision.upload)
-            self.store.record(decision.upload)
             self.store.release(upload.id)
 
         forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed)
         try:
-            await forward.run()
+            await self._run(forward)
             request.body_read = live.ended
             if committed:
                 await self._after_forward(request, committed[0], forward)
                 return
         finally:
-            if lock.locked() and committed:
-                lock.release()
+            if lock.held and committed:
+                await lock.release()
         # The forward ended before the file was complete: say why, keep the bytes (Rule 3).
         error = forward.error
         if isinstance(error, DigestMismatch):  # the file's Repr-Digest did not match: nothing of it is kept
@@ -321,7 +329,7 @@ class Appends:
             await respond(request, replace(error.decision, upload=None))
             return
         failure: RelayError | None = error if isinstance(error, ClientDisconnected | ClientTimeout) else None
-        if isinstance(error, UpstreamError | UpstreamTimeout) and not live.ended and not live.overflow:
+        if isinstance(error, _RETRYABLE) and not live.ended and not live.overflow:
             failure = await self._take_body(live)
             request.body_read = live.ended
         if forward.response_started:
@@ -329,7 +337,7 @@ class Appends:
             return
         decision = await self._end_append(request, upload, live, location, answer=False, failure=failure)
         record = decision.upload
-        if isinstance(error, UpstreamError | UpstreamTimeout) and record is not None and failure is None:
+        if isinstance(error, _RETRYABLE) and record is not None and failure is None:
             if record.state == core.FORWARDING:
                 end = decide.decide_forward_end(request.req, record, now=time.time(), error=error)
                 if end.upload is not None:
@@ -343,7 +351,7 @@ class Appends:
 
     async def forward(self, request: Request, upload: ResumableUpload) -> None:
         """Every byte is in the spool: send the file upstream, answer with what came of it (Rule 4)."""
-        async with self.store.forward_lock(upload.id):
+        async with self.store.forward_lock(upload.id, request.lease):
             current = self.store.get(upload.id)
             if current is not None and current.state != core.FORWARDING:
                 # Another request's forward ended meanwhile: answer as the upload stands now.
@@ -353,8 +361,17 @@ class Appends:
                 return
             upload = current or upload
             forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload])
-            await forward.run()
+            await self._run(forward)
             await self._after_forward(request, upload, forward)
+
+    async def _run(self, forward: ForwardUpload) -> None:
+        """Run a forward; with Redis, give back the id's lease its head took (relay/state/leases.py): the made-up
+        request does not end like a client's, and the next forward of the upload may run on another relay."""
+        try:
+            await forward.run()
+        finally:
+            self.ctx.shared.give_back(forward.lease)
+            forward.lease = None
 
     def _forwarder(
         self,

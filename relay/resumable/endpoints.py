@@ -57,6 +57,7 @@ from relay.resumable.answers import (
 )
 from relay.resumable.appends import Appends
 from relay.resumable.redeliver import Redelivery
+from relay.resumable.shared import StateUnavailable
 from relay.resumable.store import ResumableStore
 from relay.settings import Route
 from relay.spool.base import SpoolError
@@ -133,8 +134,19 @@ class ResumableEndpoints:
         await self._prefixed(request, upload_id.decode("ascii"))
 
     async def _prefixed(self, request: Request, upload_id: str) -> None:
-        await self.store.settle(upload_id)  # Rule 1
+        try:
+            request.lease = await self.store.begin(upload_id, take=request.req.method == "PATCH")  # Rule 1
+            await self._prefixed_held(request, upload_id)
+        except StateUnavailable as exc:  # Redis gone (or the upload held too long elsewhere): 503, nothing moved
+            if not request.answered:
+                await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
+        finally:
+            await self.store.let_go(upload_id, request.lease)
+
+    async def _prefixed_held(self, request: Request, upload_id: str) -> None:
         upload = self.store.get(upload_id)
+        if upload is not None:  # the route it was created under (another relay's upload was not known before)
+            request.route = self._routes.get(upload.route, request.route)
         now, limits, req = time.time(), request.route.limits, request.req
         if req.method == "HEAD":
             await respond(request, decide.decide_head(req, upload, now=now, limits=limits))
@@ -210,7 +222,9 @@ class ResumableEndpoints:
             await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body, receive, unread)
             return None
         client = client_address(self.ctx.settings, scope)
-        return Request(scope, receive, send, route, req, cors, client)
+        request = Request(scope, receive, send, route, req, cors, client)
+        request.send = _tracked(request, send)
+        return request
 
     def _admit_body(self, request: Request) -> None:
         """Caps count requests that bring bytes, as plain uploads do; counted until `_release`."""
@@ -256,6 +270,11 @@ class ResumableEndpoints:
             free = await self.store.spool.free_bytes()
         except (SpoolError, OSError):
             free = None
+        try:
+            incomplete = await self.store.incomplete()
+        except StateUnavailable as exc:
+            await refuse(self.ctx.metrics, request, exc)
+            return
         target: bytes = scope.get("extensions", {}).get("relay.raw_target") or scope.get("raw_path") or b"/"
         decision = decide.decide_create(
             req,
@@ -268,7 +287,7 @@ class ResumableEndpoints:
             limits=request.route.limits,
             settings=self.core,
             free_bytes=free,
-            incomplete=self.store.incomplete(),
+            incomplete=incomplete,
         )
         if decision.action == "append":  # the caps first: a refused body must not leave an upload behind
             try:
@@ -278,8 +297,12 @@ class ResumableEndpoints:
                 return
         try:
             await self._created(request, decision, upload_id)
+        except StateUnavailable as exc:
+            if not request.answered:
+                await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
         finally:
             self._release(request)
+            await self.store.let_go(upload_id, request.lease)
 
     async def _created(self, request: Request, decision: Decision, upload_id: str) -> None:
         scope = request.scope
@@ -289,9 +312,15 @@ class ResumableEndpoints:
         if decision.upload is not None:
             fresh = decision.upload
             try:
-                await self.store.create(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
-            except FileExistsError:  # the same X-Upload-ID created by a request racing this one
+                await self.store.create(
+                    replace(fresh, state=core.RECEIVING, writer=None, append_start=None),
+                    max_incomplete=self.core.max_incomplete,
+                )
+            except FileExistsError:  # the same X-Upload-ID created by a request racing this one (or relay)
                 await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
+                return
+            except TooManyUploads as exc:  # --resumable-max-incomplete, counted across relays (with Redis)
+                await refuse(self.ctx.metrics, request, exc)
                 return
             except (SpoolError, OSError) as exc:
                 error = SpoolUnavailable(f"the spool could not create the upload: {exc}")
@@ -302,6 +331,8 @@ class ResumableEndpoints:
             )
             self.ctx.metrics.resumable.labels(event="created").inc()
             self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
+            if decision.action == "append" and self.store.shared is not None:  # creation-with-upload appends
+                request.lease = await self.store.begin(upload_id, take=True)
             # Rule 5: whatever the answer (a completion, the upstream's own, a 502), it says where the upload is
             request.send = _with_header(request.send, b"location", (self.prefix + upload_id).encode())
         await self._act(request, decision, location=self.prefix + upload_id)
@@ -377,6 +408,17 @@ class ResumableEndpoints:
             started_at=upload.created_at,
             error=upload.error,
         )
+
+
+def _tracked(request: Request, send: Send) -> Send:
+    """`send` that notes on `request` when its response has started."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            request.answered = True
+        await send(message)
+
+    return sending
 
 
 def _with_header(send: Send, header: bytes, value: bytes) -> Send:

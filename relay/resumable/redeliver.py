@@ -79,8 +79,8 @@ class Redelivery:
             await self._appends.forward(request, upload)
         except Exception as exc:  # a background retry must never take the relay down; the sweeper tries again
             log.warning("redelivery of upload %s failed: %s", upload.id, exc)
-        current = self._appends.store.get(upload.id)
-        if current is not None and self.wanted(current):
+        current = self._appends.store.get(upload.id) or upload  # with Redis, memory keeps no copy after a request
+        if self.wanted(current):
             retries, _ = self._failures.get(upload.id, (0, 0.0))
             delay = RETRY_DELAYS[min(retries, len(RETRY_DELAYS) - 1)]
             self._failures[upload.id] = (retries + 1, time.time() + delay)

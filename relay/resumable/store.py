@@ -27,6 +27,16 @@ Rules:
 5. One forward at a time per upload (`forward_lock`): a completing request sent again while the first
    one's forward is still running waits for it, then answers from what became of it (never a second
    delivery). DELETE and the sweeper wait for (or skip) a forward under way.
+
+Several relays (`--redis`, relay/resumable/shared.py). Redis holds the authoritative state document and memory is
+only this request's copy: `begin` (one await at the head of every HEAD, PATCH and DELETE) ends an append open on
+any relay (Rule 2 across relays: the holder is asked to let go, or its lease runs out if it died), recovers an
+upload whose holder died (the spool's durable bytes are kept, as after a restart: Rule 3), loads the document,
+and for a PATCH takes the upload's lease. Every `save` commits through the fencing check (shared.py Rule 2); the
+spool's info document is still written after it, so a relay without Redis could recover the spool. Rule 5 is a
+lease in `forward` mode (`ForwardLock`); the sweeper takes a lease per upload and skips one that is held. No
+start-up recovery of the whole spool: other relays may be appending to it; a dead holder's upload is recovered by
+whoever takes it next.
 """
 
 from __future__ import annotations
@@ -36,17 +46,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import TracebackType
 
 from relay.core import resumable as core
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
+from relay.errors import TooManyUploads
+from relay.resumable.shared import RedisUploads, Seen, StateUnavailable
 from relay.spool.base import Spool, SpoolError
 
-__all__ = ["SWEEP_SECONDS", "OpenAppend", "ResumableStore"]
+__all__ = ["SWEEP_SECONDS", "ForwardLock", "OpenAppend", "ResumableStore"]
 
 log = logging.getLogger("relay.resumable")
 SWEEP_SECONDS = 5.0
+HOLD_WAIT = 12.0  # how long a request waits for another relay's append to let go (two leases' time)
+FORWARD_WAIT = 600.0  # how long a completion or DELETE waits for another relay's forward
+POLL = 0.05
+ASK_AGAIN = 1.0  # pub/sub may lose a supersede: asked again this often while waiting (shared.py Rule 3)
 
 
 @dataclass(eq=False)
@@ -82,11 +99,65 @@ class OpenAppend:
         return self.task.uncancel() == 0
 
 
-class ResumableStore:
-    """Every resumable upload this relay knows, over a spool."""
+class ForwardLock:
+    """Rule 5: this relay's lock on the upload's forward and, with Redis, its lease in `forward` mode."""
 
-    def __init__(self, spool: Spool, *, on_change: Callable[[ResumableUpload], None]) -> None:
+    def __init__(self, store: ResumableStore, upload_id: str, lease: int | None) -> None:
+        self._store = store
+        self._upload_id = upload_id
+        self._lease = lease  # the lease the request already holds (an append that completed the upload)
+        self._lock = store._forwards.setdefault(upload_id, asyncio.Lock())
+        self._token: int | None = None
+        self.held = False
+
+    @property
+    def _borrowed(self) -> bool:
+        """The lease is the request's own (switched to `forward`): the request gives it back, not this lock."""
+        return self._token is not None and self._token == self._lease
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def acquire(self) -> None:
+        await self._lock.acquire()
+        try:
+            self._token = await self._store._forward_lease(self._upload_id, self._lease)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.held = True
+
+    async def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self._borrowed and self._store.shared is not None and self._token is not None:
+                with contextlib.suppress(StateUnavailable):  # the request goes on under it, appending
+                    await self._store.shared.switch(self._upload_id, self._token, "append")
+            elif self._token is not None:
+                await self._store.let_go(self._upload_id, self._token)
+        finally:
+            self._lock.release()
+
+    async def __aenter__(self) -> ForwardLock:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+
+class ResumableStore:
+    """Every resumable upload this relay knows, over a spool (and, with `shared`, Redis: see the docstring)."""
+
+    def __init__(
+        self, spool: Spool, *, on_change: Callable[[ResumableUpload], None], shared: RedisUploads | None = None
+    ) -> None:
         self.spool = spool
+        self.shared = shared
         self._on_change = on_change
         self._uploads: dict[str, ResumableUpload] = {}
         self._open: dict[str, OpenAppend] = {}
@@ -100,9 +171,13 @@ class ResumableStore:
     # -- start and stop -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for upload_id in await self.spool.list():
-            await self._recover(upload_id)
-        await self.sweep()
+        if self.shared is not None:  # no recovery of the whole spool: other relays may be appending to it
+            await self.shared.start(self._supersede_here)
+        else:
+            for upload_id in await self.spool.list():
+                await self._recover(upload_id)
+        with contextlib.suppress(StateUnavailable):
+            await self.sweep()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _recover(self, upload_id: str) -> None:
@@ -110,26 +185,30 @@ class ResumableStore:
             info = await self.spool.load_info(upload_id)
             if info is None:
                 return
-            upload = ResumableUpload.from_json(info)
-            if upload.state in (core.COMPLETED, core.FAILED):  # its data went (or goes now): only the record
-                await self.spool.delete_data(upload_id)  # bytes may have outlived a crash right after the answer
-            else:
-                try:
-                    durable = await self.spool.offset(upload_id)
-                except SpoolError:  # the data file is gone: nothing to go on with
-                    lost = ErrorInfo("data_lost", "the spool has no data for this upload")
-                    upload = core.apply(upload, core.LOSE, now=time.time(), error=lost)
-                else:
-                    upload, keep = core.recover(upload, durable, now=time.time())
-                    if upload.state == core.FAILED:
-                        await self.spool.delete_data(upload_id)
-                    else:
-                        await self.spool.truncate(upload_id, keep)
+            upload = await self._reconcile(ResumableUpload.from_json(info))
         except (ValueError, KeyError, TypeError, SpoolError, OSError) as exc:
             log.warning("resumable upload %s could not be recovered: %s", upload_id, exc)
             return
         self._uploads[upload_id] = upload
         await self.save(upload)
+
+    async def _reconcile(self, upload: ResumableUpload) -> ResumableUpload:
+        """The upload as the spool's durable bytes leave it after its writer died (Rule 3)."""
+        upload_id = upload.id
+        if upload.state in (core.COMPLETED, core.FAILED):  # its data went (or goes now): only the record
+            await self.spool.delete_data(upload_id)  # bytes may have outlived a crash right after the answer
+            return upload
+        try:
+            durable = await self.spool.offset(upload_id)
+        except SpoolError:  # the data file is gone: nothing to go on with
+            lost = ErrorInfo("data_lost", "the spool has no data for this upload")
+            return core.apply(upload, core.LOSE, now=time.time(), error=lost)
+        upload, keep = core.recover(upload, durable, now=time.time())
+        if upload.state == core.FAILED:
+            await self.spool.delete_data(upload_id)
+        else:
+            await self.spool.truncate(upload_id, keep)
+        return upload
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -139,6 +218,8 @@ class ResumableStore:
         for task in list(self._background):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        if self.shared is not None:
+            await self.shared.stop()
         await self.spool.close()
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -146,7 +227,10 @@ class ResumableStore:
     def get(self, upload_id: str) -> ResumableUpload | None:
         return self._uploads.get(upload_id)
 
-    def incomplete(self) -> int:
+    async def incomplete(self) -> int:
+        """Incomplete uploads, on this relay or (with Redis) across every relay."""
+        if self.shared is not None:
+            return await self.shared.incomplete()
         return sum(1 for upload in self._uploads.values() if upload.state in core.INCOMPLETE)
 
     def record(self, upload: ResumableUpload) -> None:
@@ -155,37 +239,61 @@ class ResumableStore:
         self._on_change(upload)
 
     async def save(self, upload: ResumableUpload) -> None:
-        """Record `upload` and write the upload's current state to the spool (Rule 1)."""
+        """Record `upload` and write the upload's current state (Rule 1): to Redis first when shared, fenced."""
+        before = self._uploads.get(upload.id)
         self.record(upload)
+        if self.shared is not None and upload != before:
+            await self._commit(upload, before)
         async with self._lock(upload.id):
             current = self._uploads.get(upload.id)
             if current is not None:
                 await self.spool.save_info(upload.id, current.to_json().encode())
 
-    async def create(self, upload: ResumableUpload) -> None:
-        """A new upload, in memory at once (the id is taken) and in the spool; FileExistsError if taken."""
+    async def mark(self, upload: ResumableUpload) -> None:
+        """Record `upload`; with Redis, commit it too (other relays must see it) but write no info document."""
+        before = self._uploads.get(upload.id)
+        self.record(upload)
+        if self.shared is not None:
+            await self._commit(upload, before)
+
+    async def _commit(self, upload: ResumableUpload, before: ResumableUpload | None) -> None:
+        assert self.shared is not None
+        if not await self.shared.commit(upload, self.shared.held.get(upload.id), before=before):
+            raise StateUnavailable(f"upload {upload.id} was taken over by another request; nothing was recorded")
+
+    async def create(self, upload: ResumableUpload, *, max_incomplete: int | None = None) -> None:
+        """A new upload, in memory at once (the id is taken) and in the spool; FileExistsError if taken,
+        TooManyUploads over `max_incomplete` (checked here only with Redis: across relays, atomically)."""
         if upload.id in self._uploads:
             raise FileExistsError(f"upload {upload.id} exists")
+        if self.shared is not None:
+            created = await self.shared.create(upload, max_incomplete)
+            if created == -1:
+                raise FileExistsError(f"upload {upload.id} exists")
+            if created == -2:
+                raise TooManyUploads(f"{max_incomplete} resumable uploads are incomplete; try again later")
         self._uploads[upload.id] = upload
         try:
             await self.spool.create(upload.id, upload.to_json().encode())
         except BaseException:
             if self._uploads.get(upload.id) is upload:
                 del self._uploads[upload.id]
+            if self.shared is not None:
+                with contextlib.suppress(StateUnavailable):
+                    await self.shared.forget(upload.id)
             raise
         self._on_change(upload)
 
     def forget(self, upload_id: str) -> None:
         self._uploads.pop(upload_id, None)
         self._locks.pop(upload_id, None)
-        self._forwards.pop(upload_id, None)
-
-    def forward_lock(self, upload_id: str) -> asyncio.Lock:
-        """Held while the upload's file goes upstream (Rule 5)."""
         lock = self._forwards.get(upload_id)
-        if lock is None:
-            lock = self._forwards[upload_id] = asyncio.Lock()
-        return lock
+        if lock is not None and not lock.locked():
+            del self._forwards[upload_id]
+
+    def forward_lock(self, upload_id: str, lease: int | None = None) -> ForwardLock:
+        """Held while the upload's file goes upstream (Rule 5); `lease`: the request's own, taken over."""
+        return ForwardLock(self, upload_id, lease)
 
     def _lock(self, upload_id: str) -> asyncio.Lock:
         lock = self._locks.get(upload_id)
@@ -219,10 +327,114 @@ class ResumableStore:
             self.close_append(upload_id, handle)
 
     async def settle(self, upload_id: str) -> None:
-        """End the upload's open append, if any, and wait until it has recorded its end."""
+        """End the upload's open append on this relay, if any, and wait until it has recorded its end."""
         while (handle := self._open.get(upload_id)) is not None:
             handle.supersede()
             await handle.done.wait()
+
+    def lost(self, upload_id: str) -> None:
+        """This relay's lease on the upload ran out (shared.py): its append ends; its commit will be refused."""
+        self._supersede_here(upload_id)
+
+    def _supersede_here(self, upload_id: str) -> None:
+        """Another relay asks this one to end its append of `upload_id` (shared.py Rule 3), or its lease was lost."""
+        handle = self._open.get(upload_id)
+        if handle is not None:
+            handle.supersede()
+
+    async def begin(self, upload_id: str, *, take: bool) -> int | None:
+        """The head of a HEAD, PATCH or DELETE: no append of the upload open anywhere any more (Rule 2), its
+        state loaded; with `take` (a PATCH, with Redis) the upload's lease, whose token is returned. None when
+        no lease was taken: without Redis, for an unknown upload, or while another relay forwards it."""
+        shared = self.shared
+        if shared is None:
+            await self.settle(upload_id)
+            return None
+        deadline, asked, mode = time.monotonic() + HOLD_WAIT, 0.0, "append" if take else None
+        while True:
+            seen = await shared.take(upload_id, mode)
+            self._loaded(upload_id, seen)
+            if seen.token is not None:
+                if _orphaned(seen):
+                    await self._take_over(upload_id, seen)
+                if take:
+                    return seen.token
+                await self._give_back(upload_id, seen.token)  # only to recover: the document stays loaded
+                return None
+            if seen.doc is None or (seen.holder is None and not _orphaned(seen)):
+                return None
+            if seen.holder is None:  # a dead holder's lease ran out: take it to recover the upload, then go on
+                mode = "append"
+                continue
+            if seen.mode == "forward" or (seen.mode == "sweep" and not take):
+                return None  # no append is open: answer from the document (a completion waits in ForwardLock)
+            if seen.holder == shared.relay_id:
+                await self.settle(upload_id)
+            elif seen.mode == "append" and time.monotonic() >= asked:
+                await shared.supersede(seen.holder, upload_id)
+                asked = time.monotonic() + ASK_AGAIN
+            if time.monotonic() > deadline:
+                raise StateUnavailable(f"upload {upload_id} is held by another relay; try again shortly")
+            await asyncio.sleep(POLL)
+
+    def _loaded(self, upload_id: str, seen: Seen) -> None:
+        upload = seen.upload()
+        if upload is None:
+            self._uploads.pop(upload_id, None)
+        elif upload_id not in self._open:  # an append running here keeps its own copy until it ends
+            self._uploads[upload_id] = upload
+
+    async def _take_over(self, upload_id: str, seen: Seen) -> None:
+        """The lease's last holder died (shared.py): its upload as the spool's durable bytes leave it."""
+        upload = seen.upload()
+        if upload is None:
+            return
+        try:
+            recovered = await self._reconcile(upload)
+        except (SpoolError, OSError) as exc:
+            await self.let_go(upload_id, seen.token)
+            raise StateUnavailable(f"the spool could not recover upload {upload_id}: {exc}") from exc
+        if recovered.state == core.FORWARDING and recovered.error is None:  # it died forwarding: deliver again
+            note = ErrorInfo("relay_lost", "the relay forwarding this upload stopped; it is delivered again")
+            recovered = replace(recovered, error=note)
+        if recovered != upload:
+            log.warning("resumable upload %s taken over from a relay that stopped, at %d", upload_id, recovered.offset)
+            await self.save(recovered)
+
+    async def let_go(self, upload_id: str, token: int | None) -> None:
+        """Give back the lease `token` (if this relay still holds it); Redis trouble: it runs out by itself."""
+        if self.shared is None or token is None:
+            return
+        await self._give_back(upload_id, token)
+        if upload_id not in self._open and not self._forwards.get(upload_id, asyncio.Lock()).locked():
+            self._uploads.pop(upload_id, None)  # the document in Redis is the truth: no stale copy kept
+
+    async def _give_back(self, upload_id: str, token: int) -> None:
+        if self.shared is not None and self.shared.held.get(upload_id) == token:
+            with contextlib.suppress(StateUnavailable):
+                await self.shared.release(upload_id, token)
+
+    async def _forward_lease(self, upload_id: str, lease: int | None) -> int | None:
+        """Rule 5 across relays: the request's own lease goes on in `forward` mode, or one is taken (waiting)."""
+        shared = self.shared
+        if shared is None:
+            return None
+        if lease is not None and shared.held.get(upload_id) == lease:
+            if await shared.switch(upload_id, lease, "forward"):
+                return lease
+        deadline = time.monotonic() + FORWARD_WAIT
+        while True:
+            seen = await shared.take(upload_id, "forward")
+            self._loaded(upload_id, seen)
+            if seen.token is not None:
+                if _orphaned(seen):
+                    await self._take_over(upload_id, seen)
+                return seen.token
+            if seen.doc is None:
+                return None
+            if time.monotonic() > deadline:
+                raise StateUnavailable(f"upload {upload_id} is being forwarded by another relay")
+            await asyncio.sleep(POLL * 4)
 
     # -- deleting and expiry -----------------------------------------------------------------------------------
 
@@ -243,11 +455,14 @@ class ResumableStore:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 await self.sweep()
-            except (SpoolError, OSError) as exc:
+            except (SpoolError, OSError, StateUnavailable) as exc:
                 log.warning("the resumable uploads sweep failed: %s", exc)
 
     async def sweep(self) -> None:
         """Expire idle incomplete uploads (their data deleted), forget finished ones past their time."""
+        if self.shared is not None:
+            await self._sweep_shared(self.shared)
+            return
         now = time.time()
         if self.on_sweep is not None:
             self.on_sweep(list(self._uploads.values()), now)
@@ -255,12 +470,51 @@ class ResumableStore:
             forwarding = self._forwards.get(upload.id)
             if forwarding is not None and forwarding.locked():
                 continue  # its file is going upstream right now (Rule 5): the upstream's answer decides
-            verdict = core.sweep(upload, now)
-            if verdict == "expire":
-                expired = core.apply(upload, core.EXPIRE, now=now)
-                self.record(expired)
-                await self.spool.delete_data(upload.id)
-                await self.save(expired)
-            elif verdict == "forget":
-                self.forget(upload.id)
-                await self.spool.delete(upload.id)
+            await self._sweep_one(upload, now)
+
+    async def _sweep_one(self, upload: ResumableUpload, now: float) -> None:
+        verdict = core.sweep(upload, now)
+        if verdict == "expire":
+            expired = core.apply(upload, core.EXPIRE, now=now)
+            self.record(expired)
+            await self.spool.delete_data(upload.id)
+            await self.save(expired)
+        elif verdict == "forget":
+            self.forget(upload.id)
+            await self.spool.delete(upload.id)
+            if self.shared is not None:
+                await self.shared.forget(upload.id)
+
+    async def _sweep_shared(self, shared: RedisUploads) -> None:
+        """Every relay sweeps; a lease per upload (`sweep` mode) keeps two from sweeping one upload at once,
+        and an upload held by anyone (an append, a forward) is skipped: it is not idle."""
+        now = time.time()
+        waiting: list[ResumableUpload] = []
+        for upload_id in await shared.due(now):
+            seen = await shared.take(upload_id, "sweep")
+            if seen.token is None:
+                continue
+            try:
+                self._loaded(upload_id, seen)
+                if _orphaned(seen):
+                    await self._take_over(upload_id, seen)
+                upload = self._uploads.get(upload_id)
+                if upload is not None:
+                    await self._sweep_one(upload, now)
+                    current = self._uploads.get(upload_id)
+                    if current is not None and current.state == core.FORWARDING:
+                        waiting.append(current)
+            except (SpoolError, OSError) as exc:
+                log.warning("the sweep of resumable upload %s failed: %s", upload_id, exc)
+            finally:
+                await self.let_go(upload_id, seen.token)
+        if self.on_sweep is not None:
+            self.on_sweep(waiting, now)
+
+
+def _orphaned(seen: Seen) -> bool:
+    """An upload whose last holder died: its lease never let go, or `appending` with no lease (shared.py)."""
+    if seen.orphan:
+        return True
+    upload = seen.upload()
+    return seen.holder is None and upload is not None and upload.state == core.APPENDING
