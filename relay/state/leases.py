@@ -98,22 +98,18 @@ class Leases:
         self._numbers = itertools.count()
         self.held: dict[str, list[str]] = {}  # lease (the member) -> the sorted sets it is in
 
-    async def take(self, client_key: str, upload_id: str) -> str:
-        """A lease on the upload's id and on every cap that is set, or UploadIdInUse, or TooManyUploads."""
-        id_key = self.keys.claim(upload_id)
-        caps: list[tuple[str, int, str]] = [(id_key, 1, f"upload {upload_id} is")]
-        if self.max_concurrent is not None:
-            caps.append((self.keys.cap("uploads"), self.max_concurrent, f"{self.max_concurrent} uploads are"))
-        if self.max_per_client is not None:
-            caps.append(
-                (self.keys.cap(f"client:{client_key}"), self.max_per_client, f"{self.max_per_client} uploads from "
-                 f"{client_key} are")
-            )  # fmt: skip
+    async def take(self, client_key: str, upload_id: str | None) -> str | None:
+        """A lease on the upload's id (unless None) and on every cap that is set, or UploadIdInUse, or
+        TooManyUploads; None, without a word to Redis, when there is nothing to take."""
+        caps = self._caps(client_key, upload_id)
+        if not caps:
+            return None
         member = f"{self.relay_id}:{next(self._numbers)}"
         self.held[member] = [key for key, _, _ in caps]
         if not self.link.is_up:
             return member  # per relay until Redis is back: the proxy's own count applies
-        stale = self.queue.take_releases(id_key)  # our own ends of this id, not written yet
+        id_key = self.keys.claim(upload_id) if upload_id is not None else None
+        stale = self.queue.take_releases(id_key) if id_key is not None else []  # our own ends, not written yet
         try:
             async with asyncio.timeout(TAKE_TIMEOUT):
                 full = await self._take(
@@ -123,13 +119,28 @@ class Leases:
         except ERRORS as exc:
             self.link.down(exc)
             for old in stale:
+                assert id_key is not None
                 self.queue.release(id_key, old)
             return member
         if full:
             del self.held[member]
-            what = f"{caps[int(full) - 1][2]} in progress"
-            raise UploadIdInUse(what) if full == 1 else TooManyUploads(f"{what}; try again shortly")
+            key, _, what = caps[int(full) - 1]
+            if key == id_key:
+                raise UploadIdInUse(f"{what} in progress")
+            raise TooManyUploads(f"{what} in progress; try again shortly")
         return member
+
+    def _caps(self, client_key: str, upload_id: str | None) -> list[tuple[str, int, str]]:
+        """(sorted set, cap, what a refusal says) for each lease to take; the id first (TAKE's KEYS[1])."""
+        caps: list[tuple[str, int, str]] = []
+        if upload_id is not None:
+            caps.append((self.keys.claim(upload_id), 1, f"upload {upload_id} is"))
+        if self.max_concurrent is not None:
+            caps.append((self.keys.cap("uploads"), self.max_concurrent, f"{self.max_concurrent} uploads are"))
+        if self.max_per_client is not None:
+            what = f"{self.max_per_client} uploads from {client_key} are"
+            caps.append((self.keys.cap(f"client:{client_key}"), self.max_per_client, what))
+        return caps
 
     async def in_use(self, upload_id: str) -> bool:
         """Whether a live lease holds this id on any relay (one read; False while Redis is down)."""

@@ -48,7 +48,7 @@ class MemoryState:
     ) -> AsyncIterator[FeedEntry] | None:
         return None
 
-    async def take_slots(self, upload_id: str, client: str) -> str | None:
+    async def take_slots(self, upload_id: str, client: str, *, chosen: bool = True) -> str | None:
         return None
 
     def give_back(self, lease: str | None) -> None:

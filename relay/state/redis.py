@@ -283,8 +283,8 @@ class RedisState:
         local = self._registry.local.get
         return follow_upload(self.client, self.keys, self.fanout, local, upload_id, last_event_id, unknown_wait)
 
-    async def take_slots(self, upload_id: str, client: str) -> str | None:
-        return await self.leases.take(client, upload_id)
+    async def take_slots(self, upload_id: str, client: str, *, chosen: bool = True) -> str | None:
+        return await self.leases.take(client, upload_id if chosen else None)
 
     def give_back(self, lease: str | None) -> None:
         self.leases.give_back(lease)

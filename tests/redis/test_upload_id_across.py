@@ -81,7 +81,7 @@ def test_an_id_in_progress_on_a_is_refused_on_b(relays: Relays) -> None:
 
 def test_an_id_held_by_a_killed_relay_comes_back(relays: Relays) -> None:
     a, b = relays.start_many(2)
-    SlowUpload(a, "orphan")
+    held = SlowUpload(a, "orphan")  # kept open (a socket collected would end the upload)
     wait_for(lambda: state_of(b, "orphan") == "receiving", what="the upload in progress, seen from b")
     a.stop(signal.SIGKILL)
     assert post(b, "orphan").status_code == 409  # a's lease has not run out yet
@@ -89,6 +89,7 @@ def test_an_id_held_by_a_killed_relay_comes_back(relays: Relays) -> None:
     again = wait_for(lambda: (answer := post(b, "orphan")).status_code != 409 and answer, timeout=60)
     assert again.status_code == 200
     assert time.monotonic() - started < 30  # the lease (25 s) runs out: the id is not lost forever
+    held.sock.close()
 
 
 def test_the_id_lease_in_process(redis_server: RedisServer) -> None:
@@ -97,6 +98,8 @@ def test_the_id_lease_in_process(redis_server: RedisServer) -> None:
         assert await b.id_in_use("x") and not await b.id_in_use("y")
         with pytest.raises(UploadIdInUse, match="upload x is in progress"):
             await b.take_slots("x", "10.0.0.2")
+        # An id the relay drew itself is not claimed: no cap set, nothing to take, no round trip.
+        assert await b.take_slots("x", "10.0.0.2", chosen=False) is None
         a.give_back(lease)
         # On the relay that gave it back, at once: TAKE drops its own release, not written yet.
         again = await a.take_slots("x", "10.0.0.1")
