@@ -94,6 +94,7 @@ METRICS_BATCH = 4 * 1024 * 1024
 # scope["extensions"] key set by the server glue (relay/server.py): take() -> ClientSocket | None hands the client
 # socket over for a spliced body (relay/zerocopy.py).
 TAKE_BODY = "relay.take_body"
+SPLICED_BYTES = "relay.spliced_bytes"  # scope["extensions"] key: the body bytes that were spliced, not received
 SPLICE = splice_supported()
 
 
@@ -480,11 +481,13 @@ class Upload:
         self.check_rate()
 
     def spliced_end(self, whole: bool) -> None:
+        assert self.inspector is not None
         if whole:
-            assert self.inspector is not None
             self.body_done = True
             self.emit_all(self.inspector.finish(time.time()))
         self.report_bytes()
+        # The access log counts the bytes `receive()` returned, and a spliced body never passes there.
+        self.scope.setdefault("extensions", {})[SPLICED_BYTES] = self.inspector.bytes_received
 
     async def body(self) -> AsyncIterator[bytes]:
         """Chunks from the client, inspected, one held back (see the module docstring)."""

@@ -143,6 +143,7 @@ class _Pump:
     ) -> None:
         self.body = body
         self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = None
         self.prefix = memoryview(head + client.buffered)
         self.head_left = len(head)  # bytes of the prefix that are the request head, not body
         self.left = body.length - len(client.buffered)  # still to read from the client
@@ -151,18 +152,21 @@ class _Pump:
         self.upstream_progress = upstream_progress
         self.mark = upstream_progress()
         self.fds: list[int] = []
-        self.read_end, self.write_end = self._own(*os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
         try:
-            self.pipe_size = fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self.pipe_size = 64 * 1024
-        # Own descriptor numbers: uvloop refuses readers and writers on a descriptor its transports use.
-        (self.client_fd,) = self._own(os.dup(client.fd))
-        (self.upstream_fd,) = self._own(os.dup(upstream_fd))
+            self.read_end, self.write_end = self._own(*os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+            try:
+                self.pipe_size = fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                self.pipe_size = 64 * 1024
+            # Own descriptor numbers: uvloop refuses readers and writers on a descriptor its transports use.
+            (self.client_fd,) = self._own(os.dup(client.fd))
+            (self.upstream_fd,) = self._own(os.dup(upstream_fd))
+        except BaseException:
+            self.close()
+            raise
         now = self.loop.time()
         self.last_in = self.last_out = now
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.failure: BaseException | None = None
 
     def _own(self, *fds: int) -> tuple[int, ...]:

@@ -1,0 +1,31 @@
+"""relay.core.splicing: which bodies may be spliced socket to socket (nothing needs to look at their bytes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.core.splicing import SPLICE_MIN, may_splice
+
+
+def test_a_large_raw_content_length_body_with_nothing_to_inspect_is_spliced() -> None:
+    assert may_splice(content_length=SPLICE_MIN, digest=False, multipart=False, digest_fields=False)
+    assert may_splice(content_length=10 * SPLICE_MIN, digest=False, multipart=False, digest_fields=False)
+
+
+@pytest.mark.parametrize(
+    ("content_length", "digest", "multipart", "digest_fields"),
+    [
+        (None, False, False, False),  # chunked: the relay de-chunks and re-frames it
+        (SPLICE_MIN - 1, False, False, False),  # small: copying is cheaper than a pipe
+        (0, False, False, False),
+        (SPLICE_MIN, True, False, False),  # sha256 needs the bytes
+        (SPLICE_MIN, False, True, False),  # multipart is parsed (parts, per-file limits)
+        (SPLICE_MIN, False, False, True),  # a Content-Digest / Repr-Digest to verify
+    ],
+)
+def test_anything_that_needs_the_bytes_is_not(
+    content_length: int | None, digest: bool, multipart: bool, digest_fields: bool
+) -> None:
+    assert not may_splice(
+        content_length=content_length, digest=digest, multipart=multipart, digest_fields=digest_fields
+    )
