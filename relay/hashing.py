@@ -14,9 +14,13 @@ Rules:
 - One worker thread for the process, one FIFO queue: the updates of one hash are applied in order.
 - Small updates (under OFFLOAD_MIN bytes) are hashed inline when nothing of that hash is queued: a
   hand-over would cost more than the hash, and a form full of small fields stays on the loop.
-- At most MAX_QUEUED bytes wait in the queue; past that `update` blocks until the worker catches up, so
-  memory stays bounded when hashing is the bottleneck. 16 MiB measured 71 MiB peak RSS for the relay
-  (target 64); 2 MiB measured 55.5 MiB at the same throughput.
+- At most MAX_QUEUED bytes wait in the queue; past that `update` blocks until the worker is down to
+  LOW_WATER, so memory stays bounded when hashing is the bottleneck. 16 MiB measured 71 MiB peak RSS for
+  the relay (target 64); 2 MiB measured 55.5 MiB at the same throughput.
+- Wake-ups are few: the worker wakes a waiting thread only when the queue crosses LOW_WATER or a hash's
+  last queued bytes are done. Waking the loop after every chunk (as until issue 15) put the loop and the
+  worker in lockstep once the worker fell behind, one wake-up each way per chunk: py-spy found 14 % of the
+  loop thread's samples in that wait (benchmarks/RESULTS.md, run 9).
 - The chunks are immutable `bytes` (or memoryviews of them) owned by the relay until forwarded; the
   worker only reads them.
 """
@@ -27,18 +31,21 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["OffloadedSha256", "new_hash", "sha256_factory"]
 
 OFFLOAD_MIN = 64 * 1024
 MAX_QUEUED = 2 * 1024 * 1024
+LOW_WATER = MAX_QUEUED // 2
 
 
 class _Worker:
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[tuple[OffloadedSha256, Any]] = queue.SimpleQueue()
         self.queued = 0  # bytes enqueued and not yet hashed, all hashes together
+        self.waiters = 0  # threads in progress.wait(); the worker notifies only when there are some
         self.lock = threading.Lock()
         self.progress = threading.Condition(self.lock)
         self.thread = threading.Thread(target=self.run, name="relay-sha256", daemon=True)
@@ -55,21 +62,30 @@ class _Worker:
             with self.lock:
                 self.queued -= size
                 owner._pending -= size
-                self.progress.notify_all()
+                if self.waiters and (self.queued <= LOW_WATER or not owner._pending):
+                    self.progress.notify_all()
 
     def submit(self, owner: OffloadedSha256, data: Any) -> None:
         size = len(data)
         with self.lock:
-            while self.queued > MAX_QUEUED:
-                self.progress.wait()
+            if self.queued > MAX_QUEUED:
+                self._wait(lambda: self.queued <= LOW_WATER)
             self.queued += size
             owner._pending += size
         self.jobs.put((owner, data))
 
     def wait_for(self, owner: OffloadedSha256) -> None:
         with self.lock:
-            while owner._pending:
+            self._wait(lambda: not owner._pending)
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        """Wait (the lock held) until `ready()`; the worker's notify comes at LOW_WATER or a hash's end."""
+        self.waiters += 1
+        try:
+            while not ready():
                 self.progress.wait()
+        finally:
+            self.waiters -= 1
 
 
 _worker: _Worker | None = None

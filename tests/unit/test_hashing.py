@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 
 from relay import hashing
 from relay.hashing import MAX_QUEUED, OFFLOAD_MIN, OffloadedSha256
@@ -66,3 +67,47 @@ def test_a_strided_view_is_hashed_as_its_bytes_and_the_worker_lives_on() -> None
     after = OffloadedSha256()
     after.update(data)
     assert after.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+class _SlowHash:
+    """sha256 that takes 2 ms per update, so the worker falls behind and the submitting thread must wait."""
+
+    def __init__(self) -> None:
+        self.inner = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        time.sleep(0.002)
+        self.inner.update(data)
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+class _CountingCondition(threading.Condition):
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.wakeups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wakeups += 1
+        return woken
+
+
+def test_a_thread_held_back_by_a_full_queue_is_woken_once_per_low_water_not_per_chunk(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    worker = hashing._Worker()
+    counting = _CountingCondition(worker.lock)
+    worker.progress = counting
+    monkeypatch.setattr(hashing, "_worker", worker)
+    chunk = random.Random(9).randbytes(256 * 1024)
+    count = 64  # 16 MiB, eight times MAX_QUEUED
+    offloaded, plain = OffloadedSha256(), hashlib.sha256()
+    offloaded._hash = _SlowHash()
+    for _ in range(count):
+        offloaded.update(chunk)
+        plain.update(chunk)
+    assert offloaded.hexdigest() == plain.hexdigest()
+    # Each wait for room lasts until LOW_WATER: MAX_QUEUED - LOW_WATER bytes, 4 chunks, per wake-up. Woken after
+    # every chunk (the lockstep this replaced), it would be about one wake-up per chunk past the first 2 MiB.
+    per_wakeup = (hashing.MAX_QUEUED - hashing.LOW_WATER) // len(chunk)
+    assert counting.wakeups <= count // per_wakeup + 2, counting.wakeups
