@@ -17,6 +17,10 @@ Rules:
    cut-through): the rest of the body still goes into the spool.
 4. `--client-min-rate` applies to each append as to a plain upload: once the grace period is over, an append
    whose average rate is under it ends with ClientTimeout (408); what it brought so far is kept.
+5. An append that only goes into the spool is fsynced before its answer: the disk spool starts writing its bytes
+   to the disk while they arrive, so the final fsync has little left to wait for. A cut-through (`chunks()`)
+   is fsynced only if its upstream fails, and its file is deleted once delivered: its bytes are left in the
+   page cache, where most of them never need to reach the disk at all.
 """
 
 from __future__ import annotations
@@ -94,15 +98,29 @@ class LiveAppend:
         return hmac.compare_digest(self._hash.digest(), self.checksum.digest)
 
     def chunks(self) -> AsyncIterator[bytes]:
-        """The body's chunks, each already handed to the spool; the same iterator every call (Rule 3)."""
+        """The body's chunks, each already handed to the spool, for a forward that sends them upstream as well
+        (cut-through); the same iterator every call (Rule 3).
+
+        Such an append is made durable only if the upstream fails (relay/resumable/appends.py Rule 5), so the
+        spool is told not to hurry its bytes to the disk (Rule 5 below)."""
+        self._urge(False)
+        return self._shared()
+
+    async def drain(self) -> None:
+        """Take whatever is left of the body into the spool (its commit will wait for the disk: Rule 5)."""
+        self._urge(True)
+        async for _ in self._shared():
+            pass
+
+    def _shared(self) -> AsyncIterator[bytes]:
         if self._iterator is None:
             self._iterator = self._chunks()
         return self._iterator
 
-    async def drain(self) -> None:
-        """Take whatever is left of the body into the spool."""
-        async for _ in self.chunks():
-            pass
+    def _urge(self, durable_soon: bool) -> None:
+        """Rule 5: a hint for spools that can start writing early (DiskWriter.writeback); others ignore it."""
+        if hasattr(self.writer, "writeback"):
+            self.writer.writeback = durable_soon
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while not self.ended:

@@ -28,7 +28,7 @@ from typing import TypeVar
 import pytest
 
 from relay.core.resumable import RECEIVING, create, recover
-from relay.spool import DiskSpool, Spool, SpoolError
+from relay.spool import DiskSpool, Spool, SpoolError, disk
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -88,6 +88,93 @@ def test_the_loop_keeps_running_while_the_spool_writes(tmp_path: Path) -> None:
         return ticks
 
     assert run(scenario, tmp_path) > 10
+
+
+@pytest.mark.parametrize("batch", [disk.BATCH, 1])
+def test_batched_writes_of_two_uploads_at_once_stay_apart_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The worker joins queued chunks of one writer into one writev, and chunks gather into one job while it is
+    busy: two uploads written at once, in chunks of every size (bytes, memoryview, bytearray, some over
+    MAX_WRITE), each come back byte-exact, and a commit returns every byte handed over before it. With a batch of
+    1 byte every chunk is its own job, and the worker finds jobs of both uploads queued one after the other."""
+    monkeypatch.setattr(disk, "BATCH", batch)
+    rng = random.Random(11)
+    pool = rng.randbytes(24 * 1024 * 1024)
+    sizes = [rng.choice([1, 4096, 65536, 65536, 262144, 300000, 1 << 20, 3 << 20]) for _ in range(400)]
+
+    def pieces(data: bytes) -> list[bytes | memoryview | bytearray]:
+        out: list[bytes | memoryview | bytearray] = []
+        at = 0
+        for size in sizes:
+            if at >= len(data):
+                break
+            piece = data[at : at + size]
+            kinds: list[bytes | memoryview | bytearray] = [piece, memoryview(piece), bytearray(piece)]
+            out.append(rng.choice(kinds))
+            at += size
+        return out
+
+    async def feed(spool: DiskSpool, upload_id: str, data: bytes) -> tuple[int, bytes]:
+        await spool.create(upload_id, b"{}")
+        writer = await spool.writer(upload_id, 0)
+        handed = 0
+        for piece in pieces(data):
+            handed += len(piece)
+            await writer.write(piece)  # type: ignore[arg-type]  # the writer copies what may change
+            if rng.random() < 0.5:
+                await asyncio.sleep(0)  # the other upload's chunks come in between
+        size = await writer.commit()
+        assert size == handed
+        return size, await read_all(spool, upload_id)
+
+    async def scenario(spool: DiskSpool) -> list[tuple[int, bytes]]:
+        busy = asyncio.ensure_future(spool._worker.call(lambda: time.sleep(0.3)))  # the queue fills meanwhile
+        both = await asyncio.gather(feed(spool, "one", pool[: 17 << 20]), feed(spool, "two", pool[5 << 20 :]))
+        await busy
+        return list(both)
+
+    (size_one, one), (size_two, two) = run(scenario, tmp_path, max_queued=8 * 1024 * 1024)
+    assert one == pool[:size_one] and two == pool[5 << 20 : (5 << 20) + size_two]
+
+
+def test_a_mutable_chunk_changed_after_the_hand_over_is_stored_as_it_was(tmp_path: Path) -> None:
+    async def scenario(spool: DiskSpool) -> bytes:
+        await spool.create("up", b"{}")
+        writer = await spool.writer("up", 0)
+        buffer = bytearray(b"a" * 1000)
+        for _ in range(50):  # the worker is busy: the chunks wait in a batch
+            await writer.write(buffer)  # type: ignore[arg-type]
+            buffer[:] = b"b" * 1000
+        await writer.commit()
+        return await read_all(spool, "up")
+
+    data = run(scenario, tmp_path)
+    assert data[:1000] == b"a" * 1000 and data[1000:] == b"b" * 49000
+
+
+def test_a_read_left_early_closes_its_file(tmp_path: Path) -> None:
+    """The read-back reads one chunk ahead: stopping mid-file must close the descriptor once that read ends."""
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def scenario(spool: DiskSpool) -> tuple[int, int, bytes]:
+        await spool.create("up", b"{}")
+        writer = await spool.writer("up", 0)
+        await writer.write(os.urandom(8 * 1024 * 1024))
+        await writer.commit()
+        before = open_files()
+        for _ in range(20):
+            reader = spool.read("up", 1000)
+            first = await anext(reader)
+            await reader.aclose()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)  # the last read ahead finishes, then its descriptor closes
+        return before, open_files(), first
+
+    before, after, first = run(scenario, tmp_path)
+    assert after == before
+    assert len(first) > 0
 
 
 def test_create_refuses_a_taken_id_and_non_ids(tmp_path: Path) -> None:
