@@ -46,111 +46,22 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from types import TracebackType
 
 from relay.core import resumable as core
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
 from relay.errors import TooManyUploads
-from relay.resumable.shared import RedisUploads, Seen, StateUnavailable
+from relay.resumable.holding import ForwardLock, OpenAppend, SharedHolding
+from relay.resumable.shared import RedisUploads, StateUnavailable
 from relay.spool.base import Spool, SpoolError
 
 __all__ = ["SWEEP_SECONDS", "ForwardLock", "OpenAppend", "ResumableStore"]
 
 log = logging.getLogger("relay.resumable")
 SWEEP_SECONDS = 5.0
-HOLD_WAIT = 12.0  # how long a request waits for another relay's append to let go (two leases' time)
-FORWARD_WAIT = 600.0  # how long a completion or DELETE waits for another relay's forward
-POLL = 0.05
-ASK_AGAIN = 1.0  # pub/sub may lose a supersede: asked again this often while waiting (shared.py Rule 3)
 
 
-@dataclass(eq=False)
-class OpenAppend:
-    """The request that holds an upload while it appends: how to end it, and when it has ended."""
-
-    writer: str
-    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
-    superseded: bool = False
-    cancellable: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def supersede(self) -> None:
-        """End this append from another request (Rule 2): cancel its task once, if it may be cancelled now."""
-        if self.superseded:
-            return
-        self.superseded = True
-        if self.cancellable and self.task is not None and not self.task.done():
-            self.task.cancel()
-
-    def allow_cancel(self) -> bool:
-        """From now on a supersede cancels the task; False when it was superseded already."""
-        self.cancellable = True
-        return not self.superseded
-
-    def forbid_cancel(self) -> None:
-        self.cancellable = False
-
-    def claim(self) -> bool:
-        """Called on CancelledError: True when the cancel was a supersede alone (now undone), as IdleWatch.claim."""
-        if not self.superseded or self.task is None:
-            return False
-        return self.task.uncancel() == 0
-
-
-class ForwardLock:
-    """Rule 5: this relay's lock on the upload's forward and, with Redis, its lease in `forward` mode."""
-
-    def __init__(self, store: ResumableStore, upload_id: str, lease: int | None) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._lease = lease  # the lease the request already holds (an append that completed the upload)
-        self._lock = store._forwards.setdefault(upload_id, asyncio.Lock())
-        self._token: int | None = None
-        self.held = False
-
-    @property
-    def _borrowed(self) -> bool:
-        """The lease is the request's own (switched to `forward`): the request gives it back, not this lock."""
-        return self._token is not None and self._token == self._lease
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    async def acquire(self) -> None:
-        await self._lock.acquire()
-        try:
-            self._token = await self._store._forward_lease(self._upload_id, self._lease)
-        except BaseException:
-            self._lock.release()
-            raise
-        self.held = True
-
-    async def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        try:
-            if self._borrowed and self._store.shared is not None and self._token is not None:
-                with contextlib.suppress(StateUnavailable):  # the request goes on under it, appending
-                    await self._store.shared.switch(self._upload_id, self._token, "append")
-            elif self._token is not None:
-                await self._store.let_go(self._upload_id, self._token)
-        finally:
-            self._lock.release()
-
-    async def __aenter__(self) -> ForwardLock:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.release()
-
-
-class ResumableStore:
+class ResumableStore(SharedHolding):
     """Every resumable upload this relay knows, over a spool (and, with `shared`, Redis: see the docstring)."""
 
     def __init__(
@@ -332,110 +243,6 @@ class ResumableStore:
             handle.supersede()
             await handle.done.wait()
 
-    def lost(self, upload_id: str) -> None:
-        """This relay's lease on the upload ran out (shared.py): its append ends; its commit will be refused."""
-        self._supersede_here(upload_id)
-
-    def _supersede_here(self, upload_id: str) -> None:
-        """Another relay asks this one to end its append of `upload_id` (shared.py Rule 3), or its lease was lost."""
-        handle = self._open.get(upload_id)
-        if handle is not None:
-            handle.supersede()
-
-    async def begin(self, upload_id: str, *, take: bool) -> int | None:
-        """The head of a HEAD, PATCH or DELETE: no append of the upload open anywhere any more (Rule 2), its
-        state loaded; with `take` (a PATCH, with Redis) the upload's lease, whose token is returned. None when
-        no lease was taken: without Redis, for an unknown upload, or while another relay forwards it."""
-        shared = self.shared
-        if shared is None:
-            await self.settle(upload_id)
-            return None
-        deadline, asked, mode = time.monotonic() + HOLD_WAIT, 0.0, "append" if take else None
-        while True:
-            seen = await shared.take(upload_id, mode)
-            self._loaded(upload_id, seen)
-            if seen.token is not None:
-                if _orphaned(seen):
-                    await self._take_over(upload_id, seen)
-                if take:
-                    return seen.token
-                await self._give_back(upload_id, seen.token)  # only to recover: the document stays loaded
-                return None
-            if seen.doc is None or (seen.holder is None and not _orphaned(seen)):
-                return None
-            if seen.holder is None:  # a dead holder's lease ran out: take it to recover the upload, then go on
-                mode = "append"
-                continue
-            if seen.mode == "forward" or (seen.mode == "sweep" and not take):
-                return None  # no append is open: answer from the document (a completion waits in ForwardLock)
-            if seen.holder == shared.relay_id:
-                await self.settle(upload_id)
-            elif seen.mode == "append" and time.monotonic() >= asked:
-                await shared.supersede(seen.holder, upload_id)
-                asked = time.monotonic() + ASK_AGAIN
-            if time.monotonic() > deadline:
-                raise StateUnavailable(f"upload {upload_id} is held by another relay; try again shortly")
-            await asyncio.sleep(POLL)
-
-    def _loaded(self, upload_id: str, seen: Seen) -> None:
-        upload = seen.upload()
-        if upload is None:
-            self._uploads.pop(upload_id, None)
-        elif upload_id not in self._open:  # an append running here keeps its own copy until it ends
-            self._uploads[upload_id] = upload
-
-    async def _take_over(self, upload_id: str, seen: Seen) -> None:
-        """The lease's last holder died (shared.py): its upload as the spool's durable bytes leave it."""
-        upload = seen.upload()
-        if upload is None:
-            return
-        try:
-            recovered = await self._reconcile(upload)
-        except (SpoolError, OSError) as exc:
-            await self.let_go(upload_id, seen.token)
-            raise StateUnavailable(f"the spool could not recover upload {upload_id}: {exc}") from exc
-        if recovered.state == core.FORWARDING and recovered.error is None:  # it died forwarding: deliver again
-            note = ErrorInfo("relay_lost", "the relay forwarding this upload stopped; it is delivered again")
-            recovered = replace(recovered, error=note)
-        if recovered != upload:
-            log.warning("resumable upload %s taken over from a relay that stopped, at %d", upload_id, recovered.offset)
-            await self.save(recovered)
-
-    async def let_go(self, upload_id: str, token: int | None) -> None:
-        """Give back the lease `token` (if this relay still holds it); Redis trouble: it runs out by itself."""
-        if self.shared is None or token is None:
-            return
-        await self._give_back(upload_id, token)
-        if upload_id not in self._open and not self._forwards.get(upload_id, asyncio.Lock()).locked():
-            self._uploads.pop(upload_id, None)  # the document in Redis is the truth: no stale copy kept
-
-    async def _give_back(self, upload_id: str, token: int) -> None:
-        if self.shared is not None and self.shared.held.get(upload_id) == token:
-            with contextlib.suppress(StateUnavailable):
-                await self.shared.release(upload_id, token)
-
-    async def _forward_lease(self, upload_id: str, lease: int | None) -> int | None:
-        """Rule 5 across relays: the request's own lease goes on in `forward` mode, or one is taken (waiting)."""
-        shared = self.shared
-        if shared is None:
-            return None
-        if lease is not None and shared.held.get(upload_id) == lease:
-            if await shared.switch(upload_id, lease, "forward"):
-                return lease
-        deadline = time.monotonic() + FORWARD_WAIT
-        while True:
-            seen = await shared.take(upload_id, "forward")
-            self._loaded(upload_id, seen)
-            if seen.token is not None:
-                if _orphaned(seen):
-                    await self._take_over(upload_id, seen)
-                return seen.token
-            if seen.doc is None:
-                return None
-            if time.monotonic() > deadline:
-                raise StateUnavailable(f"upload {upload_id} is being forwarded by another relay")
-            await asyncio.sleep(POLL * 4)
-
     # -- deleting and expiry -----------------------------------------------------------------------------------
 
     def delete_data_soon(self, upload_id: str) -> None:
@@ -484,37 +291,3 @@ class ResumableStore:
             await self.spool.delete(upload.id)
             if self.shared is not None:
                 await self.shared.forget(upload.id)
-
-    async def _sweep_shared(self, shared: RedisUploads) -> None:
-        """Every relay sweeps; a lease per upload (`sweep` mode) keeps two from sweeping one upload at once,
-        and an upload held by anyone (an append, a forward) is skipped: it is not idle."""
-        now = time.time()
-        waiting: list[ResumableUpload] = []
-        for upload_id in await shared.due(now):
-            seen = await shared.take(upload_id, "sweep")
-            if seen.token is None:
-                continue
-            try:
-                self._loaded(upload_id, seen)
-                if _orphaned(seen):
-                    await self._take_over(upload_id, seen)
-                upload = self._uploads.get(upload_id)
-                if upload is not None:
-                    await self._sweep_one(upload, now)
-                    current = self._uploads.get(upload_id)
-                    if current is not None and current.state == core.FORWARDING:
-                        waiting.append(current)
-            except (SpoolError, OSError) as exc:
-                log.warning("the sweep of resumable upload %s failed: %s", upload_id, exc)
-            finally:
-                await self.let_go(upload_id, seen.token)
-        if self.on_sweep is not None:
-            self.on_sweep(waiting, now)
-
-
-def _orphaned(seen: Seen) -> bool:
-    """An upload whose last holder died: its lease never let go, or `appending` with no lease (shared.py)."""
-    if seen.orphan:
-        return True
-    upload = seen.upload()
-    return seen.holder is None and upload is not None and upload.state == core.APPENDING
