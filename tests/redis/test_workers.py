@@ -151,7 +151,8 @@ def test_sigkill_of_a_worker_mid_upload(
     # The other worker's uploads were never touched: they complete.
     for thread in threads:
         thread.join(60)
-    assert all(outcome[upload_id] == "200" for upload_id in owners if owners[upload_id] != lost_relay), outcome
+    survivors = [upload_id for upload_id in owners if owners[upload_id] != lost_relay]
+    assert all(outcome[upload_id] == "200" for upload_id in survivors), (outcome, owners, relay.log()[-3000:])
 
 
 def test_sigterm_drains_and_exits_0(supervisors: Callable[..., RunningServer], sink: RunningServer) -> None:
