@@ -146,6 +146,7 @@ class Sender:
     sock: socket.socket | None = None
     buf: bytes = b""
     interim: list[int] = field(default_factory=list)
+    sent_at: float = 0.0  # perf_counter() when the last request's body was written
 
     def connect(self) -> socket.socket:
         if self.sock is None:
@@ -182,6 +183,7 @@ class Sender:
                 answer = self._read(method)
                 self.close()
                 return answer
+        self.sent_at = time.perf_counter()
         return self._read(method)
 
     @staticmethod
@@ -287,6 +289,7 @@ def _tus(sender: Sender, url_path: str, f: BinaryIO, size: int, append: int, r: 
         location = "/" + location.split("://", 1)[1].partition("/")[2]
     r["create_secs"] = time.perf_counter() - t_create
     offset, spool_bytes, spool_secs, appends, last = 0, 0, 0.0, 0, created
+    waits: list[float] = []  # per non-completing append: from its last byte sent to its 204
     while offset < size:
         count = min(append, size - offset)
         t = time.perf_counter()
@@ -305,9 +308,12 @@ def _tus(sender: Sender, url_path: str, f: BinaryIO, size: int, append: int, r: 
         if offset < size:  # a non-completing append: it only went into the spool (and was fsynced)
             spool_bytes += count
             spool_secs += secs
+            waits.append(time.perf_counter() - sender.sent_at)
         else:
             r["last_patch_secs"] = secs
     r.update(appends=appends, spool_bytes=spool_bytes, spool_secs=spool_secs, status=last.status)
+    if waits:
+        r["answer_wait_ms"] = statistics.median(waits) * 1000
     upstream_status = last.headers.get("x-upstream-status")
     r["upstream_status"] = int(upstream_status) if upstream_status and upstream_status.isdigit() else None
     if r["upstream_status"] != 200:
@@ -409,6 +415,8 @@ def summary(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
             sum(r["spool_bytes"] for r in spooled) / sum(r["spool_secs"] for r in spooled) / 1e6 if spooled else None
         )
         s["create_ms"] = (_median(one + many, "create_secs") or 0) * 1000 if one or many else None
+        s["answer_wait_ms"] = _median(many, "answer_wait_ms")
+        s["forward_secs"] = _median(many, "last_patch_secs")
         s["appends"] = many[0].get("appends") if many else None
         s["append_size"] = many[0].get("append_size") if many else None
         mem_tus = {r["size"]: r for r in _rows(res, "memory", relay, ONE) if r["ok"]}
@@ -473,7 +481,9 @@ def render(res: dict[str, Any]) -> list[str]:
             per = (x[APPENDS] - x[ONE]) / (x["appends"] - 1) * 1000
             notes.append(
                 f"{relay}: creation (POST) {_f(x['create_ms'], '{:.1f}')} ms, each append beyond the first adds"
-                f" {per:.0f} ms"
+                f" {per:.0f} ms, of which {_f(x['answer_wait_ms'], '{:.1f}')} ms (median) from its last byte to its"
+                f" 204 (the fsync, the info document); the completing append (the spool forwarded, plus its own"
+                f" {label(x['append_size'] or 0)}) {_f(x['forward_secs'])} s"
             )
     if meta.get("disk_mb_s"):
         notes.append(f"the spool's disk wrote {meta['disk_mb_s']:.0f} MB/s with an fsync at the end (a probe)")
