@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.accesslog import quiet_lifecycle
 from relay.types import ASGIApp, Receive, Scope, Send
+from relay.zerocopy import ClientSocket
 
 __all__ = [
     "HeaderLimitProtocol",
@@ -37,6 +38,8 @@ ABORT = "relay.abort"  # scope["extensions"] key: a callable that ends the respo
 # scope["extensions"] key: send_interim(status, headers) -> bool writes a 1xx interim response (ASGI has no message
 # for one but 103; the resumable uploads' 104 needs it) before the final answer.
 INTERIM = "relay.send_interim"
+# scope["extensions"] key: take_body() -> ClientSocket | None hands the client socket over for a spliced body.
+TAKE_BODY = "relay.take_body"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
 
@@ -114,7 +117,12 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._header_bytes = 0
         self._in_head = False
-        extensions: dict[str, Any] = {ABORT: self._abort_response, INTERIM: self._send_interim}
+        scope = self.scope
+        extensions: dict[str, Any] = {
+            ABORT: self._abort_response,
+            INTERIM: self._send_interim,
+            TAKE_BODY: lambda: self._take_body(scope),
+        }
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
         if self.url.startswith(b"/"):
@@ -143,6 +151,30 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         lines.append(b"\r\n")
         self.transport.write(b"".join(lines))
         return True
+
+    def _take_body(self, scope: Any) -> ClientSocket | None:
+        """Hand the client socket over for a spliced body (relay/zerocopy.py); None when it cannot be had.
+
+        uvicorn stops reading the socket and what it already read of the body comes along. The connection then
+        closes after the answer: the HTTP parser never sees the spliced bytes, so it cannot find the next request.
+        Not for TLS (the socket carries ciphertext), a body uvicorn has already read whole, a client gone, or a
+        request that is not the protocol's current one (a pipelined request parsed behind it)."""
+        cycle, transport = self.cycle, self.transport
+        if cycle is None or cycle.scope is not scope or cycle.disconnected or not cycle.more_body:
+            return None
+        if cycle.response_started or transport.is_closing() or transport.get_extra_info("ssl_object") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        if cycle.waiting_for_100_continue:  # what uvicorn's receive() would have sent first
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        self.flow.pause_reading()
+        buffered = bytes(cycle.body)
+        cycle.body = bytearray()
+        cycle.keep_alive = False
+        return ClientSocket(sock.fileno(), buffered)
 
     def _abort_response(self) -> None:
         """End a response that has started and cannot be finished (the upstream broke mid-answer): close the
