@@ -263,7 +263,10 @@ class ResumableEndpoints:
             filename = disposition_filename(disposition) if disposition is not None else None
             if filename:  # the drafts have no metadata: the file's name as a plain upload would give it
                 req = request.req = replace(req, metadata={**req.metadata, "filename": filename})
-        if self.store.get(upload_id) is not None or self.ctx.registry.is_active(upload_id):
+        in_use = self.store.get(upload_id) is not None or self.ctx.registry.is_active(upload_id)
+        if given is not None and not in_use:  # a plain upload under the chosen id, on any relay (with Redis)
+            in_use = await self.ctx.shared.id_in_use(upload_id)
+        if in_use:
             await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
             return
         try:

@@ -14,6 +14,7 @@ and a forward holds an asyncio lock (the store's Rules 2 and 5). With `--redis`,
   durable bytes (`_take_over`, as after a restart; an upload that was being forwarded is delivered again).
 - `ForwardLock` takes the lease in `forward` mode, or switches the completing request's own lease to it.
 - The sweep takes a lease per upload in `sweep` mode and skips the ones that are held.
+- An id Redis does not know (it restarted empty) is looked up in the spool and adopted (shared.py Rule 5).
 Waiting is a poll of one small script every POLL seconds, only on a request's head, never per chunk.
 """
 
@@ -32,7 +33,7 @@ from relay.core import resumable as core
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
 from relay.resumable.shared import RedisUploads, Seen, StateUnavailable
-from relay.spool.base import SpoolError
+from relay.spool.base import Spool, SpoolError
 
 if TYPE_CHECKING:
     from relay.resumable.store import ResumableStore
@@ -134,6 +135,7 @@ class SharedHolding:
     """The store's holding across relays (see the module docstring); ResumableStore provides the rest."""
 
     shared: RedisUploads | None
+    spool: Spool
     on_sweep: Callable[[list[ResumableUpload], float], None] | None
     _uploads: dict[str, ResumableUpload]
     _open: dict[str, OpenAppend]
@@ -170,8 +172,13 @@ class SharedHolding:
             await self.settle(upload_id)
             return None
         deadline, asked, mode = time.monotonic() + HOLD_WAIT, 0.0, "append" if take else None
+        adopted = False
         while True:
             seen = await shared.take(upload_id, mode)
+            if seen.doc is None and not adopted:  # Redis lost it (restarted empty)? The spool may know it.
+                adopted = True
+                if await self._adopt(upload_id):
+                    continue
             self._loaded(upload_id, seen)
             if seen.token is not None:
                 if _orphaned(seen):
@@ -195,6 +202,21 @@ class SharedHolding:
             if time.monotonic() > deadline:
                 raise StateUnavailable(f"upload {upload_id} is held by another relay; try again shortly")
             await asyncio.sleep(POLL)
+
+    async def _adopt(self, upload_id: str) -> bool:
+        """shared.py Rule 5: the upload's info document from the spool into Redis; False if the spool has none."""
+        assert self.shared is not None
+        try:
+            info = await self.spool.load_info(upload_id)
+            upload = ResumableUpload.from_json(info) if info is not None else None
+        except (SpoolError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("resumable upload %s could not be read back from the spool: %s", upload_id, exc)
+            return False
+        if upload is None or upload.id != upload_id:
+            return False
+        log.warning("resumable upload %s was not in redis; taken back from the spool", upload_id)
+        await self.shared.adopt(upload)
+        return True
 
     def _loaded(self, upload_id: str, seen: Seen) -> None:
         upload = seen.upload()

@@ -22,6 +22,9 @@ Rules:
    every second while it waits, and the lease's expiry is the fallback when the holder is dead.
 4. Creation is one script: the id must be free (409 otherwise) and, when a cap is given, fewer than that many
    uploads incomplete across relays (429 otherwise).
+5. Redis may restart empty (it needs no persistence): the spool's info documents are still written after every
+   commit, and an id Redis does not know is looked up there and adopted (ADOPT), then recovered from the spool's
+   durable bytes by whoever takes it first, as after a restart.
 Every call is bounded (CALL_TIMEOUT); Redis trouble is `StateUnavailable`, answered 503 `spool_unavailable`:
 with the shared state gone a relay cannot know who writes, and two writers could lose acknowledged bytes.
 """
@@ -119,6 +122,17 @@ for i = 1, #KEYS do
   end
 end
 return lost
+"""
+
+ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'fence', 1, 'held', 'adopted')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], '- 1 adopt', 'PX', ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2]) end
+if ARGV[6] == '1' then redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2]) end
+return 1
 """
 
 FORGET = """
@@ -282,6 +296,17 @@ class RedisUploads:
         args = [upload.to_json(), upload.id, upload.expires_at, ttl, cap, time.time()]
         return int(await self._call("create", [self._doc(upload.id), incomplete, expiry], args))
 
+    async def adopt(self, upload: ResumableUpload) -> None:
+        """Rule 5: a document Redis lost, back from the spool's info document, orphaned (so that whoever takes it
+        first recovers it from the durable bytes) and held for one lease's time by nobody (so that a relay still
+        appending to it notices its lease is gone, and ends that append, before anyone recovers it)."""
+        incomplete = upload.state in core.INCOMPLETE
+        undelivered = upload.state == core.FORWARDING
+        ttl = max(int(upload.expires_at - time.time()), 0) + KEEP_AFTER_EXPIRY
+        keys = [self._doc(upload.id), self._lease(upload.id), *self._sets]
+        args = [upload.to_json(), upload.id, upload.expires_at, ttl, int(incomplete), int(undelivered), LEASE_MS]
+        await self._call("adopt", keys, args)
+
     async def release(self, upload_id: str, token: int) -> None:
         if self.held.get(upload_id) == token:
             del self.held[upload_id]
@@ -330,4 +355,5 @@ _SCRIPTS = {
     "mode": MODE,
     "renew": RENEW,
     "forget": FORGET,
+    "adopt": ADOPT,
 }

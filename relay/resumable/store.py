@@ -262,7 +262,9 @@ class ResumableStore(SharedHolding):
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 await self.sweep()
-            except (SpoolError, OSError, StateUnavailable) as exc:
+            except StateUnavailable as exc:  # Redis is away: said once by the shared state's link; next time
+                log.debug("the resumable uploads sweep waits for redis: %s", exc)
+            except (SpoolError, OSError) as exc:
                 log.warning("the resumable uploads sweep failed: %s", exc)
 
     async def sweep(self) -> None:

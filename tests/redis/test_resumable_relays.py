@@ -24,7 +24,7 @@ from tusclient import client as tus_client
 from relay.core import resumable as core
 from relay.resumable.shared import RedisUploads
 from relay.testing import RunningServer, start_relay
-from tests.interop.support import OCTETS, tus_create, tus_head, tus_patch
+from tests.interop.support import OCTETS, tus_create, tus_head, tus_patch, wait_for
 from tests.redis.conftest import RedisServer
 from tests.s3.conftest import S3Server, s3_server
 
@@ -291,3 +291,30 @@ def test_a_commit_under_a_lease_that_was_taken_over_moves_nothing(redis_server: 
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_redis_gone_is_503_then_an_empty_redis_takes_the_uploads_back_from_the_spool(cluster: Cluster) -> None:
+    """Redis stopped mid-upload: resumable requests are refused with 503 (no relay can know who writes), never a
+    traceback; Redis back empty: the upload's state comes back from the spool's info document and durable bytes,
+    and it completes byte-exact."""
+    relays = cluster.start(2)
+    data = os.urandom(9 * MiB + 3)
+    _, path = create(relays[0], len(data))
+    assert patch(relays[1], path, 0, data[: 3 * MiB]).status_code == 204
+    cluster.redis.kill()
+    with httpx.Client(base_url=relays[0].url, timeout=60) as client:
+        head = tus_head(client, path)
+        assert head.status_code == 503
+        refused = tus_patch(client, path, 3 * MiB, data[3 * MiB : 4 * MiB])
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "spool_unavailable"
+    cluster.redis.start()  # empty: nothing was saved
+    with httpx.Client(base_url=relays[1].url, timeout=60) as client:  # the first call on an old connection may
+        back = wait_for(lambda: (answer := tus_head(client, path)).status_code != 503 and answer, 30)  # fail: 503
+    assert back.status_code == 200 and back.headers["upload-offset"] == str(3 * MiB)
+    last = patch(relays[0], path, 3 * MiB, data[3 * MiB :])
+    assert last.status_code == 204, last.text
+    (stored,) = cluster.stored()
+    assert sha256(stored.read_bytes()) == sha256(data)
+    assert any("taken back from the spool" in relay.log() for relay in relays)
+    for relay in relays:
+        assert "Traceback" not in relay.log()
