@@ -1038,7 +1038,7 @@ def render(res: dict[str, Any]) -> str:
                 f"{_f(r.get('cpu_ms'), '{:.2f}')} | {r['failed']} |"
             )
         add("")
-    t = targets(res)
+    t = targets(res) if any(res[k] for k in ("throughput", "memory", "concurrency", "small")) else []
     if t:
         add("## Targets (issue 6), from this run")
         add("")

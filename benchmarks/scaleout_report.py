@@ -171,15 +171,21 @@ def _redis(so: dict[str, Any]) -> list[str]:
         out += [
             f"### Relay CPU with and without `--redis`: raw {_label(cpu[0]['size'])} (`curl -T`), {reps} reps",
             "",
-            "| relay | CPU-s/GiB without | with `--redis` | ratio | MB/s without / with | Redis CPU-s/GiB | ok |",
+            "| relay | CPU-s/GiB without | with `--redis` | ratio (per-rep min–max) | MB/s without / with | "
+            "Redis CPU-s/GiB | ok |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
         for plain in dict.fromkeys(r["path"] for r in cpu if not r["path"].endswith("-redis")):
             a, b = _rows(cpu, plain), _rows(cpu, f"{plain}-redis")
             ca, cb = _per_gib(a, "cpu"), _per_gib(b, "cpu")
             ratio = cb / ca if ca and cb else None
+            paired = [
+                y["cpu"] / x["cpu"] for x in a for y in b if x["tag"] == y["tag"] and x["ok"] and y["ok"] and x["cpu"]
+            ]
+            spread = f" ({min(paired):.2f}–{max(paired):.2f})" if paired else ""
             out.append(
-                f"| {plain} | {_f(ca)} | {_f(cb)} | **{_f(ratio, '{:.3f}')}** | {_f(_median(a, 'mb_s'), '{:.0f}')} / "
+                f"| {plain} | {_f(ca)} | {_f(cb)} | **{_f(ratio, '{:.3f}')}**{spread} | "
+                f"{_f(_median(a, 'mb_s'), '{:.0f}')} / "
                 f"{_f(_median(b, 'mb_s'), '{:.0f}')} | {_f(_per_gib(b, 'redis_cpu'), '{:.3f}')} | "
                 f"{sum(r['ok'] for r in a)}/{len(a)} · {sum(r['ok'] for r in b)}/{len(b)} |"
             )
