@@ -91,8 +91,8 @@ LINGER_SECONDS = 2.0
 HASHER = sha256_factory()
 # Byte counters reach Prometheus in batches of this size (and at the end of every body).
 METRICS_BATCH = 4 * 1024 * 1024
-# scope["extensions"] key set by the server glue (relay/server.py): take() -> ClientSocket | None hands the client
-# socket over for a spliced body (relay/zerocopy.py).
+# scope["extensions"] key set by the server glue (relay/server.py): take(scope) -> ClientSocket | None hands the
+# client socket over for the spliced body of the request `scope` (relay/zerocopy.py); None for any other scope.
 TAKE_BODY = "relay.take_body"
 SPLICED_BYTES = "relay.spliced_bytes"  # scope["extensions"] key: the body bytes that were spliced, not received
 SPLICE = splice_supported()
@@ -465,7 +465,7 @@ class Upload:
         assert self.content_length is not None
         return SplicedBody(
             self.body(),
-            take=take,
+            take=lambda: take(self.scope),
             length=self.content_length,
             client_idle=self.ctx.settings.client_idle_timeout,
             on_received=self.spliced_in,

@@ -38,7 +38,7 @@ ABORT = "relay.abort"  # scope["extensions"] key: a callable that ends the respo
 # scope["extensions"] key: send_interim(status, headers) -> bool writes a 1xx interim response (ASGI has no message
 # for one but 103; the resumable uploads' 104 needs it) before the final answer.
 INTERIM = "relay.send_interim"
-# scope["extensions"] key: take_body() -> ClientSocket | None hands the client socket over for a spliced body.
+# scope["extensions"] key: take_body(scope) -> ClientSocket | None hands the client socket over for a spliced body.
 TAKE_BODY = "relay.take_body"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
@@ -117,11 +117,10 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._header_bytes = 0
         self._in_head = False
-        scope = self.scope
         extensions: dict[str, Any] = {
             ABORT: self._abort_response,
             INTERIM: self._send_interim,
-            TAKE_BODY: lambda: self._take_body(scope),
+            TAKE_BODY: self._take_body,
         }
         # ASGI's query_string cannot tell "/x?" from "/x"; the relay forwards the target byte for byte, so
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
@@ -153,12 +152,15 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         return True
 
     def _take_body(self, scope: Any) -> ClientSocket | None:
-        """Hand the client socket over for a spliced body (relay/zerocopy.py); None when it cannot be had.
+        """Hand the client socket over for the body of the request `scope` (relay/zerocopy.py); None when it cannot
+        be had.
 
         uvicorn stops reading the socket and what it already read of the body comes along. The connection then
         closes after the answer: the HTTP parser never sees the spliced bytes, so it cannot find the next request.
         Not for TLS (the socket carries ciphertext), a body uvicorn has already read whole, a client gone, or a
-        request that is not the protocol's current one (a pipelined request parsed behind it)."""
+        request that is not the protocol's current one: a pipelined request parsed behind it, or a request the
+        app made up (a resumable upload's forward copies the extensions into a scope of its own, and its body is
+        not this socket's)."""
         cycle, transport = self.cycle, self.transport
         if cycle is None or cycle.scope is not scope or cycle.disconnected or not cycle.more_body:
             return None

@@ -302,3 +302,30 @@ def test_tls_on_either_side_falls_back_to_the_normal_path(tmp_path: Path, server
     status, answer_head, body = upload(relay_out, data, upload_id="tls-out")
     assert status == 200 and b"connection: close" not in answer_head
     assert json.loads(body)["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_resumable_uploads_raw_forward_is_not_spliced_from_the_append(
+    tmp_path: Path, servers: list[RunningServer]
+) -> None:
+    """The completing append forwards spool + its own bytes in a made-up request: its body is not the socket's."""
+    store = tmp_path / "received"
+    sink = start_sink(store)
+    servers.append(sink)
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[[routes]]\nprefix = "/raw/"\nupstream = "{sink.url}"\nresumable_forward = "raw"\n')
+    relay = start_relay("--digest", "none", "--spool", str(tmp_path / "spool"), "--config", str(config))
+    servers.append(relay)
+    data = tricky_bytes(SIZE, seed=12)
+    tus = {"Tus-Resumable": "1.0.0"}
+    octets = {**tus, "Content-Type": "application/offset+octet-stream"}
+    with httpx.Client(base_url=relay.url, timeout=30) as client:
+        created = client.post("/raw/file.bin", headers={**tus, "Upload-Length": str(SIZE)})
+        assert created.status_code == 201, created.text
+        location = created.headers["location"]
+        first = client.patch(location, content=data[:HALF], headers={**octets, "Upload-Offset": "0"})
+        assert first.status_code == 204, first.text
+        last = client.patch(location, content=data[HALF:], headers={**octets, "Upload-Offset": str(HALF)})
+        assert last.status_code == 204, last.text
+        assert last.headers["x-upstream-status"] == "200"
+    (kept,) = stored(store)
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
