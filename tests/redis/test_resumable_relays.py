@@ -23,10 +23,12 @@ from tusclient import client as tus_client
 
 from relay.core import resumable as core
 from relay.resumable.shared import RedisUploads
+from relay.spool.s3 import S3Spool
 from relay.testing import RunningServer, start_relay
 from tests.interop.support import OCTETS, tus_create, tus_head, tus_patch, wait_for
 from tests.redis.conftest import RedisServer
 from tests.s3.conftest import S3Server, s3_server
+from tests.s3.test_spool_s3 import objects
 
 __all__ = ["s3_server"]  # the session fixture, imported so pytest finds it here
 
@@ -168,6 +170,7 @@ def test_a_head_on_another_relay_ends_an_open_append_promptly(cluster: Cluster) 
     began = time.monotonic()
     offset = head_offset(relays[1], path)
     took = time.monotonic() - began
+    print(f"HEAD on relay B with relay A's append open: {took * 1000:.0f} ms")
     assert took < 3.0, f"the HEAD on relay B took {took:.1f} s: it waited for a timeout, not for A to let go"
     assert offset == MiB  # what A received is kept, and HEAD says so
     assert closed_by_peer(sock, 5.0)  # A's append was ended
@@ -188,7 +191,9 @@ def test_a_relay_killed_mid_append_the_upload_goes_on_from_another_relay(cluster
     relays[0].proc.send_signal(signal.SIGKILL)
     relays[0].proc.wait()
     sock.close()
+    began = time.monotonic()
     offset = head_offset(relays[1], path)  # after the dead relay's lease ran out: what is durable
+    print(f"HEAD after the SIGKILL: {time.monotonic() - began:.1f} s, offset {offset} of {14 * MiB} sent")
     assert 2 * MiB <= offset <= 14 * MiB
     again = head_offset(relays[2], path)
     assert again == offset
@@ -318,3 +323,27 @@ def test_redis_gone_is_503_then_an_empty_redis_takes_the_uploads_back_from_the_s
     assert any("taken back from the spool" in relay.log() for relay in relays)
     for relay in relays:
         assert "Traceback" not in relay.log()
+
+
+def test_an_idle_upload_expires_once_across_relays(cluster: Cluster) -> None:
+    """Every relay sweeps; the lease per upload lets one of them expire it: its data goes, every relay says 404."""
+    relays = cluster.start(3, "--resumable-expiry", "2")
+    data = os.urandom(MiB)
+    upload_id, path = create(relays[0], 3 * MiB)
+    assert patch(relays[1], path, 0, data).status_code == 204
+    assert data_objects(cluster)  # the MiB waits in the bucket
+
+    def gone() -> bool:
+        with httpx.Client(timeout=60) as client:
+            return all(tus_head(client, f"{relay.url}{path}").status_code == 404 for relay in relays)
+
+    wait_for(gone, 30, interval=0.5)
+    wait_for(lambda: not data_objects(cluster), 10)
+    with httpx.Client(base_url=relays[2].url, timeout=60) as client:
+        record = client.get(f"/_relay/uploads/{upload_id}").json()
+    assert record["state"] == "failed" and record["error"]["code"] == "expired"
+
+
+def data_objects(cluster: Cluster) -> list[str]:
+    spool = S3Spool.from_url(cluster.location, endpoint=cluster.s3.endpoint)
+    return [key for key in asyncio.run(objects(cluster.s3, spool)) if not key.endswith(".json")]
