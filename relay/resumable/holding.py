@@ -181,8 +181,7 @@ class SharedHolding:
                     continue
             self._loaded(upload_id, seen)
             if seen.token is not None:
-                if _orphaned(seen):
-                    await self._take_over(upload_id, seen)
+                await self._recover_taken(upload_id, seen)
                 if take:
                     return seen.token
                 await self._give_back(upload_id, seen.token)  # only to recover: the document stays loaded
@@ -225,6 +224,18 @@ class SharedHolding:
         elif upload_id not in self._open:  # an append running here keeps its own copy until it ends
             self._uploads[upload_id] = upload
 
+    async def _recover_taken(self, upload_id: str, seen: Seen) -> None:
+        """A lease just taken: recover the upload if its last holder died; on any failure the lease goes back
+        (else this relay would renew it for ever, and the upload would stay held)."""
+        if not _orphaned(seen):
+            return
+        try:
+            await self._take_over(upload_id, seen)
+        except BaseException:
+            if seen.token is not None:
+                await self._give_back(upload_id, seen.token)
+            raise
+
     async def _take_over(self, upload_id: str, seen: Seen) -> None:
         """The lease's last holder died (shared.py): its upload as the spool's durable bytes leave it."""
         upload = seen.upload()
@@ -233,7 +244,6 @@ class SharedHolding:
         try:
             recovered = await self._reconcile(upload)
         except (SpoolError, OSError) as exc:
-            await self.let_go(upload_id, seen.token)
             raise StateUnavailable(f"the spool could not recover upload {upload_id}: {exc}") from exc
         if recovered.state == core.FORWARDING and recovered.error is None:  # it died forwarding: deliver again
             note = ErrorInfo("relay_lost", "the relay forwarding this upload stopped; it is delivered again")
@@ -268,8 +278,7 @@ class SharedHolding:
             seen = await shared.take(upload_id, "forward")
             self._loaded(upload_id, seen)
             if seen.token is not None:
-                if _orphaned(seen):
-                    await self._take_over(upload_id, seen)
+                await self._recover_taken(upload_id, seen)
                 return seen.token
             if seen.doc is None:
                 return None
