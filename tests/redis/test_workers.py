@@ -4,7 +4,8 @@ Real processes throughout: redis-server, the sample upstream, the supervisor and
 the supervisor's children in /proc). Which worker served an upload is read where the relay itself writes it:
 the `relay` field of the upload's hash in Redis (each worker is a relay with its own id). Covered: 32 concurrent
 uploads byte-exact at the embedded upstream and spread over both workers, the start-up lines printed once;
-a worker killed with SIGKILL mid-upload is restarted, its upload ends `failed` `relay_lost` within 30 s and
+a worker killed with SIGKILL mid-upload (the one whose pid holds the connection, read from /proc) is restarted, its uploads break at
+once and end `failed` `relay_lost` within 30 s, the other worker's uploads complete, and
 uploads go on; SIGTERM drains and exits 0, a second SIGINT exits 130; `--workers 2` without `--redis` (flag,
 environment, config file) and workers that cannot start are one line on stderr and exit 2.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -99,42 +101,97 @@ def _paced(chunks: list[bytes]) -> Iterator[bytes]:
         time.sleep(0.02)
 
 
+class SlowUpload:
+    """A raw-socket upload of `chunks` x 64 KiB, one chunk every 0.1 s: its client port tells which worker holds
+    it (`held_by`), and `outcome` is the status code it got or "broken" when the connection broke under it."""
+
+    SIZE = 64 * 1024
+
+    def __init__(self, relay: RunningServer, upload_id: str, chunks: int = 300) -> None:
+        self.upload_id = upload_id
+        self.chunks = chunks
+        url = httpx.URL(relay.url)
+        self.sock = socket.create_connection((url.host, url.port), timeout=60)
+        self.port = self.sock.getsockname()[1]
+        self.outcome: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        head = (
+            f"POST /upload/{self.upload_id} HTTP/1.1\r\nHost: relay\r\nX-Upload-ID: {self.upload_id}\r\n"
+            f"Content-Length: {self.chunks * self.SIZE}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            self.sock.sendall(head.encode())
+            for index in range(self.chunks):
+                self.sock.sendall(bytes([index % 251]) * self.SIZE)
+                time.sleep(0.1)
+            status = self.sock.recv(64).split(b" ")[1:2]
+            self.outcome = status[0].decode() if status else "broken"
+        except OSError:
+            self.outcome = "broken"
+        finally:
+            self.sock.close()
+
+
+def held_by(pids: list[int], relay_port: int) -> dict[int, int]:
+    """Client port -> the pid holding the server side of that connection (from /proc: socket inodes of each
+    process's fds, matched with the established TCP sockets whose local port is the relay's)."""
+    peers: dict[str, int] = {}  # socket inode -> client port
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == relay_port and fields[3] == "01":
+            peers[fields[9]] = int(fields[2].split(":")[1], 16)
+    held: dict[int, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            inode = target.removeprefix("socket:[").removesuffix("]")
+            if target.startswith("socket:[") and inode in peers:
+                held[peers[inode]] = pid
+    return held
+
+
 @pytest.mark.slow
 def test_sigkill_of_a_worker_mid_upload(
     supervisors: Callable[..., RunningServer], redis_server: RedisServer, sink: RunningServer, tmp_path: Path
 ) -> None:
     relay = supervisors(upstream=sink.url)
+    relay_port = httpx.URL(relay.url).port
+    assert relay_port is not None
     workers = children(relay.pid)
     assert len(workers) == 2
-    outcome: dict[str, str] = {}
-
-    def slow(upload_id: str) -> None:
-        try:
-            outcome[upload_id] = str(upload(relay, upload_id, slow_body(300, pause=0.1)).status_code)
-        except httpx.HTTPError as exc:
-            outcome[upload_id] = type(exc).__name__
-
-    # Slow uploads until both workers hold some (the kernel hashes each connection to one of them).
-    threads: list[threading.Thread] = []
-    owners: dict[str, str] = {}
-    while len(set(owners.values())) < 2:
-        assert len(threads) < 24, owners
-        upload_id = f"slow-{len(threads)}"
-        threads.append(threading.Thread(target=slow, args=(upload_id,), daemon=True))
-        threads[-1].start()
-        wait_state(relay, upload_id, "receiving", 10)
-        owners[upload_id] = wait_owner(redis_server, upload_id)
-    os.kill(workers[0], signal.SIGKILL)
+    # Slow uploads, two at a time, until both workers hold some (the kernel hashes each connection to one of them).
+    uploads: list[SlowUpload] = []
+    holders: dict[int, int] = {}
+    while len(set(holders.values())) < 2:
+        assert len(uploads) < 24, holders
+        uploads += [SlowUpload(relay, f"slow-{len(uploads) + extra}") for extra in range(2)]
+        for started in uploads[-2:]:
+            wait_state(relay, started.upload_id, "receiving", 10)
+        holders = held_by(workers, relay_port)
+    assert sorted(holders) == sorted(each.port for each in uploads), (holders, [each.port for each in uploads])
+    victim = workers[0]
+    lost = [each for each in uploads if holders[each.port] == victim]
+    survivors = [each for each in uploads if holders[each.port] != victim]
+    owner = {each.upload_id: wait_owner(redis_server, each.upload_id) for each in uploads}
+    lost_relay = owner[lost[0].upload_id]  # the worker's relay id: one per worker, none shared
+    assert {owner[each.upload_id] for each in lost} == {lost_relay}, owner
+    assert lost_relay not in {owner[each.upload_id] for each in survivors}, owner
+    os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     wait_for(lambda: len(set(children(relay.pid)) - set(workers)) == 1, 10, "a new worker")
-    assert f"(pid {workers[0]}) was killed by SIGKILL; restarting" in relay.log()
-    # The killed worker's uploads broke at their clients; which relay id they had tells the killed worker's.
-    wait_for(lambda: any(outcome.get(upload_id) not in (None, "200") for upload_id in owners), 10, "a broken upload")
-    lost_relay = next(owners[upload_id] for upload_id in owners if outcome.get(upload_id) not in (None, "200"))
-    lost = [upload_id for upload_id, owner in owners.items() if owner == lost_relay]
-    for upload_id in lost:
-        wait_state(relay, upload_id, "failed", 35)
-        got = record(relay, upload_id)
+    assert f"(pid {victim}) was killed by SIGKILL; restarting" in relay.log()
+    # The killed worker's uploads broke at their clients at once, and end `failed` `relay_lost` within 30 s.
+    wait_for(lambda: all(each.outcome == "broken" for each in lost), 5, "the killed worker's uploads broken")
+    for each in lost:
+        wait_state(relay, each.upload_id, "failed", 35)
+        got = record(relay, each.upload_id)
         assert got is not None and got["error"]["code"] == "relay_lost"
     assert time.monotonic() - killed_at < 30
     # Uploads keep working, on both workers, the new one included.
@@ -149,10 +206,10 @@ def test_sigkill_of_a_worker_mid_upload(
     new_owners = {served_by(redis_server, upload_id) for upload_id in after}
     assert len(new_owners) == 2 and lost_relay not in new_owners, (new_owners, lost_relay)
     # The other worker's uploads were never touched: they complete.
-    for thread in threads:
-        thread.join(60)
-    survivors = [upload_id for upload_id in owners if owners[upload_id] != lost_relay]
-    assert all(outcome[upload_id] == "200" for upload_id in survivors), (outcome, owners, relay.log()[-3000:])
+    for each in survivors:
+        each.thread.join(60)
+    outcomes = {each.upload_id: each.outcome for each in survivors}
+    assert set(outcomes.values()) == {"200"}, (outcomes, relay.log()[-3000:])
 
 
 def test_sigterm_drains_and_exits_0(supervisors: Callable[..., RunningServer], sink: RunningServer) -> None:
