@@ -4,10 +4,10 @@ Real processes throughout: redis-server, the sample upstream, the supervisor and
 the supervisor's children in /proc). Which worker served an upload is read where the relay itself writes it:
 the `relay` field of the upload's hash in Redis (each worker is a relay with its own id). Covered: 32 concurrent
 uploads byte-exact at the embedded upstream and spread over both workers, the start-up lines printed once;
-a worker killed with SIGKILL mid-upload (the one whose pid holds the connection, read from /proc) is restarted, its uploads break at
-once and end `failed` `relay_lost` within 30 s, the other worker's uploads complete, and
-uploads go on; SIGTERM drains and exits 0, a second SIGINT exits 130; `--workers 2` without `--redis` (flag,
-environment, config file) and workers that cannot start are one line on stderr and exit 2.
+a worker killed with SIGKILL mid-upload (the one whose pid holds the connections, read from /proc) is
+restarted, its uploads break at once and end `failed` `relay_lost` within 30 s, the other worker's uploads
+complete, and uploads go on; SIGTERM drains and exits 0, a second SIGINT exits 130; `--workers 2` without
+`--redis` (flag, environment, config file) and workers that cannot start are one line on stderr and exit 2.
 """
 
 from __future__ import annotations
