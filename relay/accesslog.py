@@ -6,7 +6,8 @@ Theory of operation
 `receive` and `send` callables and nothing else, so `http.disconnect` and streaming reach the app untouched
 (BaseHTTPMiddleware would buffer and hide them):
 
-- `receive`: counts the request-body bytes the app took (what was received, drained bytes included);
+- `receive`: counts the request-body bytes the app took (what was received, drained bytes included; a body spliced
+  socket to socket never passes there: the proxy leaves its count under `scope["extensions"][SPLICED_BYTES]`);
 - `send`: notes the status and the `X-Upload-ID` of `http.response.start`.
 
 When the app returns (or raises, or is cancelled), one record goes to the `relay.access` logger at INFO with the
@@ -36,6 +37,9 @@ __all__ = ["AccessLog", "AccessRecord", "JsonFormatter", "TextFormatter", "confi
 
 access_log = logging.getLogger("relay.access")
 _QUIET = contextvars.ContextVar("relay_quiet_lifecycle", default=False)
+
+
+SPLICED_BYTES = "relay.spliced_bytes"  # the same key as relay/proxy.py's SPLICED_BYTES
 
 
 @dataclass(slots=True)
@@ -116,6 +120,11 @@ class AccessLog:
             raise
         finally:
             record.seconds = time.monotonic() - started
+            # A spliced body (relay/zerocopy.py) never passes `receive()`: the proxy leaves its count in the scope,
+            # the whole body's (bytes received before the splice took over included), hence max().
+            spliced = scope.get("extensions", {}).get(SPLICED_BYTES)
+            if isinstance(spliced, int):
+                record.bytes = max(record.bytes, spliced)
             self.logger.info("%s", record.text(), extra={"access": asdict(record)})
 
 

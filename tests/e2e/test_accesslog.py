@@ -104,3 +104,18 @@ def test_start_up_lines_once_and_each_route_with_its_upstream(sink: RunningServe
     assert routes[0].startswith("relay-server: relaying /a/ to http://127.0.0.1:")
     assert "(embedded sample upstream, storing in" in routes[0]
     assert routes[1] == f"relay-server: relaying /b/ to {sink.url}"
+
+
+def test_a_spliced_body_is_counted(sink: RunningServer) -> None:
+    """`--digest none` and a raw body of 1 MiB or more: spliced socket to socket (relay/zerocopy.py), never through
+    `receive()`; its access line still counts every body byte."""
+    relay = start_relay("--digest", "none", upstream=sink.url)
+    try:
+        body = b"s" * (3 * 1024 * 1024 + 7)
+        answer = httpx.post(f"{relay.url}/upload/spliced", content=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers.get("connection") == "close"  # it was spliced (the parser never saw the body)
+        lines = access_lines(relay, 1)
+    finally:
+        relay.stop()
+    assert f" POST /upload/spliced 200 bytes={len(body)} " in lines[0], lines
