@@ -4,12 +4,14 @@ import hashlib
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay.testing import RunningServer, start_process
+from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 # The fields of GET /_relay/uploads/{id} and of each of its parts, as CONTRACT.md lists them.
@@ -81,3 +83,18 @@ def multipart_body(
         out.append(head.encode() + content + b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out)
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    """Webhook receivers (tests/webhook_receiver.py) made by the test, each stopped at its end."""
+    made: list[Receiver] = []
+
+    def make(**kwargs: Any) -> Receiver:
+        receiver = Receiver(**kwargs)
+        made.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in made:
+        receiver.stop()

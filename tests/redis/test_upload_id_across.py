@@ -18,9 +18,9 @@ import pytest
 from relay.errors import UploadIdInUse
 from relay.state.redis import RedisState
 from relay.testing import RunningServer
-from tests.e2e.test_webhooks import wait_for
 from tests.redis.conftest import RedisServer, Relays
 from tests.redis.test_state import run, until
+from tests.webhook_receiver import wait_for
 
 BODY = b"".join(bytes([n]) * 1000 for n in range(100))  # 100 kB, every byte position distinct enough
 

@@ -9,32 +9,17 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from relay.testing import RunningServer, start_relay
-from tests.e2e.test_webhooks import SECRET, Receiver, wait_for
 from tests.redis.conftest import RedisServer, Relays
+from tests.webhook_receiver import FAST, SECRET, Receiver, wait_for
 
-FAST = {"RELAY_WEBHOOK_BACKOFF": "0.3,0.3,0.3,0.3,0.3,0.3"}
 SETTLE = 3.0  # seconds to wait for a duplicate that should not come: six polls of every relay's outbox
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(**kwargs: Any) -> Receiver:
-        receiver = Receiver(**kwargs)
-        made.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in made:
-        receiver.stop()
 
 
 def hooked(relays: Relays, receiver: Receiver, env: dict[str, str] | None = None) -> RunningServer:
