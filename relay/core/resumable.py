@@ -172,6 +172,12 @@ class ResumableUpload:
     repr_digest: str | None = None  # the creation's RFC 9530 Repr-Digest, checked over the whole file at the end
     upstream_status: int | None = None
     error: ErrorInfo | None = None
+    # tus concatenation (relay/core/concat.py): "partial" or "final" (None: a plain resumable upload); a final
+    # upload's partial uploads and their lengths, in order; a partial upload's final upload once one claimed it.
+    concat: str | None = None
+    parts: tuple[str, ...] = ()
+    part_lengths: tuple[int, ...] = ()
+    final: str | None = None
 
     def to_json(self) -> str:
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -186,6 +192,8 @@ class ResumableUpload:
         if data.pop("v", None) != 1:
             raise ValueError("unknown resumable upload info version")
         data["target"] = data["target"].encode("latin-1")
+        data["parts"] = tuple(data.get("parts", ()))  # JSON has lists; equality needs the tuples back
+        data["part_lengths"] = tuple(data.get("part_lengths", ()))
         if data["error"] is not None:
             data["error"] = ErrorInfo(**data["error"])
         upload = cls(**data)
@@ -321,8 +329,11 @@ def recover(upload: ResumableUpload, durable: int, *, now: float) -> tuple[Resum
 def _complete_if_full(upload: ResumableUpload, now: float) -> ResumableUpload:
     """Every byte is there but the relay died before the upstream answered (the completing append is recorded
     `forwarding` only in memory until then: its bytes are fsynced only if the upstream fails). Such an upload
-    is finished: it goes back to `forwarding`, with a note, so that the relay delivers it again by itself."""
+    is finished: it goes back to `forwarding`, with a note, so that the relay delivers it again by itself.
+    A partial upload (tus concatenation) is never delivered on its own: it stays `receiving`."""
     if upload.state != RECEIVING or upload.length is None or upload.offset != upload.length:
+        return upload
+    if upload.concat == "partial":
         return upload
     note = ErrorInfo("relay_restarted", "the relay restarted before the upstream answered; it delivers again")
     return replace(apply(upload, COMPLETE, now=now), error=note)

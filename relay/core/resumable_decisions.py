@@ -60,6 +60,7 @@ from relay.core.resumable_headers import (
     CompletedUpload,
     InconsistentLength,
     InsufficientStorage,
+    ModifyFinal,
     OffsetMismatch,
     Protocol,
     ResumableRequest,
@@ -243,8 +244,10 @@ def decide_create(
     settings: ResumableSettings,
     free_bytes: int | None,
     incomplete: int,
+    partial: bool = False,
 ) -> Decision:
-    """Creation (tus POST with Tus-Resumable, IETF request with Upload-Complete) on a routed path."""
+    """Creation (tus POST with Tus-Resumable, IETF request with Upload-Complete) on a routed path; `partial`:
+    `Upload-Concat: partial` (relay/core/concat.py), an upload that is never forwarded on its own."""
     if req.protocol != "tus" and req.upload_complete is None:
         return _error(req.protocol, BadRequest("Upload-Complete: ?0 or ?1 is required"))
     length, refusal = _creation_length(req)
@@ -269,6 +272,8 @@ def decide_create(
         length=length,
         metadata=metadata,
     )
+    if partial:
+        upload = replace(upload, concat="partial")
     if _has_body(req):
         if req.protocol == "tus" and length is not None and (req.content_length or 0) > length:
             return _error(req.protocol, BeyondUploadLength(), headers=(_h("Upload-Offset", 0),))
@@ -294,7 +299,10 @@ def _has_body(req: ResumableRequest) -> bool:
 
 
 def _completes(req: ResumableRequest, upload: ResumableUpload) -> bool:
-    """tus completes when the offset reaches the length; the drafts only on `Upload-Complete: ?1`."""
+    """tus completes when the offset reaches the length; the drafts only on `Upload-Complete: ?1`. A partial
+    upload (tus concatenation) never completes on its own: it waits for its final upload."""
+    if upload.concat == "partial":
+        return False
     if req.protocol == "tus":
         return upload.length is not None and upload.offset == upload.length
     return bool(req.upload_complete)
@@ -360,6 +368,9 @@ def decide_delete(req: ResumableRequest, upload: ResumableUpload | None, *, now:
     if (gone := _gone(req, upload, now)) is not None:
         return gone
     assert upload is not None
+    if upload.concat == "partial" and upload.final is not None:  # its bytes are its final upload's now
+        error = ModifyFinal(f"partial upload {upload.id} is part of final upload {upload.final}; terminate that one")
+        return _error(req.protocol, error, upload=upload)
     if req.protocol == "ietf-6" and (req.upload_offset is not None or req.upload_complete is not None):
         return _error(req.protocol, BadRequest("DELETE must not carry Upload-Offset or Upload-Complete"))
     record = upload if upload.state == COMPLETED else apply(upload, TERMINATE, now=now)
@@ -414,6 +425,8 @@ def decide_append_begin(
     if (gone := _gone(req, upload, now)) is not None:
         return gone
     assert upload is not None
+    if upload.concat == "final":  # tus: "403 Forbidden to PATCH requests against a final upload URL"
+        return _error(req.protocol, ModifyFinal(), upload=upload)
     if (refusal := _content_type_error(req)) is not None:
         return refusal
     if req.upload_offset is None:

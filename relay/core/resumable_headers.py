@@ -38,6 +38,7 @@ from relay.errors import (
     InconsistentLength,
     InsufficientStorage,
     OffsetMismatch,
+    RelayError,
     UnsupportedChecksum,
     UnsupportedMediaType,
     UnsupportedTusVersion,
@@ -58,6 +59,7 @@ __all__ = [
     "CompletedUpload",
     "InconsistentLength",
     "InsufficientStorage",
+    "ModifyFinal",
     "OffsetMismatch",
     "Protocol",
     "ResumableRequest",
@@ -80,7 +82,7 @@ Protocol = Literal["tus", "ietf-6", "ietf-8"]
 IETF_PROTOCOLS: Mapping[bytes, Protocol] = {b"6": "ietf-6", b"8": "ietf-8"}
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum"
+TUS_EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation"
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 PARTIAL_UPLOAD = "application/partial-upload"
 # Digest sizes in bytes: a digest of another size can never match, so it is refused before the body.
@@ -89,6 +91,13 @@ CHECKSUM_ALGORITHMS: Mapping[str, int] = {"sha1": 20, "sha256": 32, "md5": 16}
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _SF_INTEGER = re.compile(rb"[0-9]{1,15}")  # RFC 8941 §3.3.1: at most 15 digits; a sign makes it negative
 _METADATA_KEY = re.compile(r"[^\s,]+")
+
+
+class ModifyFinal(RelayError):
+    """tus concatenation (relay/core/concat.py): a final upload takes no bytes of its own, and a partial upload
+    that a final upload claimed stays until that one ends: 403, as tusd's ERR_MODIFY_FINAL."""
+
+    status_code, code, default_message = 403, "forbidden", "modifying a final upload is not allowed"
 
 
 @dataclass(frozen=True, slots=True)

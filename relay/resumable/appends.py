@@ -26,6 +26,9 @@ Rules:
    between restarts with what the disk holds: every byte there, the upload goes back to `forwarding` and is
    delivered again (relay.core.resumable.recover); fewer, the client resumes from there. Nothing that was
    acknowledged is lost: that append is answered only after the upstream answered.
+6. A partial upload of tus concatenation (relay/core/concat.py) is spooled only: no cut-through (it is never
+   forwarded on its own) and no events (`emit` is quiet for it: the final upload is the one users see).
+   A final upload is forwarded by `forward`, its body read from its partial uploads' spooled bytes.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 
 from relay.core import resumable as core, resumable_decisions as decide
 from relay.core.digests import DigestChecker, request_digests
-from relay.core.events import ErrorInfo, Interrupted, Resumed
+from relay.core.events import ErrorInfo, Event, Interrupted, Resumed
 from relay.core.resumable import ResumableUpload
 from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import ChecksumMismatch
@@ -93,6 +96,10 @@ def _no_interim(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def _quiet(event: Event) -> None:
+    return None
+
+
 class Appends:
     """Appends and forwards of the resumable uploads in `store`."""
 
@@ -136,7 +143,8 @@ class Appends:
             return
         if decision.interim is not None:
             request.scope.get("extensions", {}).get(INTERIM, _no_interim)(104, list(decision.interim))
-        self.ctx.emit(Resumed(upload.id, start, upload.length, time.time(), start))
+        emit = self._emitter(upload)
+        emit(Resumed(upload.id, start, upload.length, time.time(), start))
         self.ctx.metrics.resumable.labels(event="append").inc()
         live = LiveAppend(
             request.receive,
@@ -145,7 +153,7 @@ class Appends:
             total=upload.length,
             max_bytes=decision.max_bytes,
             checksum=request.req.checksum,
-            emit=self.ctx.emit,
+            emit=emit,
             progress=self.ctx.settings.progress,
             spooled=self.ctx.metrics.bytes_spooled.inc,
             min_rate=self.ctx.settings.client_min_rate,
@@ -156,6 +164,7 @@ class Appends:
         )
         req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
         cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
+        cut = cut and upload.concat is None  # Rule 6
         try:
             if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
                 raise asyncio.CancelledError
@@ -171,6 +180,10 @@ class Appends:
             abort = request.scope.get("extensions", {}).get("relay.abort")
             if abort is not None:
                 abort()
+
+    def _emitter(self, upload: ResumableUpload) -> Callable[[Event], None]:
+        """Where an upload's events go: the relay's bus, or nowhere for a partial upload (Rule 6)."""
+        return _quiet if upload.concat == "partial" else self.ctx.emit
 
     async def _spool_only(
         self, request: Request, upload: ResumableUpload, live: LiveAppend, location: str | None
@@ -247,7 +260,7 @@ class Appends:
         if record is not None:
             await self.store.save(record)
             if record.state == core.RECEIVING:
-                self.ctx.emit(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
+                self._emitter(record)(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
         if decision.action == "delete" and record is not None:
             await self.store.spool.delete_data(record.id)
         if not answer:
@@ -390,6 +403,7 @@ class Appends:
             self.store.spool,
             upload.id,
             spooled=spooled,
+            sources=list(zip(upload.parts, upload.part_lengths, strict=True)) if upload.concat == "final" else None,
             frame=frame,
             live=live.chunks() if live is not None else None,
             on_last=on_last,

@@ -19,15 +19,20 @@ Rules:
 5. Every answer to a creation that created the upload carries its `Location`, also when the same request
    completed it (clients need it: tus-js-client fails a creation answer without one) or failed upstream
    (so the client can retry the completion).
+6. tus concatenation (relay/core/concat.py): `Upload-Concat: partial` creates an upload that is never
+   forwarded on its own and not shown in the registry (`note` skips it); `Upload-Concat: final;...` is
+   relay/resumable/concat.py's; HEAD of either carries `Upload-Concat`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from relay.core import resumable as core, resumable_decisions as decide
+from relay.core.concat import FINAL, PARTIAL, concat_header, parse_concat
 from relay.core.digests import request_digests
 from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
 from relay.core.multipart import _part_headers as part_headers
@@ -56,6 +61,7 @@ from relay.resumable.answers import (
     write_answer,
 )
 from relay.resumable.appends import Appends
+from relay.resumable.concat import FinalUploads
 from relay.resumable.redeliver import Redelivery
 from relay.resumable.shared import StateUnavailable
 from relay.resumable.store import ResumableStore
@@ -83,6 +89,7 @@ class ResumableEndpoints:
         self._routes = {route.prefix: route for route in settings.routes}
         self.appends = Appends(ctx, store)
         self.redelivery = Redelivery(self.appends, self._routes)
+        self.finals = FinalUploads(self)
         store.on_sweep = self.redelivery.due
 
     # -- routing --------------------------------------------------------------------------------------------
@@ -149,7 +156,11 @@ class ResumableEndpoints:
             request.route = self._routes.get(upload.route, request.route)
         now, limits, req = time.time(), request.route.limits, request.req
         if req.method == "HEAD":
-            await respond(request, decide.decide_head(req, upload, now=now, limits=limits))
+            decision = decide.decide_head(req, upload, now=now, limits=limits)
+            concat = concat_header(upload, self.prefix) if upload is not None and req.protocol == "tus" else None
+            if concat is not None and decision.status == 200:  # Rule 6
+                decision = replace(decision, headers=(*decision.headers, concat))
+            await respond(request, decision)
             if upload is not None:
                 self.redelivery.kick(upload)  # a client back after a failed forward: deliver now if we can
         elif req.method == "DELETE":
@@ -269,6 +280,15 @@ class ResumableEndpoints:
         if in_use:
             await refuse(self.ctx.metrics, request, UploadIdInUse(f"upload {upload_id} exists"))
             return
+        target: bytes = scope.get("extensions", {}).get("relay.raw_target") or scope.get("raw_path") or b"/"
+        try:
+            concat = parse_concat(header_value(scope["headers"], b"upload-concat"), self.prefix, req.protocol)
+        except RelayError as exc:
+            await refuse(self.ctx.metrics, request, exc)
+            return
+        if concat is not None and concat.kind == FINAL:  # Rule 6
+            await self.finals.create(request, upload_id, concat, target)
+            return
         try:
             free = await self.store.spool.free_bytes()
         except (SpoolError, OSError):
@@ -278,7 +298,6 @@ class ResumableEndpoints:
         except StateUnavailable as exc:
             await refuse(self.ctx.metrics, request, exc)
             return
-        target: bytes = scope.get("extensions", {}).get("relay.raw_target") or scope.get("raw_path") or b"/"
         decision = decide.decide_create(
             req,
             upload_id=upload_id,
@@ -291,6 +310,7 @@ class ResumableEndpoints:
             settings=self.core,
             free_bytes=free,
             incomplete=incomplete,
+            partial=concat is not None and concat.kind == PARTIAL,
         )
         if decision.action == "append":  # the caps first: a refused body must not leave an upload behind
             try:
@@ -299,7 +319,7 @@ class ResumableEndpoints:
                 await refuse(self.ctx.metrics, request, exc)
                 return
         try:
-            await self._created(request, decision, upload_id)
+            await self.created(request, decision, upload_id)
         except StateUnavailable as exc:
             if not request.answered:
                 await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
@@ -307,7 +327,19 @@ class ResumableEndpoints:
             self._release(request)
             await self.store.let_go(upload_id, request.lease)
 
-    async def _created(self, request: Request, decision: Decision, upload_id: str) -> None:
+    async def refuse(self, request: Request, error: RelayError, *, upload_id: str | None = None) -> None:
+        await refuse(self.ctx.metrics, request, error, upload_id=upload_id)
+
+    async def created(
+        self,
+        request: Request,
+        decision: Decision,
+        upload_id: str,
+        *,
+        before_act: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Create the upload `decision` names (refusing when the id, the cap or the spool says no), then do
+        what the decision says; `before_act` runs in between (a final upload claims its partial ones)."""
         scope = request.scope
         given = header_value(scope["headers"], b"repr-digest")
         if decision.upload is not None and given is not None:  # checked over the whole file before it goes up
@@ -329,15 +361,18 @@ class ResumableEndpoints:
                 error = SpoolUnavailable(f"the spool could not create the upload: {exc}")
                 await refuse(self.ctx.metrics, request, error)
                 return
-            self.ctx.emit(
-                Started(upload_id, 0, fresh.length, fresh.created_at, request.route.prefix, "POST", scope["path"])
-            )
+            if fresh.concat != PARTIAL:  # Rule 6: the final upload is the one users see
+                self.ctx.emit(
+                    Started(upload_id, 0, fresh.length, fresh.created_at, request.route.prefix, "POST", scope["path"])
+                )
             self.ctx.metrics.resumable.labels(event="created").inc()
             self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
             if decision.action == "append" and self.store.shared is not None:  # creation-with-upload appends
                 request.lease = await self.store.begin(upload_id, take=True)
             # Rule 5: whatever the answer (a completion, the upstream's own, a 502), it says where the upload is
             request.send = _with_header(request.send, b"location", (self.prefix + upload_id).encode())
+        if before_act is not None:
+            await before_act()
         await self._act(request, decision, location=self.prefix + upload_id)
 
     # -- doing what a decision says -------------------------------------------------------------------------
@@ -380,7 +415,7 @@ class ResumableEndpoints:
 
     def note(self, upload: ResumableUpload) -> None:
         """What the registry keeps of an upload as it moves (the store calls this on every change)."""
-        if upload.state == core.COMPLETED:
+        if upload.state == core.COMPLETED or upload.concat == PARTIAL:  # Rule 6: partial uploads are not shown
             return
         now = time.time()
         if upload.state == core.FAILED:

@@ -9,10 +9,11 @@ own: the inspector (parts, sha256), the held-back last chunk, the upstream leg, 
 
 Its body (`FileBody`) is, in order: the framing's preamble, the bytes already in the spool, the bytes of the
 append that completes the upload *as they arrive* (cut-through: they go to the spool and upstream at once),
-and the framing's epilogue. One piece of look-ahead means the last file bytes are handed over only after
-`on_last` has run: the append's checksum judged, its bytes fsynced and the upload recorded `forwarding`. So
-the upstream never holds a complete body that the relay could still lose or refuse; if anything breaks before,
-the upstream request is aborted mid-body (the relay's promise).
+and the framing's epilogue. A final upload of tus concatenation has no bytes of its own: its spooled bytes are
+its partial uploads', read one after the other (`sources`). One piece of look-ahead means the last file bytes
+are handed over only after `on_last` has run: the append's checksum judged, its bytes fsynced and the upload
+recorded `forwarding`. So the upstream never holds a complete body that the relay could still lose or refuse;
+if anything breaks before, the upstream request is aborted mid-body (the relay's promise).
 
 What the forward tells the world is translated (`emit`): the record's `bytes` stay the upload's offset, the
 file part is the upload's `part`, `completed` ends it, and a failure is not terminal (the file is kept for a
@@ -34,7 +35,7 @@ from relay.errors import RelayError, UpstreamFailed
 from relay.proxy import HASHER, RelayContext, Upload
 from relay.server import RAW_TARGET
 from relay.settings import Route
-from relay.spool.base import Spool
+from relay.spool.base import Spool, SpoolError
 from relay.types import Message, Scope, Send
 
 __all__ = ["FileBody", "ForwardUpload", "Framing", "framing"]
@@ -103,6 +104,7 @@ class FileBody:
         *,
         spooled: int,
         frame: Framing,
+        sources: list[tuple[str, int]] | None = None,
         live: AsyncIterator[bytes] | None = None,
         on_last: Callable[[], Awaitable[None]] | None = None,
         digests: DigestChecker | None = None,
@@ -110,6 +112,7 @@ class FileBody:
         self._spool = spool
         self._upload_id = upload_id
         self._spooled = spooled
+        self._sources = sources if sources is not None else [(upload_id, spooled)]  # (upload id, bytes), in order
         self._frame = frame
         self._live = live
         self._on_last = on_last
@@ -147,14 +150,28 @@ class FileBody:
             yield self._frame.epilogue
 
     async def _spooled_bytes(self) -> AsyncIterator[bytes]:
-        left = self._spooled
-        async for chunk in self._spool.read(self._upload_id, 0):
-            piece = chunk[:left]
-            left -= len(piece)
-            yield piece
-            if not left:
-                return
-        raise UpstreamFailed(f"the spool holds fewer than {self._spooled} bytes of upload {self._upload_id}")
+        for upload_id, size in self._sources:
+            if size:
+                async for chunk in self._read(upload_id, size):
+                    yield chunk
+
+    async def _read(self, upload_id: str, size: int) -> AsyncIterator[bytes]:
+        left = size
+        reader = self._spool.read(upload_id, 0)
+        try:
+            async for chunk in reader:
+                piece = chunk[:left]
+                left -= len(piece)
+                yield piece
+                if not left:
+                    return
+        except SpoolError as exc:  # its data is gone: the upstream request is aborted, never complete
+            raise UpstreamFailed(f"the spool could not read upload {upload_id}: {exc}") from exc
+        finally:
+            close = getattr(reader, "aclose", None)  # an async generator: its file is closed now, not at GC
+            if close is not None:
+                await close()
+        raise UpstreamFailed(f"the spool holds fewer than {size} bytes of upload {upload_id}")
 
 
 class ForwardUpload(Upload):

@@ -27,6 +27,10 @@ Rules:
 5. One forward at a time per upload (`forward_lock`): a completing request sent again while the first
    one's forward is still running waits for it, then answers from what became of it (never a second
    delivery). DELETE and the sweeper wait for (or skip) a forward under way.
+6. tus concatenation (relay/core/concat.py): a final upload has no bytes of its own. Its recovery checks its
+   partial uploads' durable bytes instead (all there: it goes on `forwarding`, delivered again by itself;
+   any missing: `data_lost`). When it ends (delivered, terminated, expired: `save` sees it), its partial
+   uploads are deleted, bytes and records, in the background, as a delivered upload's bytes are (Rule 4).
 
 Several relays (`--redis`, relay/resumable/shared.py). Redis holds the authoritative state document and memory is
 only this request's copy: `begin` (one await at the head of every HEAD, PATCH and DELETE) ends an append open on
@@ -45,9 +49,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
 
 from relay.core import resumable as core
+from relay.core.concat import FINAL
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
 from relay.errors import TooManyUploads
@@ -106,6 +113,8 @@ class ResumableStore(SharedHolding):
     async def _reconcile(self, upload: ResumableUpload) -> ResumableUpload:
         """The upload as the spool's durable bytes leave it after its writer died (Rule 3)."""
         upload_id = upload.id
+        if upload.concat == FINAL and upload.state in (core.RECEIVING, core.FORWARDING):
+            return await self._reconcile_final(upload)
         if upload.state in (core.COMPLETED, core.FAILED):  # its data went (or goes now): only the record
             await self.spool.delete_data(upload_id)  # bytes may have outlived a crash right after the answer
             return upload
@@ -119,6 +128,24 @@ class ResumableStore(SharedHolding):
             await self.spool.delete_data(upload_id)
         else:
             await self.spool.truncate(upload_id, keep)
+        return upload
+
+    async def _reconcile_final(self, upload: ResumableUpload) -> ResumableUpload:
+        """Rule 6: a final upload found unfinished after its relay died goes on if its partial uploads are whole."""
+        now = time.time()
+        for part_id, size in zip(upload.parts, upload.part_lengths, strict=True):
+            try:
+                durable = await self.spool.offset(part_id)
+            except SpoolError:
+                durable = -1
+            if durable < size:
+                lost = ErrorInfo("data_lost", f"partial upload {part_id} holds {max(durable, 0)} of {size} bytes")
+                return core.apply(upload, core.LOSE, now=now, error=lost)
+        if upload.state == core.RECEIVING:  # it died between the final's creation and its `forwarding`
+            upload = core.apply(upload, core.COMPLETE, now=now)
+        if upload.error is None:  # the relay's redelivery (redeliver.py) takes uploads that say why they wait
+            note = ErrorInfo("relay_restarted", "the relay restarted before the upstream answered; it delivers again")
+            upload = replace(upload, error=note)
         return upload
 
     async def stop(self) -> None:
@@ -159,6 +186,19 @@ class ResumableStore(SharedHolding):
             current = self._uploads.get(upload.id)
             if current is not None:
                 await self.spool.save_info(upload.id, current.to_json().encode())
+        if upload.concat == FINAL and upload.state in (core.COMPLETED, core.FAILED):  # Rule 6
+            for part_id in upload.parts:
+                self._background_task(self._drop(part_id))
+
+    async def _drop(self, upload_id: str) -> None:
+        """A partial upload whose final upload ended: its bytes and record go (Rule 6)."""
+        try:
+            self.forget(upload_id)
+            await self.spool.delete(upload_id)
+            if self.shared is not None:
+                await self.shared.forget(upload_id)
+        except (SpoolError, OSError, StateUnavailable) as exc:
+            log.warning("could not delete partial upload %s: %s", upload_id, exc)
 
     async def mark(self, upload: ResumableUpload) -> None:
         """Record `upload`; with Redis, commit it too (other relays must see it) but write no info document."""
@@ -247,7 +287,10 @@ class ResumableStore(SharedHolding):
 
     def delete_data_soon(self, upload_id: str) -> None:
         """A delivered upload's bytes go (Rule 4); in the background, so the answer does not wait for it."""
-        task = asyncio.create_task(self._delete_data(upload_id))
+        self._background_task(self._delete_data(upload_id))
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
