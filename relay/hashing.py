@@ -23,6 +23,8 @@ Rules:
   loop thread's samples in that wait (benchmarks/RESULTS.md, run 9).
 - The chunks are immutable `bytes` (or memoryviews of them) owned by the relay until forwarded; the
   worker only reads them.
+- A spliced body never reaches `update`: its bytes stay in the kernel and a thread of relay/pipehash.py hashes a
+  tee'd copy of them into the hashlib object `direct()` hands out.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OffloadedSha256", "new_hash", "sha256_factory"]
+__all__ = ["OffloadedSha256", "direct_hash", "new_hash", "sha256_factory"]
 
 OFFLOAD_MIN = 64 * 1024
 MAX_QUEUED = 2 * 1024 * 1024
@@ -121,6 +123,13 @@ class OffloadedSha256:
             data = bytes(data)  # the worker reads it later: a buffer that may change is copied first
         self._worker.submit(self, data)
 
+    def direct(self) -> Any:
+        """The hashlib object itself, every queued update applied: for a caller that updates it from a thread of its
+        own (relay/pipehash.py) and calls nothing else of this object until that thread is done."""
+        if self._pending:
+            self._worker.wait_for(self)
+        return self._hash
+
     def hexdigest(self) -> str:
         if self._pending:
             self._worker.wait_for(self)
@@ -132,6 +141,11 @@ class OffloadedSha256:
 def _immutable(data: Any) -> bool:
     """Bytes, or a contiguous view of bytes: safe to read later from another thread, and hashable as is."""
     return type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes and data.c_contiguous)
+
+
+def direct_hash(digest: Any) -> Any:
+    """The hashlib object behind a hash `sha256_factory()` or `new_hash()` made (see OffloadedSha256.direct)."""
+    return digest.direct() if isinstance(digest, OffloadedSha256) else digest
 
 
 def sha256_factory() -> Any:

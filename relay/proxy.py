@@ -32,12 +32,11 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import cast
 
 from relay.bus import EventBus
 from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import Completed, ErrorInfo, Event, Failed, Started
-from relay.core.inspector import UploadInspector
+from relay.core.inspector import Hash, UploadInspector
 from relay.core.limits import check_declared_length
 from relay.core.splicing import may_splice
 from relay.errors import (
@@ -52,7 +51,7 @@ from relay.errors import (
     Unauthorized,
     UploadIdInUse,
 )
-from relay.hashing import new_hash, sha256_factory
+from relay.hashing import direct_hash, new_hash, sha256_factory
 from relay.headers import (
     forward_request_headers,
     forward_response_headers,
@@ -69,7 +68,7 @@ from relay.types import Receive, Scope, Send
 from relay.uploads import UploadRegistry
 from relay.upstream import Upstream, UpstreamResponse
 from relay.watchdog import IdleWatch
-from relay.zerocopy import ByteCount, SplicedBody, splice_supported
+from relay.zerocopy import SplicedBody, splice_supported, tee_supported
 
 __all__ = [
     "RelayContext",
@@ -96,6 +95,7 @@ METRICS_BATCH = 4 * 1024 * 1024
 TAKE_BODY = "relay.take_body"
 SPLICED_BYTES = "relay.spliced_bytes"  # scope["extensions"] key: the body bytes that were spliced, not received
 SPLICE = splice_supported()
+TEE = tee_supported()  # a hashed body may be spliced too (relay/pipehash.py)
 
 
 @dataclass
@@ -247,6 +247,7 @@ class Upload:
         self.body_error: RelayError | None = None
         self.finished = False
         self.lease: str | None = None  # the caps' slot across relays, with --redis
+        self.body_hash: Hash | None = None  # the last hash the inspector made: a raw body's sha256
         self.client_key = self.client_address()
         self.cors = self.cors_headers()
 
@@ -286,12 +287,16 @@ class Upload:
             total=self.content_length,
             limits=self.route.limits,
             digest=settings.digest,
-            hasher=HASHER,
+            hasher=self.new_body_hash,
             progress=settings.progress,
         )
         # A raw body's sha256 is the inspector's anyway: the checker then never hashes sha-256 a second time.
         shared = ("sha-256",) if settings.digest and not self.inspector.is_multipart else ()
         self.digests = request_digests(self.headers, hasher=new_hash, precomputed=shared)
+
+    def new_body_hash(self) -> Hash:
+        self.body_hash = HASHER()
+        return self.body_hash
 
     def check_token(self) -> None:
         check_token(self.ctx.settings, self.headers)
@@ -460,11 +465,14 @@ class Upload:
             digest=self.ctx.settings.digest,
             multipart=self.inspector.is_multipart,
             digest_fields=self.digests is not None,
+            tee=TEE and self.body_hash is not None,
         ):
             return self.body()
         assert self.content_length is not None
+        body_hash = self.body_hash
         return SplicedBody(
             self.body(),
+            digest=(lambda: direct_hash(body_hash)) if body_hash is not None else None,
             take=lambda: take(self.scope),
             length=self.content_length,
             client_idle=self.ctx.settings.client_idle_timeout,
@@ -477,7 +485,7 @@ class Upload:
         """Bytes the kernel moved from the client: counted, limited and reported as a chunk of them would be."""
         assert self.inspector is not None
         self.unreported_received += size
-        self.emit_all(self.inspector.feed(cast(bytes, ByteCount(size)), time.time()))
+        self.emit_all(self.inspector.count(size, time.time()))
         self.check_rate()
 
     def spliced_end(self, whole: bool) -> None:

@@ -28,29 +28,42 @@ What must still hold (the relay's promise and the contract), and how:
   `wake` is the future the upstream connection resolves when it reads response bytes.
 - Cancellation (the drain timeout at shutdown) and every error close the pipe and the duplicated descriptors
   (the poll registrations go with them); the caller aborts the upstream connection.
+- A body the relay hashes (`digest`, the default sha256) is spliced too: pipe A is tee'd into a pipe B that a
+  thread hashes (relay/pipehash.py). `ready` counts the bytes at the head of pipe A that may leave: all of them
+  without a hash, only the tee'd ones with it, and the next tee waits until they have all left (tee copies from
+  the head of the pipe). The body is whole only once the hash thread has hashed the last byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from relay import pipehash
 from relay.errors import ClientDisconnected, ClientTimeout, UpstreamTimeout
+from relay.pipehash import RawHash
 
 __all__ = ["ByteCount", "ClientSocket", "SplicedBody", "UpstreamGone", "splice_supported"]
 
 PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size for unprivileged processes; 64 KiB if refused
 FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+TEE_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2)
 # Rounds without a wait before the pump yields to the loop anyway, so other uploads are served.
 ROUNDS_PER_YIELD = 16
 
 
 def splice_supported() -> bool:
     return hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+
+
+def tee_supported() -> bool:
+    """Whether a hashed body may be spliced: splice, and tee(2) for the hash thread's copy."""
+    return splice_supported() and pipehash.tee_supported()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +91,10 @@ class SplicedBody:
         on_received: Callable[[int], None],
         on_forwarded: Callable[[int], None],
         on_end: Callable[[bool], None],
+        digest: Callable[[], RawHash] | None = None,
     ) -> None:
         self.fallback = fallback
+        self.digest = digest  # the hashlib object the body's bytes must go through, got once spliced
         self.take = take
         self.length = length
         self.client_idle = client_idle
@@ -110,12 +125,12 @@ class SplicedBody:
     ) -> bool | None:
         """Send `head` and the whole body to `upstream_fd`; None when the client socket cannot be taken (nothing
         was sent: iterate instead), True when `stop()` ended it early, False when the body went whole."""
-        client = self.take()
+        client, digest = self._take()
         if client is None:
             return None
         whole = False
         try:
-            pump = _Pump(self, client, upstream_fd, head, upstream_idle, upstream_progress)
+            pump = _Pump(self, client, upstream_fd, head, upstream_idle, upstream_progress, digest)
             try:
                 if client.buffered:
                     self.on_received(len(client.buffered))
@@ -127,6 +142,24 @@ class SplicedBody:
             return stopped
         finally:
             self.on_end(whole)
+
+    def _take(self) -> tuple[ClientSocket | None, RawHash | None]:
+        """The client socket, and the hash its bytes go through when the body is hashed (a hash thread reserved
+        for it: the pump gives it back); (None, None) when either cannot be had and nothing was taken."""
+        if self.digest is None:
+            return self.take(), None
+        if not pipehash.reserve():
+            return None, None  # every hash thread is busy: the copying path hashes on the shared worker
+        try:
+            digest = self.digest()
+            client = self.take()
+        except BaseException:
+            pipehash.release()
+            raise
+        if client is None:
+            pipehash.release()
+            return None, None
+        return client, digest
 
 
 class _Pump:
@@ -140,6 +173,7 @@ class _Pump:
         head: bytes,
         upstream_idle: float,
         upstream_progress: Callable[[], int],
+        digest: RawHash | None,
     ) -> None:
         self.body = body
         self.loop = asyncio.get_running_loop()
@@ -147,11 +181,14 @@ class _Pump:
         self.prefix = memoryview(head + client.buffered)
         self.head_left = len(head)  # bytes of the prefix that are the request head, not body
         self.left = body.length - len(client.buffered)  # still to read from the client
-        self.in_pipe = 0
+        self.in_pipe = 0  # bytes in pipe A
+        self.ready = 0  # of those, at its head, the ones that may go upstream (tee'd, when hashing)
         self.upstream_idle = upstream_idle
         self.upstream_progress = upstream_progress
         self.mark = upstream_progress()
         self.fds: list[int] = []
+        self.hash_end = -1  # pipe B's write end, when hashing
+        self.hashing: asyncio.Future[int] | None = None  # the hash thread's job
         try:
             self.read_end, self.write_end = self._own(*os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
             try:
@@ -161,13 +198,46 @@ class _Pump:
             # Own descriptor numbers: uvloop refuses readers and writers on a descriptor its transports use.
             (self.client_fd,) = self._own(os.dup(client.fd))
             (self.upstream_fd,) = self._own(os.dup(upstream_fd))
+            if digest is not None:
+                self._start_hashing(digest, client.buffered)
         except BaseException:
+            if digest is not None and self.hashing is None:
+                pipehash.release()  # the reservation _take made: no thread took it
             self.close()
             raise
         now = self.loop.time()
         self.last_in = self.last_out = now
         self.waiter: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
+
+    def _start_hashing(self, digest: RawHash, buffered: bytes) -> None:
+        """Pipe B and its hash thread: the thread blocks reading B, the pump tees into B without blocking."""
+        hash_read, self.hash_end = os.pipe2(os.O_CLOEXEC)
+        self._own(self.hash_end)
+        try:
+            os.set_blocking(self.hash_end, False)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.hash_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except BaseException:
+            os.close(hash_read)
+            raise
+        self.hashing = pipehash.start(hash_read, digest, buffered)  # the thread owns hash_read from here
+        self.hashing.add_done_callback(self._hashed)
+
+    def _hashed(self, future: asyncio.Future[int]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: a pump that failed first does not read it
+        self._wake()
+
+    async def _finish_hash(self) -> None:
+        """The body has left: end pipe B and wait for the thread to hash its last bytes."""
+        if self.hashing is None:
+            return
+        self.fds.remove(self.hash_end)
+        os.close(self.hash_end)
+        hashed = await asyncio.shield(self.hashing)  # a cancelled wait must not look like a thread set free
+        if hashed != self.body.length:
+            raise RuntimeError(f"hashed {hashed} bytes of a {self.body.length}-byte body")
 
     def _own(self, *fds: int) -> tuple[int, ...]:
         self.fds.extend(fds)
@@ -184,8 +254,9 @@ class _Pump:
         self._arm()
         rounds = 0
         while True:
-            moved = self._write_prefix() | self._fill() | self._drain()
+            moved = self._write_prefix() | self._fill() | self._tee() | self._drain()
             if not self.left and not self.in_pipe and not self.prefix:
+                await self._finish_hash()
                 return False
             if stop():
                 return True
@@ -232,20 +303,38 @@ class _Pump:
             raise ClientDisconnected()  # EOF before the declared length
         self.left -= moved
         self.in_pipe += moved
+        if self.hashing is None:
+            self.ready += moved
         self.last_in = self.loop.time()
         self.body.on_received(moved)
         return True
 
-    def _drain(self) -> bool:
-        if not self.in_pipe or self.prefix:
+    def _tee(self) -> bool:
+        """Duplicate the head of pipe A into pipe B, once what was tee'd before has left (rule in pipehash.py)."""
+        if self.hashing is None or self.ready or not self.in_pipe:
             return False
         try:
-            moved = os.splice(self.read_end, self.upstream_fd, self.in_pipe, flags=FLAGS)
+            moved = pipehash.tee(self.read_end, self.hash_end, self.in_pipe, TEE_FLAGS)
+        except BlockingIOError:
+            return False  # pipe B is full: the hash thread is behind
+        except OSError:
+            if self.hashing.done() and not self.hashing.cancelled() and self.hashing.exception() is not None:
+                raise self.hashing.exception() from None  # type: ignore[misc]
+            raise
+        self.ready = moved
+        return moved > 0
+
+    def _drain(self) -> bool:
+        if not self.ready or self.prefix:
+            return False
+        try:
+            moved = os.splice(self.read_end, self.upstream_fd, self.ready, flags=FLAGS)
         except BlockingIOError:
             return False
         except OSError as exc:
             raise UpstreamGone(str(exc)) from exc
         self.in_pipe -= moved
+        self.ready -= moved
         self.last_out = self.loop.time()
         self.body.on_forwarded(moved)
         return moved > 0
@@ -253,18 +342,22 @@ class _Pump:
     # -- waiting -----------------------------------------------------------------------------------------------
 
     async def _wait(self, attach: Callable[[asyncio.Future[None] | None], None], moved: bool) -> None:
-        """Until the client has bytes, the upstream has room, the upstream sends something, or a deadline."""
+        """Until the client has bytes, the upstream has room, pipe B has room, the upstream sends something, the
+        hash thread ends, or a deadline."""
         if moved:
             await asyncio.sleep(0)
             return
         waiter = self.waiter = self.loop.create_future()
         attach(waiter)
         readable = bool(self.left) and self.in_pipe < self.pipe_size
-        writable = bool(self.prefix) or self.in_pipe > 0
+        writable = bool(self.prefix) or self.ready > 0
+        teeing = self.hashing is not None and not self.ready and self.in_pipe > 0
         if readable:
             self.loop.add_reader(self.client_fd, self._wake)
         if writable:
             self.loop.add_writer(self.upstream_fd, self._wake)
+        if teeing:
+            self.loop.add_writer(self.hash_end, self._wake)
         try:
             await waiter
         finally:
@@ -273,6 +366,8 @@ class _Pump:
                 self.loop.remove_reader(self.client_fd)
             if writable:
                 self.loop.remove_writer(self.upstream_fd)
+            if teeing:
+                self.loop.remove_writer(self.hash_end)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -290,7 +385,7 @@ class _Pump:
         now = self.loop.time()
         client_idle = self.body.client_idle
         waiting_for_client = bool(self.left) and self.in_pipe < self.pipe_size
-        waiting_for_upstream = bool(self.prefix) or self.in_pipe > 0
+        waiting_for_upstream = bool(self.prefix) or self.ready > 0  # not while the hash thread is behind
         if client_idle is not None and waiting_for_client and now - self.last_in >= client_idle:
             self.failure = ClientTimeout(f"no body bytes for {client_idle:g} s")
         elif waiting_for_upstream and now - self.last_out >= self.upstream_idle:

@@ -122,6 +122,22 @@ class UploadInspector:
             out.append(Progress(upload_id=self.upload_id, bytes=received, total=self.total, ts=now))
         return out
 
+    def count(self, n: int, now: float) -> list[Event]:
+        """`n` bytes of a raw body that stay in the kernel (spliced, relay/zerocopy.py): counted, limited and
+        reported as `feed` would, never hashed here. Whoever splices them updates this body's hash (the object
+        `hasher` made) from their copy, and is done before `finish`."""
+        assert self._reader is None, "a multipart body is parsed: its bytes cannot stay in the kernel"
+        if not n:
+            return []
+        received = self.bytes_received + n
+        self.bytes_received = received
+        if self._max_body is not None and received > self._max_body:
+            raise BodyTooLarge(f"request body exceeds the limit of {self._max_body} bytes")
+        self._size += n
+        if self._ticker.due(received, self.total, now):
+            return [Progress(upload_id=self.upload_id, bytes=received, total=self.total, ts=now)]
+        return []
+
     def finish(self, now: float) -> list[Event]:
         """The body is complete: validate its end; return the raw body's Part (multipart: nothing more)."""
         if self._finished:

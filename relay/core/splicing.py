@@ -13,9 +13,12 @@ Rules, all of which must hold:
 1. The body is declared by Content-Length and is at least `SPLICE_MIN` bytes. A chunked body must be de-chunked
    (the relay re-frames it for the upstream), and a small body is cheaper to copy than to set a pipe up for.
    Content-Length also gives the exact count to move: the splice never reads past the body.
-2. Nothing looks at the bytes: no sha256 (`--digest none`), not multipart (no parts, no per-file limits), no
-   `Content-Digest` / `Repr-Digest` to verify. `--max-body-size` needs no bytes: a declared length over it was
-   refused from the headers already.
+2. Nothing looks at the bytes but a sha256 of the whole body: not multipart (no parts, no per-file limits), no
+   `Content-Digest` / `Repr-Digest` to verify (the relay must hold the body's last bytes back until the digest
+   matches, and a splice has no last bytes to hold). `--max-body-size` needs no bytes: a declared length over it
+   was refused from the headers already.
+3. The sha256 (the default `--digest sha256`) only where the kernel can copy the body for a hash thread
+   (`tee`: tee(2), relay/pipehash.py); else the body is copied through the relay as before.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ __all__ = ["SPLICE_MIN", "may_splice"]
 SPLICE_MIN = 1024 * 1024
 
 
-def may_splice(*, content_length: int | None, digest: bool, multipart: bool, digest_fields: bool) -> bool:
+def may_splice(
+    *, content_length: int | None, digest: bool, multipart: bool, digest_fields: bool, tee: bool = False
+) -> bool:
     """True when the body may go socket to socket (the rules in the module docstring)."""
     if content_length is None or content_length < SPLICE_MIN:
         return False
-    return not (digest or multipart or digest_fields)
+    return not (multipart or digest_fields or (digest and not tee))

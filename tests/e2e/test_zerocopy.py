@@ -1,13 +1,15 @@
-"""The spliced body path (relay/zerocopy.py): `--digest none`, a raw Content-Length body of 1 MiB or more.
+"""The spliced body path (relay/zerocopy.py): a raw Content-Length body of 1 MiB or more, with `--digest none`, or
+with the default sha256 hashed from a tee'd copy of the pipe (relay/pipehash.py).
 
 Real relay-server processes, real sockets, real upstreams. A spliced request is recognisable from outside: its
 answer carries `Connection: close` (the HTTP parser never saw the spliced bytes, so the connection cannot carry
 another request). Every failure must leave the upstream without a complete body, as on the normal path
-(tests/e2e/test_promise.py is the same matrix with the default sha256, which never splices).
+(tests/e2e/test_promise.py is the same matrix on the normal path).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -28,6 +30,7 @@ from tests.conftest import start_test_upstream, tricky_bytes
 
 SIZE = 5 * 1024 * 1024 + 123  # odd, so it never lines up with the pipe or the reads
 HALF = SIZE // 2
+DIGESTS = pytest.mark.parametrize("digest", ["none", "sha256"])  # spliced as is, and tee'd to a hash thread
 
 
 @pytest.fixture
@@ -118,6 +121,58 @@ def test_spliced_body_arrives_byte_exact(tmp_path: Path, servers: list[RunningSe
     assert metric(relay, "relay_bytes_forwarded_total") == SIZE
 
 
+@pytest.mark.parametrize("expect", [False, True], ids=["body-with-head", "expect-100"])
+def test_hashed_body_is_spliced_and_its_sha256_reported(
+    tmp_path: Path, servers: list[RunningServer], expect: bool
+) -> None:
+    """The default sha256: spliced (Connection: close), the relay's X-Upload-Sha256, record and metrics exact."""
+    store = tmp_path / "received"
+    sink = start_sink(store)
+    servers.append(sink)
+    relay = start_relay(upstream=sink.url)
+    servers.append(relay)
+    data = tricky_bytes(SIZE, seed=16)
+    want = hashlib.sha256(data).hexdigest()
+    status, answer_head, answer = upload(relay, data, upload_id=f"hashed-{expect}", expect=expect)
+    assert status == 200, answer
+    assert b"connection: close" in answer_head, "not spliced: the hashed body took the copying path"
+    assert f"x-upload-sha256: {want}".encode() in answer_head
+    assert json.loads(answer)["files"][0]["sha256"] == want
+    (kept,) = stored(store)
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == want
+    seen = record(relay, f"hashed-{expect}")
+    assert (seen["state"], seen["bytes"], seen["parts"][0]["size"], seen["parts"][0]["sha256"]) == (
+        "completed",
+        SIZE,
+        SIZE,
+        want,
+    )
+    assert metric(relay, "relay_bytes_received_total") == SIZE
+    assert metric(relay, "relay_bytes_forwarded_total") == SIZE
+
+
+def test_hashed_splices_one_after_another_each_get_their_own_sha256(servers: list[RunningServer]) -> None:
+    """Hash threads are pooled: a thread (and its read buffer) reused by the next body must not mix them up."""
+    sink = start_sink(None)
+    servers.append(sink)
+    relay = start_relay(upstream=sink.url)
+    servers.append(relay)
+    bodies = [tricky_bytes(SIZE + i * 4099, seed=20 + i) for i in range(3)]
+    answers: list[tuple] = []  # type: ignore[type-arg]
+    threads = [
+        threading.Thread(target=lambda i=i, b=b: answers.append((b, upload(relay, b, upload_id=f"many-{i}"))))
+        for i, b in enumerate(bodies + bodies[:1])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 4
+    for body, (status, answer_head, _) in answers:
+        assert status == 200 and b"connection: close" in answer_head
+        assert f"x-upload-sha256: {hashlib.sha256(body).hexdigest()}".encode() in answer_head
+
+
 def test_progress_events_while_spliced(servers: list[RunningServer]) -> None:
     sink = start_sink(None)
     servers.append(sink)
@@ -160,7 +215,8 @@ def test_pipelined_bytes_after_the_body_are_not_forwarded(servers: list[RunningS
     assert json.loads(answer)["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_small_sha256_and_chunked_bodies_are_not_spliced(servers: list[RunningServer]) -> None:
+def test_small_digest_checked_and_chunked_bodies_are_not_spliced(servers: list[RunningServer]) -> None:
+    """A Content-Digest is verified before the body's last bytes leave: a spliced body has none to hold back."""
     sink = start_sink(None)
     servers.append(sink)
     relay_none = start_relay("--digest", "none", upstream=sink.url)
@@ -168,8 +224,11 @@ def test_small_sha256_and_chunked_bodies_are_not_spliced(servers: list[RunningSe
     servers.extend([relay_none, relay_sha])
     small = tricky_bytes(512 * 1024, seed=5)
     big = tricky_bytes(SIZE, seed=6)
-    for relay, body in ((relay_none, small), (relay_sha, big)):
-        status, answer_head, answer = upload(relay, body, upload_id=f"kept-{len(body)}")
+    checked = f"Content-Digest: sha-256=:{base64.b64encode(hashlib.sha256(big).digest()).decode()}:\r\n"
+    for relay, body, extra in ((relay_none, small, ""), (relay_sha, small, ""), (relay_sha, big, checked)):
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
+            sock.sendall(head("/upload/z", len(body), upload_id=f"kept-{len(body)}", extra=extra) + body)
+            status, answer_head, answer = read_answer(sock)
         assert status == 200 and b"connection: close" not in answer_head, answer_head
         assert json.loads(answer)["files"][0]["sha256"] == hashlib.sha256(body).hexdigest()
     chunked = httpx.put(f"{relay_none.url}/upload/c", content=iter([big[:HALF], big[HALF:]]), timeout=30)
@@ -198,11 +257,14 @@ def partial_upload(relay: RunningServer, upload_id: str, sent: int) -> socket.so
     return sock
 
 
-def test_client_breaking_mid_body_never_completes_upstream(tmp_path: Path, servers: list[RunningServer]) -> None:
+@DIGESTS
+def test_client_breaking_mid_body_never_completes_upstream(
+    tmp_path: Path, servers: list[RunningServer], digest: str
+) -> None:
     store = tmp_path / "received"
     sink = start_sink(store)
     servers.append(sink)
-    relay = start_relay("--digest", "none", upstream=sink.url)
+    relay = start_relay("--digest", digest, upstream=sink.url)
     servers.append(relay)
     for how in ("close", "reset"):
         sock = partial_upload(relay, f"gone-{how}", HALF)
@@ -217,11 +279,12 @@ def test_client_breaking_mid_body_never_completes_upstream(tmp_path: Path, serve
     assert stored(store) == [], "the upstream kept a body the client never finished"
 
 
-def test_idle_client_times_out(tmp_path: Path, servers: list[RunningServer]) -> None:
+@DIGESTS
+def test_idle_client_times_out(tmp_path: Path, servers: list[RunningServer], digest: str) -> None:
     store = tmp_path / "received"
     sink = start_sink(store)
     servers.append(sink)
-    relay = start_relay("--digest", "none", "--client-idle-timeout", "1", upstream=sink.url)
+    relay = start_relay("--digest", digest, "--client-idle-timeout", "1", upstream=sink.url)
     servers.append(relay)
     with partial_upload(relay, "idle", HALF) as sock:
         status, _, answer = read_answer(sock)
@@ -238,12 +301,13 @@ def test_idle_client_times_out(tmp_path: Path, servers: list[RunningServer]) -> 
         ("early-413", [], 413, None),
     ],
 )
+@DIGESTS
 def test_upstream_failures_while_spliced(
-    servers: list[RunningServer], mode: str, flags: list[str], status: int, code: str | None
+    servers: list[RunningServer], mode: str, flags: list[str], status: int, code: str | None, digest: str
 ) -> None:
     upstream = start_test_upstream(mode)
     servers.append(upstream)
-    relay = start_relay("--digest", "none", *flags, upstream=upstream.url)
+    relay = start_relay("--digest", digest, *flags, upstream=upstream.url)
     servers.append(relay)
     data = tricky_bytes(SIZE, seed=9)
     with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
@@ -262,11 +326,12 @@ def test_upstream_failures_while_spliced(
         assert (seen["state"], seen["upstream_status"]) == ("completed", 413)
 
 
-def test_drain_timeout_cuts_a_spliced_body(tmp_path: Path, servers: list[RunningServer]) -> None:
+@DIGESTS
+def test_drain_timeout_cuts_a_spliced_body(tmp_path: Path, servers: list[RunningServer], digest: str) -> None:
     store = tmp_path / "received"
     sink = start_sink(store)
     servers.append(sink)
-    relay = start_relay("--digest", "none", "--drain-timeout", "1", upstream=sink.url)
+    relay = start_relay("--digest", digest, "--drain-timeout", "1", upstream=sink.url)
     servers.append(relay)
     with partial_upload(relay, "drain", HALF):
         time.sleep(0.3)

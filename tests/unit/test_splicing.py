@@ -29,3 +29,16 @@ def test_anything_that_needs_the_bytes_is_not(
     assert not may_splice(
         content_length=content_length, digest=digest, multipart=multipart, digest_fields=digest_fields
     )
+
+
+def test_a_hashed_body_is_spliced_only_where_the_kernel_can_tee_it() -> None:
+    assert may_splice(content_length=SPLICE_MIN, digest=True, multipart=False, digest_fields=False, tee=True)
+    assert not may_splice(content_length=SPLICE_MIN, digest=True, multipart=False, digest_fields=False, tee=False)
+
+
+@pytest.mark.parametrize(("multipart", "digest_fields"), [(True, False), (False, True)])
+def test_tee_changes_nothing_for_parsed_or_digest_checked_bodies(multipart: bool, digest_fields: bool) -> None:
+    """A Content-Digest must be verified before the last bytes leave: a splice has no last bytes to hold back."""
+    assert not may_splice(
+        content_length=SPLICE_MIN, digest=True, multipart=multipart, digest_fields=digest_fields, tee=True
+    )
