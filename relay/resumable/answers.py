@@ -33,7 +33,7 @@ Headers = list[tuple[bytes, bytes]]
 TUS_EXPOSED = (
     b"Location, Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Expires, Tus-Resumable, "
     b"Tus-Version, Tus-Extension, Tus-Max-Size, X-Upload-ID, X-Upload-Sha256, X-Upstream-Status, Upload-Complete, "
-    b"Upload-Limit, Upload-Draft-Interop-Version"
+    b"Upload-Limit, Upload-Draft-Interop-Version, Upload-Concat"
 )
 
 

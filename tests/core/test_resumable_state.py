@@ -680,7 +680,10 @@ def test_options_and_405() -> None:
         and tus["Tus-Max-Size"] == "10000"
         and tus["Tus-Checksum-Algorithm"] == "sha1,sha256,md5"
     )
-    assert tus["Tus-Extension"] == "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum"
+    assert (
+        tus["Tus-Extension"]
+        == "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation"
+    )
     ietf = headers_of(decide_options("ietf-8", LIMITS))
     assert ietf["Accept-Patch"] == "application/partial-upload" and ietf["Upload-Limit"] == "max-size=10000"
     refused = method_not_allowed("tus")

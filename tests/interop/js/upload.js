@@ -1,7 +1,7 @@
 // Upload one file through the relay with tus-js-client (Node.js), as the interop tests drive it.
 // usage: node upload.js ENDPOINT FILE PROTOCOL CHUNK_SIZE [PAUSE_AT GO_FILE]
 // (TUS_DATA_DURING_CREATION=1: the first chunk goes with the creation request; TUS_DEFER_LENGTH=1: the
-// length is told with the last chunk)
+// length is told with the last chunk; TUS_PARALLEL=N: parallelUploads N, tus concatenation)
 // Prints one JSON line per event: {"event": "chunk", "offset": N} ..., then {"event": "success", "url": ...}
 // or {"event": "error", "message": ...} (exit 1). With PAUSE_AT, the PATCH that starts at or after that offset
 // waits until GO_FILE exists (the test restarts the relay meanwhile); retryDelays carry it over the restart.
@@ -38,6 +38,7 @@ const upload = new tus.Upload(data, {
   storeFingerprintForResuming: false,
   uploadDataDuringCreation: process.env.TUS_DATA_DURING_CREATION === "1",
   uploadLengthDeferred: process.env.TUS_DEFER_LENGTH === "1",
+  parallelUploads: Number(process.env.TUS_PARALLEL || "1"),
   onBeforeRequest(req) {
     const offset = Number(req.getHeader("Upload-Offset"));
     if (pauseAt !== undefined && !paused && req.getMethod() === "PATCH" && offset >= Number(pauseAt)) {
