@@ -48,6 +48,10 @@ state, it MUST deactivate the upload resource"). The glue records `appending` in
 the first byte only for appends that carry a tus checksum; other appends are recorded when they end
 (one fsync of the info file per append, not two).
 
+tus concatenation (relay/core/concat.py) adds no state: a partial upload (`concat="partial"`) is an ordinary
+upload that never takes `complete` (it stays `receiving` with every byte in, also through `recover`); a final
+upload (`concat="final"`) is created with its offset at its length and takes `complete` at once.
+
 The decisions on each request are in relay/core/resumable_decisions.py.
 The expiry sweeper asks `sweep`; a restart runs `recover` on every listed upload.
 """

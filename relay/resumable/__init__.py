@@ -7,6 +7,7 @@
 - forward.py: the finished file upstream, along a plain upload's path (and cut-through).
 - answers.py: the request as the handlers see it, and how answers are written.
 - shared.py: with `--redis`, the state documents, leases and fencing tokens every relay shares.
+- concat.py: tus concatenation's final POST (partial uploads joined, forwarded as one file; relay/core/concat.py).
 `open_resumable` builds them at start-up, on the spool the settings name, sharing the state through Redis when the
 relay runs with `--redis` (the one choice; without it, everything stays in this process as before).
 """
