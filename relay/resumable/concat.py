@@ -13,11 +13,15 @@ The protocol decisions (parsing `Upload-Concat`, which partial uploads a final u
    The final POST is answered when the upstream has answered, as a completing append is.
 3. What becomes of the partial uploads when the final upload ends (delivered, terminated, expired) is the
    store's (relay/resumable/store.py `save`: they are deleted, bytes and records).
+4. Two final POSTs naming one partial upload: the second is refused (400), never a second file. Across relays
+   the partial uploads' leases keep them apart until the claims are committed; on one relay without Redis
+   the claims are recorded in memory right after the decision, with no await in between.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from relay.core import concat as core_concat
@@ -61,18 +65,34 @@ class FinalUploads:
             )
             final = decision.upload
             if final is None:
-                await respond(request, decision)
+                if decision.error is not None:
+                    endpoints.ctx.metrics.rejections.labels(code=decision.error.code).inc()
+                await respond(
+                    request, replace(decision, headers=(*decision.headers, (b"X-Upload-ID", upload_id.encode())))
+                )
                 return
+            claimed = [core_concat.claim(partial, final) for partial in partials if partial is not None]
+            if store.shared is None:  # Rule 4: claimed in memory at once, before any await (the leases do it
+                for partial in claimed:  # across relays): a final POST racing this one is refused, not doubled
+                    store.record(partial)
+            created = False
 
             async def claim() -> None:  # the final upload exists: its partial uploads are its own now
-                for partial in partials:
-                    if partial is not None:
-                        await store.save(core_concat.claim(partial, final))
+                nonlocal created
+                created = True
+                for partial in claimed:
+                    await store.save(partial)
                 while leases:
                     part_id, lease = leases.pop()
                     await store.let_go(part_id, lease)
 
-            await endpoints.created(request, decision, upload_id, before_act=claim)
+            try:
+                await endpoints.created(request, decision, upload_id, before_act=claim)
+            finally:
+                if not created and store.shared is None:  # refused (id in use, cap, spool): the claims go back
+                    for before in partials:
+                        if before is not None:
+                            store.record(before)
         except StateUnavailable as exc:
             if not request.answered:
                 await endpoints.refuse(request, exc, upload_id=upload_id)

@@ -284,7 +284,7 @@ class ResumableEndpoints:
         try:
             concat = parse_concat(header_value(scope["headers"], b"upload-concat"), self.prefix, req.protocol)
         except RelayError as exc:
-            await refuse(self.ctx.metrics, request, exc)
+            await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
             return
         if concat is not None and concat.kind == FINAL:  # Rule 6
             await self.finals.create(request, upload_id, concat, target)

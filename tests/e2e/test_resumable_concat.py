@@ -156,7 +156,7 @@ def test_bad_finals_are_refused_and_change_nothing(stack: Stack, client: httpx.C
     )
     for answer, status, code in cases:
         assert (answer.status_code, error_code(answer)) == (status, code), answer.text
-        assert answer.headers["tus-resumable"] == "1.0.0"
+        assert answer.headers["tus-resumable"] == "1.0.0" and answer.headers["x-upload-id"]
     assert (ietf.status_code, error_code(ietf)) == (400, "bad_request")  # answered in its own protocol
     assert stack.stored() == []
 
@@ -265,3 +265,22 @@ def _files(root: str) -> list[str]:
 def _sha256_file(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_finals_racing_for_the_same_partials_deliver_one_file(stack: Stack, client: httpx.Client) -> None:
+    pieces = [os.urandom(200_000), os.urandom(100_000)]
+    locations = [partial(client, piece) for piece in pieces]
+    answers: list[int] = []
+
+    def post() -> None:
+        with stack.client() as own:
+            answers.append(final(own, locations).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 6 and answers.count(201) == 1, answers
+    assert set(answers) <= {201, 400, 404}, answers  # claimed by the winner (400), or already gone with it (404)
+    assert stack.stored_hashes() == [sha256(b"".join(pieces))]
