@@ -284,3 +284,30 @@ def test_finals_racing_for_the_same_partials_deliver_one_file(stack: Stack, clie
     assert len(answers) == 6 and answers.count(201) == 1, answers
     assert set(answers) <= {201, 400, 404}, answers  # claimed by the winner (400), or already gone with it (404)
     assert stack.stored_hashes() == [sha256(b"".join(pieces))]
+
+
+def test_expiry_takes_the_final_with_its_partials_and_lone_partials_quietly(tmp_path: os.PathLike[str]) -> None:
+    """An undelivered final upload expires with its partial uploads' data; a partial nobody claimed expires
+    like any upload, without ever showing in the registry."""
+    upstream = TinyUpstream(die=True)
+    spool = os.path.join(os.fspath(tmp_path), "spool")
+    relay = start_relay("--spool", spool, "--resumable-expiry", "3", upstream=upstream.url)
+    try:
+        with httpx.Client(base_url=relay.url, timeout=20) as client:
+            locations = [partial(client, os.urandom(10_000)) for _ in range(2)]
+            lone = partial(client, os.urandom(500))
+            answer = final(client, locations)
+            assert answer.status_code == 502, answer.text
+            location = answer.headers["location"]
+            upload_id = location.rsplit("/", 1)[1]
+            wait_for(lambda: tus_head(client, location).status_code == 404, 15)
+            wait_for(lambda: client.get(f"/_relay/uploads/{upload_id}").json()["state"] == "failed", 10)  # swept
+            record = client.get(f"/_relay/uploads/{upload_id}").json()
+            assert record["error"]["code"] == "expired"
+            wait_for(lambda: all(tus_head(client, loc).status_code == 404 for loc in [*locations, lone]), 15)
+            wait_for(lambda: not [n for n in os.listdir(spool) if n.endswith(".data")], 10)
+            ids = {u["id"] for u in client.get("/_relay/uploads").json()["uploads"]}
+            assert ids == {upload_id}
+    finally:
+        relay.stop()
+        upstream.close()
