@@ -6,6 +6,7 @@ one file, once; their spool data goes after delivery. relay/core/concat.py has t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -311,3 +312,34 @@ def test_expiry_takes_the_final_with_its_partials_and_lone_partials_quietly(tmp_
     finally:
         relay.stop()
         upstream.close()
+
+
+def test_partials_created_with_upload_and_checksummed_then_a_final_with_its_digest(
+    stack: Stack, client: httpx.Client
+) -> None:
+    """A partial upload sent whole with its creation (answered 201 with Location, not forwarded), another with a
+    tus checksum; the final's Repr-Digest is checked over the joined file: right, delivered; wrong, refused 400
+    and nothing kept."""
+    one, two = os.urandom(3000), os.urandom(4000)
+    created = tus_create(client, "/upload/parts", len(one), headers={"Upload-Concat": "partial"}, body=one)
+    assert created.status_code == 201 and created.headers["upload-offset"] == str(len(one)), created.text
+    first = created.headers["location"]
+    second = tus_create(client, "/upload/parts", len(two), headers={"Upload-Concat": "partial"}).headers["location"]
+    checksum = "sha1 " + base64.b64encode(hashlib.sha1(two).digest()).decode()
+    bad = tus_patch(client, second, 0, two, {"Upload-Checksum": "sha1 " + base64.b64encode(b"x" * 20).decode()})
+    assert bad.status_code == 460
+    assert tus_patch(client, second, 0, two, {"Upload-Checksum": checksum}).status_code == 204
+    assert stack.stored() == []
+
+    wrong = "sha-256=:" + base64.b64encode(hashlib.sha256(b"other").digest()).decode() + ":"
+    refused = final(client, [first, second], **{"Repr-Digest": wrong})
+    assert (refused.status_code, error_code(refused)) == (400, "digest_mismatch"), refused.text
+    assert stack.stored() == []
+    wait_for(lambda: all(tus_head(client, loc).status_code == 404 for loc in (first, second)), 7)
+
+    three = os.urandom(2500)
+    again = partial(client, three)
+    right = "sha-256=:" + base64.b64encode(hashlib.sha256(three).digest()).decode() + ":"
+    done = final(client, [again], **{"Repr-Digest": right})
+    assert done.status_code == 201 and done.headers["x-upload-sha256"] == sha256(three), done.text
+    assert stack.stored_hashes() == [sha256(three)]
