@@ -17,6 +17,8 @@ Theory of operation
    Counting, limits and multipart parsing run inline on the event loop. sha256 goes to one worker thread
    without an await per chunk (relay/hashing.py): the loop waits only for a part's digest. An await per
    chunk on a thread pool was measured and lost (280 vs 391 MB/s for a 1 GiB upload).
+   A large raw Content-Length body with nothing to check but its sha256 may skip all this: relay/splicewire.py
+   lets the upstream leg splice it socket to socket, its bytes counted (and tee'd to a hash thread) per splice.
 4. Any failure inside the generator (a limit, malformed multipart, the client gone) raises out of it,
    which kills the upstream request mid-body. The error is remembered here, so it is what gets answered,
    not what the upstream leg saw of it.
@@ -33,12 +35,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from relay import splicewire
 from relay.bus import EventBus
 from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import Completed, ErrorInfo, Event, Failed, Started
 from relay.core.inspector import Hash, UploadInspector
 from relay.core.limits import check_declared_length
-from relay.core.splicing import may_splice
 from relay.errors import (
     BadRequest,
     ClientDisconnected,
@@ -51,7 +53,7 @@ from relay.errors import (
     Unauthorized,
     UploadIdInUse,
 )
-from relay.hashing import direct_hash, new_hash, sha256_factory
+from relay.hashing import new_hash, sha256_factory
 from relay.headers import (
     forward_request_headers,
     forward_response_headers,
@@ -68,7 +70,6 @@ from relay.types import Receive, Scope, Send
 from relay.uploads import UploadRegistry
 from relay.upstream import Upstream, UpstreamResponse
 from relay.watchdog import IdleWatch
-from relay.zerocopy import SplicedBody, splice_supported, tee_supported
 
 __all__ = [
     "RelayContext",
@@ -90,12 +91,6 @@ LINGER_SECONDS = 2.0
 HASHER = sha256_factory()
 # Byte counters reach Prometheus in batches of this size (and at the end of every body).
 METRICS_BATCH = 4 * 1024 * 1024
-# scope["extensions"] key set by the server glue (relay/server.py): take(scope) -> ClientSocket | None hands the
-# client socket over for the spliced body of the request `scope` (relay/zerocopy.py); None for any other scope.
-TAKE_BODY = "relay.take_body"
-SPLICED_BYTES = "relay.spliced_bytes"  # scope["extensions"] key: the body bytes that were spliced, not received
-SPLICE = splice_supported()
-TEE = tee_supported()  # a hashed body may be spliced too (relay/pipehash.py)
 
 
 @dataclass
@@ -236,6 +231,7 @@ class Upload:
         )
         self.started = time.monotonic()
         self.upload_id = new_upload_id()
+        self.id_chosen = False  # by the client (X-Upload-ID): only such an id can be in use on another relay
         self.inspector: UploadInspector | None = None
         self.digests: DigestChecker | None = None  # RFC 9530 Content-/Repr-Digest, when the request has one
         self.content_length: int | None = None
@@ -259,6 +255,7 @@ class Upload:
         client_id = header_value(self.headers, b"x-upload-id")
         if client_id is not None and valid_upload_id(client_id):
             self.upload_id = client_id.decode("ascii")
+            self.id_chosen = True
             # First, before any other refusal: a refusal recorded under the id of an upload in progress would
             # replace that upload's record and end its event streams.
             if self.ctx.registry.is_active(self.upload_id):
@@ -358,7 +355,8 @@ class Upload:
         try:
             self.check_headers()
             # The caps across relays: one await on the head of the request, never per chunk.
-            self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key)
+            # A relay-drawn id (128 random bits) is in use nowhere: not chosen, no lease on it (a Redis round trip).
+            self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key, chosen=self.id_chosen)
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
             self.ctx.metrics.rejections.labels(code=exc.code).inc()
@@ -456,46 +454,12 @@ class Upload:
     # -- 2-4. the body ------------------------------------------------------------------------------------
 
     def outgoing(self) -> AsyncIterator[bytes]:
-        """The body generator, or the same wrapped so the upstream leg may splice it (relay/zerocopy.py)."""
-        assert self.inspector is not None
-        take = self.scope.get("extensions", {}).get(TAKE_BODY)
-        splice = SPLICE and take is not None
-        if not splice or not may_splice(
-            content_length=self.content_length,
-            digest=self.ctx.settings.digest,
-            multipart=self.inspector.is_multipart,
-            digest_fields=self.digests is not None,
-            tee=TEE and self.body_hash is not None,
-        ):
-            return self.body()
-        assert self.content_length is not None
-        body_hash = self.body_hash
-        return SplicedBody(
-            self.body(),
-            digest=(lambda: direct_hash(body_hash)) if body_hash is not None else None,
-            take=lambda: take(self.scope),
-            length=self.content_length,
-            client_idle=self.ctx.settings.client_idle_timeout,
-            on_received=self.spliced_in,
-            on_forwarded=self.note_forwarded,
-            on_end=self.spliced_end,
-        )
+        """The body generator, or the same wrapped so the upstream leg may splice it (relay/splicewire.py)."""
+        return splicewire.outgoing(self, self.body())
 
-    def spliced_in(self, size: int) -> None:
-        """Bytes the kernel moved from the client: counted, limited and reported as a chunk of them would be."""
-        assert self.inspector is not None
-        self.unreported_received += size
-        self.emit_all(self.inspector.count(size, time.time()))
-        self.check_rate()
-
-    def spliced_end(self, whole: bool) -> None:
-        assert self.inspector is not None
-        if whole:
-            self.body_done = True
-            self.emit_all(self.inspector.finish(time.time()))
-        self.report_bytes()
-        # The access log counts the bytes `receive()` returned, and a spliced body never passes there.
-        self.scope.setdefault("extensions", {})[SPLICED_BYTES] = self.inspector.bytes_received
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
 
     async def body(self) -> AsyncIterator[bytes]:
         """Chunks from the client, inspected, one held back (see the module docstring)."""

@@ -9,9 +9,9 @@ import sys
 
 
 def main() -> int:
-    import relay.proxy
+    import relay.splicewire
 
-    relay.proxy.SPLICE = False
+    relay.splicewire.SPLICE = False
     from relay.cli import main as relay_main
 
     sys.argv[0] = "relay-server"

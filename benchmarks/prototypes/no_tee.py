@@ -10,9 +10,9 @@ import sys
 
 
 def main() -> int:
-    import relay.proxy
+    import relay.splicewire
 
-    relay.proxy.TEE = False
+    relay.splicewire.TEE = False
     from relay.cli import main as relay_main
 
     sys.argv[0] = "relay-server"
