@@ -104,13 +104,18 @@ class ResumableEndpoints:
         """Creation, and discovery by OPTIONS, on a routed path."""
         if await self._options(route, scope, send, routed=True):
             return
+        # The contract: every answer on a routed path carries X-Upload-ID, refusals too (as for plain uploads):
+        # the client's valid id, else the one drawn now, which a creation then uses.
+        given = header_value(scope["headers"], b"x-upload-id")
+        upload_id = given.decode("ascii") if given is not None and valid_upload_id(given) else new_upload_id()
+        send = _with_header(send, b"x-upload-id", upload_id.encode())
         request = await self._parse(route, scope, receive, send)
         if request is None:
             return
         if request.req.method != "POST" or "POST" not in route.methods:
             await respond(request, decide.method_not_allowed(request.req.protocol, "POST, OPTIONS"))
             return
-        await self._create(request)
+        await self._create(request, upload_id)
 
     async def prefixed(self, scope: Scope, receive: Receive, send: Send) -> None:
         """HEAD, PATCH, DELETE and OPTIONS on `<resumable-prefix><id>`."""
@@ -262,13 +267,13 @@ class ResumableEndpoints:
 
     # -- creation -------------------------------------------------------------------------------------------
 
-    async def _create(self, request: Request) -> None:
+    async def _create(self, request: Request, upload_id: str) -> None:
+        """Creation under `upload_id`: the client's X-Upload-ID when valid, else one the relay drew."""
         scope, req = request.scope, request.req
         given = header_value(scope["headers"], b"x-upload-id")
         if given is not None and not valid_upload_id(given):
             await refuse(self.ctx.metrics, request, BadRequest("X-Upload-ID must match [A-Za-z0-9_-]{1,64}"))
             return
-        upload_id = given.decode("ascii") if given is not None else new_upload_id()
         if req.protocol != "tus" and "filename" not in req.metadata:
             disposition = header_value(scope["headers"], b"content-disposition")
             filename = disposition_filename(disposition) if disposition is not None else None

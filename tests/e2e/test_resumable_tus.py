@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,6 +259,29 @@ def test_413_for_an_upload_length_over_the_limit(stack: Stack, client: httpx.Cli
     assert answer.status_code == 413
     assert answer.headers["tus-max-size"] == str(50 * 1024 * 1024)
     assert answer.json()["error"]["code"] == "body_too_large"
+
+
+def test_refused_creations_carry_an_upload_id(stack: Stack, client: httpx.Client) -> None:
+    """The contract: every response on a routed path carries X-Upload-ID, the relay's own errors too (as plain
+    uploads do); a valid chosen id is the one answered, an invalid one is never echoed."""
+    refusals = {
+        "412 other version": client.post("/upload/r", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "10"}),
+        "413 over the limit": tus_create(client, "/upload/r", 50 * 1024 * 1024 + 1),
+        "400 no length": client.post("/upload/r", headers=TUS),
+        "405 PUT": client.put("/upload/r", headers={**TUS, "Upload-Length": "10"}),
+    }
+    for what, answer in refusals.items():
+        assert what.startswith(str(answer.status_code)), (what, answer.status_code, answer.text)
+        assert valid_id(answer.headers.get("x-upload-id")), (what, answer.headers)
+    chosen = tus_create(client, "/upload/r", 50 * 1024 * 1024 + 1, headers={"X-Upload-ID": "my-own-id"})
+    assert chosen.status_code == 413 and chosen.headers["x-upload-id"] == "my-own-id"
+    bad = tus_create(client, "/upload/r", 10, headers={"X-Upload-ID": "bad!id"})
+    assert bad.status_code == 400 and valid_id(bad.headers.get("x-upload-id"))
+    assert bad.headers["x-upload-id"] != "bad!id"
+
+
+def valid_id(value: str | None) -> bool:
+    return value is not None and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is not None
 
 
 def test_bytes_past_the_length_in_a_streamed_body_keep_nothing(stack: Stack, client: httpx.Client) -> None:
