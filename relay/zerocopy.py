@@ -48,7 +48,7 @@ from relay import pipehash
 from relay.errors import ClientDisconnected, ClientTimeout, UpstreamTimeout
 from relay.pipehash import RawHash
 
-__all__ = ["ByteCount", "ClientSocket", "SplicedBody", "UpstreamGone", "splice_supported"]
+__all__ = ["ClientSocket", "SplicedBody", "UpstreamGone", "splice_supported", "tee_supported"]
 
 PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size for unprivileged processes; 64 KiB if refused
 FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -403,16 +403,3 @@ class _Pump:
             self._wake()
             return
         self._arm()
-
-
-class ByteCount:
-    """What the inspector reads of a raw body it neither hashes nor parses: its length (the bytes stay in the
-    kernel). Handed to `UploadInspector.feed` so counts, limits and progress events stay the inspector's."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
