@@ -12,7 +12,8 @@ are), so the slicing is in every figure and the excess over `raw` is the reader'
 - `parser`: python-multipart's `MultipartParser.write` with no-op callbacks (what the reader drives);
 - `reader`: `relay.core.multipart.MultipartReader.write` with a counting `on_part_data` (what the inspector gets);
 - `inspector`: `UploadInspector.feed` with `--digest none` (digest=False), the relay's whole per-chunk core work;
-- `find`: `bytes.find` of the delimiter over each chunk alone (a floor for any scanner built on it).
+- `find`, `rfind`: `bytes.find` / `bytes.rfind` of the delimiter over each chunk alone (the floor of a scanner built
+  on either; CPython's reverse search is the faster one, see Rule 7 in relay/core/multipart.py).
 
 Prints CPU-s/GiB (best of `--reps`) and each reader's excess over `raw`. `--baseline FILE` adds `base`: the
 MultipartReader of another version of relay/core/multipart.py, e.g. `git show 9bd3609:relay/core/multipart.py >
@@ -73,6 +74,14 @@ def run_find(chunks: Iterable[bytes], boundary: bytes) -> int:
     return hits
 
 
+def run_rfind(chunks: Iterable[bytes], boundary: bytes) -> int:
+    delimiter = b"\r\n--" + boundary
+    hits = 0
+    for chunk in chunks:
+        hits += chunk.rfind(delimiter) >= 0
+    return hits
+
+
 def run_parser(chunks: Iterable[bytes], boundary: bytes) -> int:
     parser = MultipartParser(boundary, callbacks={})
     for chunk in chunks:
@@ -113,6 +122,7 @@ def run_inspector(chunks: Iterable[bytes], boundary: bytes) -> int:
 RUNNERS: dict[str, Callable[[Iterable[bytes], bytes], int]] = {
     "raw": run_raw,
     "find": run_find,
+    "rfind": run_rfind,
     "parser": run_parser,
     "reader": run_reader,
     "inspector": run_inspector,

@@ -5,9 +5,8 @@ Theory of operation
 `MultipartReader.write(chunk)` pushes bytes into `python_multipart.MultipartParser` (all but the bulk of part
 data, which it hands on itself: Rule 7) and turns its callbacks into three of ours: `on_part_begin(PartHeaders)`
 once a part's headers are complete, `on_part_data(memoryview)` with zero-copy slices of the caller's chunk
-(valid only during the call), and `on_part_end()`. `close()` says
-whether the body ended properly. Any split of the same body gives the same calls (modulo how data is sliced)
-and the same verdict.
+(valid only during the call), and `on_part_end()`. `close()` says whether the body ended properly. Any split
+of the same body gives the same calls (modulo how data is sliced) and the same verdict.
 
 Rules (each is tested in tests/core/):
 
@@ -32,11 +31,14 @@ Rules (each is tested in tests/core/):
    is in `PART_DATA` with `index` 0: no partial delimiter pending), the reader searches the chunk itself for
    the delimiter `CRLF--boundary` with one `bytes.find`, hands everything before it to `on_part_data`, and
    gives the parser only the rest: from the delimiter on, or from the last CR when the chunk ends in a partial
-   delimiter, which the parser then carries over as it always does. Before this the parser did the same
-   `find` but cost 2-4 us more per chunk (benchmarks/prototypes/multipart_scan.py: 0.80 -> 0.37 CPU-s/GiB
-   over a raw count at 4 KiB chunks, 0.12 -> 0.10 at 64 KiB; the `find` itself, 0.09, is the floor). The
-   parser ends each write in the same state as if it had seen every byte, so every call and every verdict is
-   the same (tests/core/test_multipart_fastpath.py compares them call by call with the parser seeing all).
+   delimiter, which the parser then carries over as it always does. The parser ends each write in the state it
+   would have reached seeing every byte, so every call and every verdict is the same
+   (tests/core/test_multipart_fastpath.py compares them call by call with a reader whose parser sees all).
+   python-multipart already scans part data with the same `find`; what this saves is its per-write cost:
+   `write()` in the relay took 0.197 -> 0.150 CPU-s/GiB of a 1 GiB `curl -F` (loopback reads of ~250 KB,
+   benchmarks/prototypes/multipart_write_time.py), and 0.80 -> 0.37 at 4 KiB chunks over a raw count
+   (benchmarks/prototypes/multipart_scan.py). The `find` itself is the floor. `rfind`, twice as fast over bytes
+   in cache, was no faster on fresh socket reads and 3.5 times slower on runs of delimiter characters: not used.
    This reads the parser's `state` and `index` (python-multipart 0.0.34, pinned in constraints.txt).
 """
 
