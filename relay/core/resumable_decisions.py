@@ -256,7 +256,9 @@ def decide_create(
     if length is not None and (refusal := _too_large(req.protocol, length, limits)) is not None:
         return refusal
     if settings.max_incomplete is not None and incomplete >= settings.max_incomplete:
-        return _error(req.protocol, TooManyUploads(f"{incomplete} resumable uploads are incomplete"))
+        # Retry-After as every 429 of the relay (the caps of plain uploads): a client knows when to try again.
+        too_many = TooManyUploads(f"{incomplete} resumable uploads are incomplete")
+        return _error(req.protocol, too_many, headers=(_h("Retry-After", 1),))
     if free_bytes is not None and (length or 0) + settings.headroom > free_bytes:
         return _error(req.protocol, InsufficientStorage(f"{free_bytes} bytes free in the spool"))
     metadata = dict(req.metadata)
@@ -525,7 +527,10 @@ def _past_the_end(
     if upload.length is not None:
         return BeyondUploadLength(), headers
     limit = _max_size(limits)
-    return BodyTooLarge(f"the upload passed the size limit of {limit} bytes"), (*headers, _h("Tus-Max-Size", limit))
+    passed = f"the upload passed the size limit of {limit} bytes"
+    # The smaller of the two limits was passed; as at creation (`_too_large`), the body limit first.
+    error: RelayError = BodyTooLarge(passed) if limit == limits.max_body_size else FileTooLarge(passed)
+    return error, (*headers, _h("Tus-Max-Size", limit))
 
 
 def _overflow(

@@ -233,7 +233,8 @@ def parse_request(method: str, headers: Iterable[tuple[bytes, bytes]], protocol:
     if protocol == "tus" and method != "OPTIONS":
         version = _get(headers, b"tus-resumable")
         if version != TUS_VERSION.encode():
-            raise UnsupportedTusVersion(f"Tus-Resumable {version!r} is not supported; this server speaks 1.0.0")
+            shown = "(none)" if version is None else repr(version.decode("latin-1"))[:40]
+            raise UnsupportedTusVersion(f"Tus-Resumable {shown} is not supported; this server speaks 1.0.0")
     return ResumableRequest(
         method=method,
         protocol=protocol,

@@ -139,8 +139,10 @@ class ResumableEndpoints:
         request = await self._parse(route, scope, receive, send)
         if request is None:
             return
-        method = request.req.method
-        if method not in ("HEAD", "PATCH", "DELETE") or not upload_id:
+        if not upload_id:  # the prefix itself is only for discovery (OPTIONS, answered above): another path
+            await refuse(self.ctx.metrics, request, NotFound("no resumable upload at this path"))
+            return
+        if request.req.method not in ("HEAD", "PATCH", "DELETE"):
             await respond(request, decide.method_not_allowed(request.req.protocol))
             return
         await self._prefixed(request, upload_id.decode("ascii"))

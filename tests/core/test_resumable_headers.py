@@ -61,6 +61,7 @@ def test_tus_412_on_other_versions(version: bytes) -> None:
     with pytest.raises(UnsupportedTusVersion) as info:
         parse_request("PATCH", [(b"tus-resumable", version)], "tus")
     assert info.value.status_code == 412
+    assert f"Tus-Resumable '{version.decode()}' is not supported" in str(info.value.message)  # text, not b'...'
 
 
 def test_tus_options_needs_no_version() -> None:

@@ -361,7 +361,8 @@ def test_file_limit_gives_file_too_large() -> None:
 
 def test_create_caps_and_storage() -> None:
     req = request("tus", "POST", (b"upload-length", b"100"))
-    assert decide_new(req, incomplete=10).status == 429
+    too_many = decide_new(req, incomplete=10)
+    assert too_many.status == 429 and headers_of(too_many)["Retry-After"] == "1"
     assert decide_new(req, free_bytes=1099).status == 507
     assert decide_new(req, free_bytes=1100).status == 201
 
@@ -518,6 +519,29 @@ def test_deferred_upload_past_the_size_limit(protocol: Protocol, state: str) -> 
             patch("tus", 9_990, (b"content-length", b"11")), upload, writer="w", now=NOW, limits=LIMITS
         )
         assert early.status == 413 and json.loads(early.body)["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize(
+    ("limits", "code"),
+    [
+        (Limits(max_body_size=None, max_file_size=10_000), "file_too_large"),
+        (Limits(max_body_size=20_000, max_file_size=10_000), "file_too_large"),
+        (Limits(max_body_size=10_000, max_file_size=20_000), "body_too_large"),
+    ],
+)
+def test_deferred_upload_past_the_file_limit_names_it(limits: Limits, code: str) -> None:
+    """The contract: past `max_file_size` is 413 `file_too_large`, as at creation (the smaller limit is the one)."""
+    upload = new_upload(protocol="tus", length=None, offset=9_990)
+    begin = decide_append_begin(patch("tus", 9_990), upload, writer="w", now=NOW, limits=limits)
+    assert begin.upload is not None
+    end = decide_append_end(
+        patch("tus", 9_990), begin.upload, writer="w", written=10, ended=False, overflow=True, now=NOW, limits=limits
+    )
+    assert end.status == 413 and json.loads(end.body)["error"]["code"] == code
+    early = decide_append_begin(
+        patch("tus", 9_990, (b"content-length", b"11")), upload, writer="w", now=NOW, limits=limits
+    )
+    assert early.status == 413 and json.loads(early.body)["error"]["code"] == code
 
 
 def test_tus_deferred_length_set_on_a_patch() -> None:

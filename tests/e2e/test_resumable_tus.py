@@ -252,6 +252,9 @@ def test_refusals(stack: Stack, client: httpx.Client) -> None:
     assert tus_head(client, "/resumable/nosuchupload").status_code == 404
     deeper = tus_head(client, location + "/more")
     assert deeper.status_code == 404 and deeper.headers["tus-resumable"] == "1.0.0"
+    for method in ("GET", "HEAD", "PATCH", "DELETE", "POST"):  # the prefix alone is not an upload: another path
+        bare = client.request(method, "/resumable/", headers=TUS)
+        assert bare.status_code == 404, (method, bare.status_code)
 
 
 def test_413_for_an_upload_length_over_the_limit(stack: Stack, client: httpx.Client) -> None:
