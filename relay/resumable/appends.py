@@ -58,6 +58,7 @@ from relay.errors import (
 from relay.hashing import new_hash
 from relay.headers import header_value
 from relay.proxy import RelayContext
+from relay.resumable import spliced
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
 from relay.resumable.forward import FileBody, ForwardUpload, answer_translator, framing
 from relay.resumable.live import LiveAppend, Overflow
@@ -231,6 +232,8 @@ class Appends:
         failure: RelayError | None = None,
     ) -> Decision:
         """Decide the append's end, make the spool match (Rule 1), save, report; answer unless told not to."""
+        if live.splice is not None:
+            await live.splice.close()  # a spliced append's count is the data file's (spliced.py Rule 3)
         self.store.hold(upload.id, upload.writer)
         ended = live.ended and not live.overflow and failure is None
         decision = decide.decide_append_end(
@@ -399,6 +402,20 @@ class Appends:
         frame = framing(upload.metadata, route=route, upload_id=upload.id)
         length = upload.length or 0
         spooled = upload.append_start if live is not None and upload.append_start is not None else length
+        digests = _file_digests(request, upload)
+        cut = None
+        if live is not None:
+            framed = bool(frame.preamble or frame.epilogue)
+            cut = spliced.offer(
+                request.scope,
+                live,
+                spooled=spooled,
+                length=length,
+                framed=framed,
+                digests=digests,
+                on_last=on_last,
+            )
+            live.splice = cut
         body = FileBody(
             self.store.spool,
             upload.id,
@@ -407,14 +424,14 @@ class Appends:
             frame=frame,
             live=live.chunks() if live is not None else None,
             on_last=on_last,
-            digests=_file_digests(request, upload),
+            digests=digests,
         )
         forwarded = [(name, value) for name, value in request.scope["headers"] if name in _FORWARDED]
         scope = ForwardUpload.scope_for(
             request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
         )
         send = answer_translator(request.send, self._completion(request, committed))
-        forward = ForwardUpload(self.ctx, route, scope, body, send, length=length)
+        forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut)
         forward.upload_id = upload.id
         return forward
 

@@ -25,18 +25,22 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.core.digests import DigestChecker
 from relay.core.events import Completed, Event, Part
 from relay.core.inspector import UploadInspector
 from relay.core.limits import Limits
 from relay.errors import RelayError, UpstreamFailed
-from relay.proxy import HASHER, RelayContext, Upload
+from relay.proxy import RelayContext, Upload
 from relay.server import RAW_TARGET
 from relay.settings import Route
 from relay.spool.base import Spool, SpoolError
 from relay.types import Message, Scope, Send
+from relay.zerocopy import SplicedBody
+
+if TYPE_CHECKING:
+    from relay.resumable.spliced import CutThrough
 
 __all__ = ["FileBody", "ForwardUpload", "Framing", "framing"]
 
@@ -177,10 +181,29 @@ class FileBody:
 class ForwardUpload(Upload):
     """The plain upload's path for a made-up request (see the module docstring)."""
 
-    def __init__(self, ctx: RelayContext, route: Route, scope: Scope, body: FileBody, send: Send, *, length: int):
+    def __init__(
+        self,
+        ctx: RelayContext,
+        route: Route,
+        scope: Scope,
+        body: FileBody,
+        send: Send,
+        *,
+        length: int,
+        cut: CutThrough | None = None,
+    ):
         super().__init__(ctx, route, scope, body.receive, send)
         self.length = length
         self.error: RelayError | None = None
+        self.cut = cut  # the completing append may be spliced into the spool and upstream (spliced.py)
+
+    def outgoing(self) -> AsyncIterator[bytes]:
+        """The proxy's body; a spliced one also feeds the spool when this forward is a zero-copy cut-through
+        (relay/resumable/spliced.py). Not spliced, the FileBody is iterated: the copying path."""
+        body = super().outgoing()
+        if self.cut is not None and isinstance(body, SplicedBody):
+            return self.cut.wrap(body)
+        return body
 
     @staticmethod
     def scope_for(scope: Scope, *, target: bytes, frame: Framing, length: int, forwarded: Headers) -> Scope:
@@ -211,7 +234,7 @@ class ForwardUpload(Upload):
             total=self.content_length,
             limits=NO_LIMITS,
             digest=self.ctx.settings.digest,
-            hasher=HASHER,
+            hasher=self.new_body_hash,  # the hash object a spliced body's hash thread updates (splicewire.py)
             progress=self.ctx.settings.progress,
         )
 

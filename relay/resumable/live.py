@@ -85,6 +85,10 @@ class LiveAppend:
         self._grace = min_rate_grace
         self._began = time.monotonic()
         self._quiet = provisional or checksum is not None  # Rule 2
+        # The zero-copy cut-through of this append (relay/resumable/spliced.py), once offered: its bytes never
+        # pass `receive`; a rest left after an upstream failure is taken by `drain` (Rule 3).
+        self.splice: Any = None
+        self._spliced_in = 0
 
     @property
     def offset(self) -> int:
@@ -109,8 +113,27 @@ class LiveAppend:
     async def drain(self) -> None:
         """Take whatever is left of the body into the spool (its commit will wait for the disk: Rule 5)."""
         self._urge(True)
+        if self.splice is not None and self.splice.pending():
+            await self.splice.rest()
+            return
         async for _ in self._shared():
             pass
+
+    def count_spliced(self, size: int) -> None:
+        """Bytes the kernel moved from the client into the pipes (relay/resumable/spliced.py): counted and
+        reported as `_take` does; `written` follows the data file once the splice is over."""
+        self._spliced_in += size
+        self._spooled(size)
+        now = time.time()
+        offset = self.writer.start + self._spliced_in
+        if not self._quiet and self._ticker.due(offset, self.total, now):
+            self._emit(Progress(self.upload_id, offset, self.total, now))
+
+    def spliced_into_file(self, error: OSError | None) -> None:
+        """The splice thread has ended: `written` is what the data file holds past the append's start (the
+        bytes a broken append keeps), and the body has ended when all of it is there."""
+        self.written = self.writer.spliced(error)  # type: ignore[attr-defined]
+        self.ended = self.max_bytes is not None and self.written == self.max_bytes
 
     def _shared(self) -> AsyncIterator[bytes]:
         if self._iterator is None:

@@ -243,7 +243,8 @@ _start_writeback = _load_sync_file_range()
 class DiskWriter:
     """The single writer of one upload's data file (relay/spool/base.py SpoolWriter)."""
 
-    def __init__(self, worker: _Worker, fd: int, start: int) -> None:
+    def __init__(self, worker: _Worker, fd: int, start: int, path: Path | None = None) -> None:
+        self.path = path  # the data file (a spliced cut-through reads the spooled bytes from it, sendfile)
         self._worker = worker
         self._fd = fd
         self._start = start
@@ -305,6 +306,24 @@ class DiskWriter:
             self._error = exc
         finally:
             self._worker.written(size)
+
+    def splice_fd(self) -> int:
+        """The data file's descriptor, positioned where this writer appends, for a thread that splices a pipe
+        into it (relay/resumable/spliced.py); only before any chunk was handed over, so the worker's writes and
+        the thread's never interleave. `spliced` is called once that thread has ended."""
+        if self._closed or self._handed or self._error is not None:
+            raise SpoolError("this spool writer cannot take a splice now")
+        return self._fd
+
+    def spliced(self, error: OSError | None) -> int:
+        """The splice thread has ended (with `error`, if it failed): what the file holds past `start` counts as
+        handed over and written; later writes, commit and abort go on from there. Returns that count."""
+        written = os.fstat(self._fd).st_size - self._start
+        self._position = self._flushed = self._start + written
+        self._handed = written
+        if error is not None and self._error is None:
+            self._error = error
+        return written
 
     async def commit(self, *, sync: bool = True) -> int:
         size = await self._finish(keep=True, sync=sync)
@@ -388,7 +407,7 @@ class DiskSpool:
             fd = await self._worker.call(open_at)
         except FileNotFoundError as exc:
             raise SpoolError(f"unknown upload {upload_id!r}") from exc
-        return DiskWriter(self._worker, fd, offset)
+        return DiskWriter(self._worker, fd, offset, path)
 
     async def offset(self, upload_id: str) -> int:
         path = self._path(upload_id, ".data")
