@@ -4,9 +4,10 @@ The upload's id is claimed the same way, as a cap of one: `<p>id:<upload id>` ho
 upload in progress under that id on any relay, so a client-chosen `X-Upload-ID` already in progress on another
 relay gets 409 `upload_id_in_use` (UploadIdInUse) from the same single await, before any cap is counted (a
 refusal recorded under that id would replace the other upload's record). A lease this relay gave back but has
-not written yet (the write queue flushes every 100 ms) is dropped by TAKE itself, so the same id may follow
-itself on one relay at once; on another relay it is free once that release is written (within about 100 ms
-of the end of the upload).
+not written yet (the write queue flushes in batches) is dropped by TAKE itself, in every set it is in: the same
+id, and uploads that follow each other under a cap of one, follow each other on one relay at once; on another
+relay a slot is free once that release is written (the queue flushes an ended upload's writes within
+URGENT_GAP, relay/state/writer.py).
 
 Why leases and not INCR/DECR: a relay that dies between the two leaks its slot forever. A lease runs out by
 itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 25 s (the contract
@@ -45,7 +46,7 @@ TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lease = tonumber(ARGV[2])
-for i = 3 + #KEYS, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+for i = 3 + #KEYS, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
 for k = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
   if redis.call('ZCARD', KEYS[k]) >= tonumber(ARGV[2 + k]) then return k end
@@ -109,18 +110,18 @@ class Leases:
         if not self.link.is_up:
             return member  # per relay until Redis is back: the proxy's own count applies
         id_key = self.keys.claim(upload_id) if upload_id is not None else None
-        stale = self.queue.take_releases(id_key) if id_key is not None else []  # our own ends, not written yet
+        keys = [key for key, _, _ in caps]
+        # This relay's own ended leases not written yet (the queue flushes in batches): TAKE drops them first, so
+        # an upload that follows another on this relay never finds the slot the first one left still taken.
+        stale = [(index, old) for index, key in enumerate(keys, 1) for old in self.queue.take_releases(key)]
+        pairs = [item for pair in stale for item in pair]  # TAKE's ARGV: the key's index, then the member
         try:
             async with asyncio.timeout(TAKE_TIMEOUT):
-                full = await self._take(
-                    keys=[key for key, _, _ in caps],
-                    args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps), *stale],
-                )
+                full = await self._take(keys=keys, args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps), *pairs])
         except ERRORS as exc:
             self.link.down(exc)
-            for old in stale:
-                assert id_key is not None
-                self.queue.release(id_key, old)
+            for index, old in stale:
+                self.queue.release(keys[index - 1], old)
             return member
         if full:
             del self.held[member]

@@ -9,6 +9,7 @@ installs it).
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -38,8 +39,22 @@ class RedisServer:
         self.directory = directory
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.started_once = False
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start (or start again, on the same port) and wait until this very process answers. The port was free
+        when it was drawn, but another process (another test run on the machine) may take it meanwhile: a first
+        start then moves to a new port; a restart cannot (the relays know the URL) and fails saying so."""
+        for _ in range(5):
+            if self._start_once(timeout):
+                return
+            if self.started_once:
+                break
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        raise RuntimeError(f"redis-server did not start: {(self.directory / 'redis.log').read_text()[-2000:]}")
+
+    def _start_once(self, timeout: float) -> bool:
         assert REDIS_SERVER is not None
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.directory), "--protected-mode", "yes", "--loglevel", "warning"]
@@ -47,18 +62,30 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.answers():
-                return
             if self.proc.poll() is not None:
-                break
+                return False  # the port was taken (by someone else: we never answered)
+            if self.answers():
+                self.started_once = True
+                return True
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start: {(self.directory / 'redis.log').read_text()}")
+        self.stop(signal.SIGKILL)
+        return False
 
     def answers(self) -> bool:
+        """Whether this object's redis-server answers on the port (not another one that took the port)."""
+        if self.proc is None:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    data = sock.recv(65536)
+                    if not data:
+                        return False
+                    reply += data
+                found = re.search(rb"process_id:(\d+)", reply)
+                return found is not None and int(found.group(1)) == self.proc.pid
         except OSError:
             return False
 

@@ -149,6 +149,27 @@ def test_caps_hold_across_relays_under_load(relays: Relays) -> None:
         assert [response.status_code for response in again] == [200] * 3
 
 
+def test_uploads_one_after_another_under_a_cap_of_one(relays: Relays) -> None:
+    """`--max-concurrent-uploads 1` counts uploads in progress: each upload sent once the previous one was answered
+    is taken, on a kept-alive connection and on new ones (the ended upload's release, not yet written to Redis,
+    is dropped by the next TAKE of the same relay). Another relay sees the ended upload `completed` soon after its
+    answer (the write queue flushes an ended upload's writes at once, not at the next 100 ms tick)."""
+    a, b = relays.start_many(2, "--max-concurrent-uploads", "1")
+    with httpx.Client(timeout=10) as client:
+        kept = [client.post(f"{a.url}/upload/seq", content=b"k" * 1000).status_code for _ in range(30)]
+    fresh = [upload(a, f"fresh-{index}", b"f" * 1000).status_code for index in range(30)]
+    assert kept == [200] * 30 and fresh == [200] * 30, (kept, fresh)
+    waits = []
+    for index in range(10):
+        answered = upload(a, f"seen-{index}", b"s" * 1000)
+        assert answered.status_code == 200
+        began = time.monotonic()
+        seen = f"seen-{index}"
+        wait_for(lambda: (record(b, seen) or {}).get("state") == "completed", 5, "completed on B")  # noqa: B023
+        waits.append(time.monotonic() - began)
+    print("seconds until B saw completed:", sorted(round(wait, 3) for wait in waits))
+
+
 @pytest.mark.slow
 def test_kill_9_of_a_relay_mid_upload(relays: Relays) -> None:
     a = relays.start("--max-concurrent-uploads", "1")
