@@ -39,7 +39,7 @@ access_log = logging.getLogger("relay.access")
 _QUIET = contextvars.ContextVar("relay_quiet_lifecycle", default=False)
 
 
-SPLICED_BYTES = "relay.spliced_bytes"  # the same key as relay/proxy.py's SPLICED_BYTES
+SPLICED_BYTES = "relay.spliced_bytes"  # the same key as relay/splicewire.py's SPLICED_BYTES
 
 
 @dataclass(slots=True)

@@ -22,8 +22,9 @@ Rules:
    after BACKOFF[attempts - 1] seconds, or gives up (`failed`) once the schedule is spent.
 2. The outcome of an attempt is written to the outbox before the next attempt can start, so an attempt
    is made again after a restart only if it had not finished (at least once, same webhook-id).
-3. Uploads refused from their headers (`rejected`) send nothing: anyone who can reach the relay could
-   otherwise make it post on their behalf, as often as they like.
+3. Every upload that ends sends its webhook, refused ones too (the contract: a refused upload also ends with
+   `failed`), except those refused for want of the route's token (401 `unauthorized`): with --token set, only
+   clients that may upload can make the relay post (without a token anyone may, by uploading anything).
 4. At `stop`, events still queued are written to the outbox before the tasks end (SIGTERM loses none);
    attempts in flight are cancelled and stay pending (released: with Redis another relay may take them).
 """
@@ -191,7 +192,7 @@ class Deliverer:
     def _message(self, event: Event) -> list[tuple[str, str, str]]:
         """`[(type, run, body)]` for a terminal event, `[]` for any other; `run` is the upload's start time,
         which tells apart two uploads that used the same client-chosen id one after the other."""
-        if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and event.rejected):
+        if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and _unauthorized(event)):
             return []
         kind = "upload.completed" if isinstance(event, Completed) else "upload.failed"
         record = self.record(event.upload_id) or _bare(event)
@@ -287,3 +288,8 @@ def _bare(event: Completed | Failed) -> dict[str, Any]:
         "upstream_status": event.upstream_status,
         "error": error,
     }
+
+
+def _unauthorized(event: Failed) -> bool:
+    """Refused for want of the route's token: no webhook (Rule 3)."""
+    return event.rejected and event.error.code == "unauthorized"

@@ -221,3 +221,31 @@ def test_signer_agrees_with_standardwebhooks() -> None:
     assert backoff_schedule({"RELAY_WEBHOOK_BACKOFF": "0.5, 1,2"}) == (0.5, 1.0, 2.0)
     with pytest.raises(ValueError, match="RELAY_WEBHOOK_BACKOFF"):
         backoff_schedule({"RELAY_WEBHOOK_BACKOFF": "soon"})
+
+
+def test_refused_uploads_send_upload_failed_but_not_without_the_token(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    """A refused upload also ends with `failed` (the contract), so it sends `upload.failed` with its `rejected`
+    record; one refused for want of the route's token sends nothing (only clients that may upload make the relay
+    post)."""
+    receiver = receivers().start()
+    relay = relay_with(sink, tmp_path / "spool", receiver.url, limit="--max-body-size=100", token="--token=tok")
+    try:
+        auth = {"authorization": "Bearer tok"}
+        too_big = httpx.post(f"{relay.url}/upload/big", content=b"x" * 500, headers=auth, timeout=10)
+        assert too_big.status_code == 413
+        anonymous = httpx.post(f"{relay.url}/upload/anon", content=b"x" * 5, timeout=10)
+        assert anonymous.status_code == 401
+        fine = httpx.post(f"{relay.url}/upload/fine", content=b"x" * 5, headers=auth, timeout=10)
+        assert fine.status_code == 200
+        wait_for(lambda: len(receiver.delivered()) >= 2, what="two deliveries")
+        time.sleep(1.0)  # the anonymous one would be queued by now
+    finally:
+        relay.stop()
+    got = {item.payload["data"]["id"]: item.payload for item in receiver.delivered()}
+    assert set(got) == {too_big.headers["x-upload-id"], fine.headers["x-upload-id"]}, got
+    refused = got[too_big.headers["x-upload-id"]]
+    assert refused["type"] == "upload.failed" and refused["data"]["state"] == "rejected"
+    assert refused["data"]["error"]["code"] == "body_too_large"
+    assert all(item.error is None for item in receiver.requests)  # every one verified by standardwebhooks
