@@ -19,6 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.accesslog import quiet_lifecycle
+from relay.headers import new_upload_id
 from relay.types import ASGIApp, Receive, Scope, Send
 from relay.zerocopy import ClientSocket
 
@@ -193,18 +194,24 @@ class HeaderLimitProtocol(HttpToolsProtocol):
             raise ValueError("request headers too large")  # httptools turns it into HttpParserError
 
     def send_400_response(self, msg: str) -> None:
-        if not getattr(self, "_headers_too_large", False):
-            super().send_400_response(msg)
+        """What httptools could not parse (Content-Length with Transfer-Encoding, two Content-Lengths, a bad
+        byte in the request line...) gets the contract's JSON error, not uvicorn's text/plain one."""
+        if getattr(self, "_headers_too_large", False):
+            self._reply_and_close(
+                431, "Request Header Fields Too Large", "headers_too_large", "request headers too large"
+            )
             return
-        self._reply_and_close(431, "Request Header Fields Too Large", "headers_too_large", "request headers too large")
+        self._reply_and_close(400, "Bad Request", "bad_request", f"malformed HTTP request ({msg.rstrip('.')})")
 
     def _reply_and_close(self, status: int, reason: str, code: str, message: str) -> None:
+        """An answer before any request reached the app: JSON, with an X-Upload-ID (every answer on a routed path
+        carries one, and the path may not even be known here), and the connection closed."""
         if self.transport.is_closing():
             return
         body = json.dumps({"error": {"code": code, "message": message}})
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            f"content-length: {len(body)}\r\nx-upload-id: {new_upload_id()}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body.encode())
         self.transport.close()
