@@ -45,6 +45,7 @@ from relay.errors import (
     BadRequest,
     ClientDisconnected,
     ClientTimeout,
+    DigestMismatch,
     HeadersTooLarge,
     MethodNotAllowed,
     RelayError,
@@ -622,7 +623,11 @@ class Upload:
             return
         if self.client_gone:
             return
-        await self.answer(exc, unread_body=not self.body_done)
+        # The contract: responses to an upload that carried a digest carry Repr-Digest of what the relay received,
+        # the refusal of a mismatch too (the client sees what arrived).
+        received = self.digests.repr_digest() if isinstance(exc, DigestMismatch) and self.digests else None
+        extra = [(b"repr-digest", received)] if received is not None else None
+        await self.answer(exc, unread_body=not self.body_done, extra=extra)
 
     async def answer(
         self, exc: RelayError, *, unread_body: bool, extra: list[tuple[bytes, bytes]] | None = None

@@ -100,7 +100,7 @@ def test_one_flipped_byte_is_refused_and_never_complete_upstream(
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "digest_mismatch"
-    assert "repr-digest" not in response.headers
+    assert response.headers["repr-digest"] == field("sha-256", body)  # what the relay received (the contract)
     assert stored(store) == [], "the upstream kept a body whose digest did not match"
     answer = record(relay, response)
     assert answer["state"] == "failed"
