@@ -4,6 +4,7 @@ for the two mistakes a new user makes first: a path the relay does not route, an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from client.errors import ArgumentError
 __all__ = ["DEFAULT_RELAY", "build_url", "connect_failure", "resolve_target", "route_hint"]
 
 DEFAULT_RELAY = "http://127.0.0.1:8000"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _is_url(text: str) -> bool:
@@ -29,6 +31,8 @@ def resolve_target(to: str, relay: str | None) -> tuple[str, str]:
     if relay is not None and not _is_url(relay):
         raise ArgumentError(f"--relay must be an http:// or https:// URL, not {relay!r}")
     if not _is_url(to):
+        if _SCHEME.match(to):  # ftp://..., file:/...: a URL the client cannot speak, not a path
+            raise ArgumentError(f"--to must be a path (/upload/x) or an http:// or https:// URL, not {to!r}")
         return relay or DEFAULT_RELAY, to
     parts = urlsplit(to)
     if not parts.netloc:

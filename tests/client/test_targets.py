@@ -81,6 +81,10 @@ def test_resolve_target_cases() -> None:
         resolve_target("http://h:1/upload/x", "http://h:2")
     with pytest.raises(ArgumentError):
         resolve_target("/upload/x", "ftp://h")
+    for other in ("ftp://x/upload/a", "file:///etc/passwd", "ws://h/upload/a"):  # URLs, not paths: exit 2
+        with pytest.raises(ArgumentError, match="--to must be a path"):
+            resolve_target(other, None)
+    assert resolve_target("upload/x:y//z", None) == ("http://127.0.0.1:8000", "upload/x:y//z")  # still a path
 
 
 # -- the 404 hint ----------------------------------------------------------------------------------------------------
