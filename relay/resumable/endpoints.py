@@ -370,7 +370,16 @@ class ResumableEndpoints:
                 return
             if fresh.concat != PARTIAL:  # Rule 6: the final upload is the one users see
                 self.ctx.emit(
-                    Started(upload_id, 0, fresh.length, fresh.created_at, request.route.prefix, "POST", scope["path"])
+                    Started(
+                        upload_id,
+                        0,
+                        fresh.length,
+                        fresh.created_at,
+                        request.route.prefix,
+                        "POST",
+                        scope["path"],
+                        request.client,
+                    )
                 )
             self.ctx.metrics.resumable.labels(event="created").inc()
             self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))

@@ -78,6 +78,8 @@ def test_creation_head_and_appends_are_byte_exact(stack: Stack, client: httpx.Cl
     assert head.headers["cache-control"] == "no-store"
     assert head.headers["x-upload-id"] == upload_id
     assert "GMT" in head.headers["upload-expires"]
+    listed = client.get(f"/_relay/uploads/{upload_id}").json()
+    assert listed["client"] == "127.0.0.1" and listed["path"] == "/upload/album/x", listed  # as plain uploads'
     record = stack.record(upload_id)
     assert record["resumable"] is True and record["state"] == "receiving"
     assert record["offset"] == 0 and record["total"] == len(data) and record["expires_at"] > time.time()
