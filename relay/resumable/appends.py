@@ -26,7 +26,10 @@ Rules:
    between restarts with what the disk holds: every byte there, the upload goes back to `forwarding` and is
    delivered again (relay.core.resumable.recover); fewer, the client resumes from there. Nothing that was
    acknowledged is lost: that append is answered only after the upstream answered.
-6. A partial upload of tus concatenation (relay/core/concat.py) is spooled only: no cut-through (it is never
+6. On the disk spool, the completing append may be spliced: socket to upstream and into the data file without a
+   user-space copy (relay/resumable/spliced.py, offered in `_forwarder`; the same rules, the same decisions).
+   Whatever ended it, `_end_append` first waits for its spool thread, so `written` is what the file holds.
+7. A partial upload of tus concatenation (relay/core/concat.py) is spooled only: no cut-through (it is never
    forwarded on its own) and no events (`emit` is quiet for it: the final upload is the one users see).
    A final upload is forwarded by `forward`, its body read from its partial uploads' spooled bytes.
 """
@@ -165,7 +168,7 @@ class Appends:
         )
         req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
         cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
-        cut = cut and upload.concat is None  # Rule 6
+        cut = cut and upload.concat is None  # Rule 7
         try:
             if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
                 raise asyncio.CancelledError
@@ -183,7 +186,7 @@ class Appends:
                 abort()
 
     def _emitter(self, upload: ResumableUpload) -> Callable[[Event], None]:
-        """Where an upload's events go: the relay's bus, or nowhere for a partial upload (Rule 6)."""
+        """Where an upload's events go: the relay's bus, or nowhere for a partial upload (Rule 7)."""
         return _quiet if upload.concat == "partial" else self.ctx.emit
 
     async def _spool_only(

@@ -21,6 +21,9 @@ Rules:
    to the disk while they arrive, so the final fsync has little left to wait for. A cut-through (`chunks()`)
    is fsynced only if its upstream fails, and its file is deleted once delivered: its bytes are left in the
    page cache, where most of them never need to reach the disk at all.
+6. A spliced cut-through (relay/resumable/spliced.py) moves the body without `receive`: it reports what the kernel
+   moved (`count_spliced`) and, once its spool thread has ended, what the data file holds (`spliced_into_file`);
+   a rest left by a failed upstream is taken by `drain` through the same pump.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class LiveAppend:
         self._began = time.monotonic()
         self._quiet = provisional or checksum is not None  # Rule 2
         # The zero-copy cut-through of this append (relay/resumable/spliced.py), once offered: its bytes never
-        # pass `receive`; a rest left after an upstream failure is taken by `drain` (Rule 3).
+        # pass `receive`; a rest left after an upstream failure is taken by `drain` (Rules 3, 6).
         self.splice: Any = None
         self._spliced_in = 0
 

@@ -26,6 +26,10 @@ WRITEBACK bytes (sync_file_range, which does not wait), so the commit's fsync wa
 (`DiskWriter.writeback`, set by relay/resumable/live.py Rule 5): it is fsynced only if its upstream fails,
 and its file is deleted once delivered, mostly before the kernel would ever write it.
 
+Spliced appends. A completing append on the zero-copy path (relay/resumable/spliced.py) is written by a thread
+of its own that splices a pipe into the data file (`DiskWriter.splice_fd`, then `DiskWriter.spliced` with what
+the file holds); the writer's commit, abort and discard then go on as for any append.
+
 Read-back (`read`) reads one chunk ahead on a thread, under the pinned mmap threshold (READ_CHUNK).
 
 Durability (relay/spool/base.py, Rules 2 and 3): the durable offset is the data file's size after an
