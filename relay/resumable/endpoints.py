@@ -415,7 +415,12 @@ class ResumableEndpoints:
 
     async def _delete(self, request: Request, decision: Decision) -> None:
         upload = decision.upload
-        if decision.action == "delete" and upload is not None:
+        if decision.action == "delete" and upload is not None and upload.state == core.COMPLETED:
+            # Delivered already: nothing to terminate, but the client asked for it to be gone (the contract: later
+            # requests 404), so it is forgotten now rather than at the end of its expiry; its record stays
+            # `completed`, which is what happened.
+            await self.store.drop(upload.id)
+        elif decision.action == "delete" and upload is not None:
             await self.store.spool.delete_data(upload.id)
             await self.store.save(upload)
             if upload.state == core.FAILED:

@@ -332,7 +332,11 @@ class ResumableStore(SharedHolding):
             await self.spool.delete_data(upload.id)
             await self.save(expired)
         elif verdict == "forget":
-            self.forget(upload.id)
-            await self.spool.delete(upload.id)
-            if self.shared is not None:
-                await self.shared.forget(upload.id)
+            await self.drop(upload.id)
+
+    async def drop(self, upload_id: str) -> None:
+        """Forget a finished upload everywhere (its info document too): later requests about it get 404."""
+        self.forget(upload_id)
+        await self.spool.delete(upload_id)
+        if self.shared is not None:
+            await self.shared.forget(upload_id)

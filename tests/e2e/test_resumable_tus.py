@@ -336,6 +336,20 @@ def test_delete_terminates(stack: Stack, client: httpx.Client) -> None:
     assert record["state"] == "failed" and record["error"]["code"] == "terminated"
 
 
+def test_delete_of_a_delivered_upload(stack: Stack, client: httpx.Client) -> None:
+    """DELETE after delivery: 204, later requests 404 (the contract), and the record still says what happened:
+    `completed` (nothing was terminated), no info document left in the spool."""
+    location, done = tus_upload(client, "/upload/deldone", b"d" * 3000, chunk=1000)
+    assert done.status_code == 204 and done.headers["x-upstream-status"] == "200"
+    upload_id = done.headers["x-upload-id"]
+    assert tus_head(client, location).status_code == 200  # kept for its expiry period, until...
+    assert client.delete(location, headers=TUS).status_code == 204
+    assert tus_head(client, location).status_code == 404
+    assert tus_patch(client, location, 3000, b"").status_code == 404
+    assert stack.record(upload_id)["state"] == "completed"
+    assert not list(stack.spool.glob(f"{upload_id}*"))
+
+
 def test_upstream_500_is_passed_through(tmp_path: Path) -> None:
     from relay.testing import start_relay
 
