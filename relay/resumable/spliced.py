@@ -46,8 +46,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -62,12 +62,36 @@ __all__ = ["ENABLED", "CutThrough", "SpooledBody", "offer", "stats"]
 
 ENABLED = splicewire.SPLICE and pipehash.tee_supported()  # tests and prototypes switch it off
 stats = {"spliced": 0}  # bodies whose completing append took this path (Rule 5)
-# A spool thread per spliced append, and a hash thread for one with spooled bytes (pipehash.py's reservation
-# bounds those to its MAX_THREADS): never a job queued behind others while its pipe fills.
-SPOOL_THREADS = 2 * pipehash.MAX_THREADS
-_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="relay-spool-splice")
 _DROP = bytearray(256 * 1024)
 READ_SIZE = 1024 * 1024 - 64 * 1024  # under glibc's pinned mmap threshold (relay/spool/disk.py READ_CHUNK)
+
+
+def _in_thread(job: Callable[[], int], name: str) -> asyncio.Future[int]:
+    """Run `job` on a daemon thread of its own, as relay/pipehash.py does: never queued behind another body's
+    thread while its pipe fills, and never joined at exit (a thread blocked on a pipe must not hold the exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
+
+    def settle(value: int | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value or 0)
+
+    def run() -> None:
+        try:
+            value = job()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _spool_thread(read_fd: int, file_fd: int, first: bytes) -> int:
@@ -292,7 +316,7 @@ class _SpoolPump(_Pump):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.spool_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             file_fd = self.cut.live.writer.splice_fd()  # type: ignore[attr-defined]
-            self.spooling = self.loop.run_in_executor(_pool, _spool_thread, read_fd, file_fd, buffered)
+            self.spooling = _in_thread(partial(_spool_thread, read_fd, file_fd, buffered), "relay-spool-splice")
         except BaseException:
             os.close(read_fd)
             raise
@@ -310,7 +334,7 @@ class _SpoolPump(_Pump):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.hash_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             job = partial(_hash_file_then_pipe, str(self.cut.path), self.spooled, hash_read, digest, buffered)
-            self.hashing = self.loop.run_in_executor(_pool, job)
+            self.hashing = _in_thread(job, "relay-pipehash")
         except BaseException:
             os.close(hash_read)
             raise
