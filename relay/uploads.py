@@ -92,6 +92,7 @@ class InMemoryUploadRegistry:
             record.parts.append(event)
         elif isinstance(event, Completed):
             record.upstream_status = event.upstream_status
+            record.error = None  # a resumable upload's earlier failed forward is history once it is delivered
             self._finish(record, event, state.COMPLETED)
         elif isinstance(event, Failed):
             record.upstream_status = event.upstream_status

@@ -77,8 +77,9 @@ Headers = list[tuple[bytes, bytes]]
 # A forward that failed with these keeps the file for a retry (502/504; a 409 when the id's lease across relays
 # was still held by the relay whose forward of the same upload has just ended).
 _RETRYABLE = (UpstreamError, UpstreamTimeout, UploadIdInUse)
-# Headers of the completing request that the forward carries on (the rest describe the append, not the file).
-_FORWARDED = {b"authorization", b"user-agent", b"x-forwarded-for"}
+# Headers of the completing request that the forward carries on (the rest describe the append, not the file);
+# Host becomes X-Forwarded-Host, as for a plain upload (the upstream leg sends the upstream's own Host).
+_FORWARDED = {b"authorization", b"user-agent", b"x-forwarded-for", b"host"}
 
 
 class _Refused(RelayError):

@@ -135,7 +135,9 @@ def test_upstream_down_at_completion_then_delivered_once(make_stack: Callable[..
         assert delivered.headers["x-upload-sha256"] == sha256(data)
         replay = tus_patch(client, location, len(data), b"")
         assert replay.status_code == 204 and replay.headers["x-upload-sha256"] == sha256(data)
-        assert stack.record(upload_id)["state"] == "completed"
+        record = stack.record(upload_id)
+        assert record["state"] == "completed" and record["upstream_status"] == 200
+        assert record["error"] is None, record  # the failed forwards are history once it is delivered
     assert_clean(stack, [data])
 
 

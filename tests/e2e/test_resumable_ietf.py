@@ -87,6 +87,9 @@ def test_creation_then_appends(stack: Stack, client: httpx.Client, version: int)
     assert answer["fields"] == {"note": "n1"}
     assert answer["files"][0]["filename"] == "ietf.bin" and answer["files"][0]["sha256"] == sha256(data)
     assert answer["query"] == {"z": "1"}
+    seen = dict(answer["headers"])  # what the upstream got: X-Forwarded-* as a plain upload brings them
+    assert seen["x-forwarded-host"] == httpx.URL(stack.url).netloc.decode() and seen["x-forwarded-proto"] == "http"
+    assert seen["x-upload-id"] == upload_id
     assert [sha256(b) for b in stored_for(stack, upload_id)] == [sha256(data)]
     head = client.head(location, headers=ietf(version))
     assert head.headers["upload-complete"] == "?1" and head.headers["upload-length"] == str(len(data))
