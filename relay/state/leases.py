@@ -106,11 +106,11 @@ class Leases:
         if not caps:
             return None
         member = f"{self.relay_id}:{next(self._numbers)}"
-        self.held[member] = [key for key, _, _ in caps]
+        keys = [key for key, _, _ in caps]
         if not self.link.is_up:
+            self.held[member] = keys
             return member  # per relay until Redis is back: the proxy's own count applies
         id_key = self.keys.claim(upload_id) if upload_id is not None else None
-        keys = [key for key, _, _ in caps]
         # This relay's own ended leases not written yet (the queue flushes in batches): TAKE drops them first, so
         # an upload that follows another on this relay never finds the slot the first one left still taken.
         stale = [(index, old) for index, key in enumerate(keys, 1) for old in self.queue.take_releases(key)]
@@ -122,13 +122,17 @@ class Leases:
             self.link.down(exc)
             for index, old in stale:
                 self.queue.release(keys[index - 1], old)
+            self.held[member] = keys  # written by the next renewal once Redis is back
             return member
         if full:
-            del self.held[member]
             key, _, what = caps[int(full) - 1]
             if key == id_key:
                 raise UploadIdInUse(f"{what} in progress")
             raise TooManyUploads(f"{what} in progress; try again shortly")
+        # Held (and so renewed) only now: a renewal that ran while TAKE was on its way would have added the
+        # member to the sets first, and TAKE would have counted the request against itself (a cap of one, an id:
+        # refused by its own lease).
+        self.held[member] = keys
         return member
 
     def _caps(self, client_key: str, upload_id: str | None) -> list[tuple[str, int, str]]:
