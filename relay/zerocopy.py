@@ -288,13 +288,20 @@ class _Pump:
         return sent > 0
 
     def _fill(self) -> bool:
+        moved = self._splice_in()
+        if moved and self.hashing is None:
+            self.ready += moved  # nothing to tee: what is in the pipe may go upstream
+        return moved > 0
+
+    def _splice_in(self) -> int:
+        """Client socket -> pipe, as much as the pipe and the body have room for: the bytes moved (0: none now)."""
         room = self.pipe_size - self.in_pipe
         if not self.left or room <= 0:
-            return False
+            return 0
         try:
             moved = os.splice(self.client_fd, self.write_end, min(self.left, room), flags=FLAGS)
         except BlockingIOError:
-            return False
+            return 0
         except OSError as exc:
             if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN):
                 raise ClientDisconnected() from None
@@ -303,11 +310,9 @@ class _Pump:
             raise ClientDisconnected()  # EOF before the declared length
         self.left -= moved
         self.in_pipe += moved
-        if self.hashing is None:
-            self.ready += moved
         self.last_in = self.loop.time()
         self.body.on_received(moved)
-        return True
+        return moved
 
     def _tee(self) -> bool:
         """Duplicate the head of pipe A into pipe B, once what was tee'd before has left (rule in pipehash.py)."""

@@ -53,7 +53,7 @@ from typing import Any
 
 from relay import pipehash, splicewire
 from relay.core.splicing import SPLICE_MIN
-from relay.errors import ClientDisconnected, ClientTimeout, UpstreamTimeout
+from relay.errors import ClientTimeout, UpstreamTimeout
 from relay.pipehash import RawHash
 from relay.resumable.live import LiveAppend
 from relay.zerocopy import FLAGS, PIPE_SIZE, TEE_FLAGS, ClientSocket, SplicedBody, UpstreamGone, _Pump
@@ -419,24 +419,7 @@ class _SpoolPump(_Pump):
         self.released = True
 
     def _fill(self) -> bool:
-        room = self.pipe_size - self.in_pipe
-        if not self.left or room <= 0:
-            return False
-        try:
-            moved = os.splice(self.client_fd, self.write_end, min(self.left, room), flags=FLAGS)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN):
-                raise ClientDisconnected() from None
-            raise
-        if moved == 0:
-            raise ClientDisconnected()
-        self.left -= moved
-        self.in_pipe += moved
-        self.last_in = self.loop.time()
-        self.body.on_received(moved)
-        return True
+        return self._splice_in() > 0  # ready only once tee'd into the spool's pipe (`_tee`)
 
     def _tee(self) -> bool:
         moved = False
