@@ -32,6 +32,9 @@ Rules:
 7. A partial upload of tus concatenation (relay/core/concat.py) is spooled only: no cut-through (it is never
    forwarded on its own) and no events (`emit` is quiet for it: the final upload is the one users see).
    A final upload is forwarded by `forward`, its body read from its partial uploads' spooled bytes.
+8. With sha256 on, the appends that only spool hash their bytes as they come (relay/resumable/filehash.py), so
+   the completing forward hashes only what the spool did not hold yet instead of the whole file again. That
+   hash is this process's shortcut: whenever it may not cover exactly the spooled bytes, the forward re-hashes.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from relay.headers import header_value
 from relay.proxy import RelayContext
 from relay.resumable import spliced
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
+from relay.resumable.filehash import RunningHashes
 from relay.resumable.forward import FileBody, ForwardUpload, answer_translator, framing
 from relay.resumable.live import LiveAppend, Overflow
 from relay.resumable.store import OpenAppend, ResumableStore
@@ -112,6 +116,7 @@ class Appends:
         self.ctx = ctx
         self.store = store
         self._routes: dict[str, Route] = {route.prefix: route for route in ctx.settings.routes}
+        self.hashes = RunningHashes(enabled=ctx.settings.digest)  # Rule 8
 
     async def append(self, request: Request, decision: Decision, location: str | None) -> None:
         upload = decision.upload
@@ -151,6 +156,12 @@ class Appends:
         emit = self._emitter(upload)
         emit(Resumed(upload.id, start, upload.length, time.time(), start))
         self.ctx.metrics.resumable.labels(event="append").inc()
+        req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
+        cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
+        cut = cut and upload.concat is None  # Rule 7
+        # Rule 8: an append that only spools carries the upload's running sha256 on (a cut-through's forward
+        # takes it instead, in `_forwarder`); a partial upload's bytes are hashed as the final upload's.
+        running = None if cut or upload.concat is not None else self.hashes.begin(upload.id, start)
         live = LiveAppend(
             request.receive,
             writer,
@@ -166,10 +177,8 @@ class Appends:
             # a body of unknown size against a known length may overflow it: quiet (live.py Rule 2); one
             # against the size limit alone (a deferred length) reports progress, as a plain upload does
             provisional=request.req.content_length is None and upload.length is not None,
+            running=running,
         )
-        req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
-        cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
-        cut = cut and upload.concat is None  # Rule 7
         try:
             if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
                 raise asyncio.CancelledError
@@ -265,6 +274,8 @@ class Appends:
             )
             record = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
         if record is not None:
+            kept = record.offset if record.state != core.FAILED else None
+            self.hashes.end(record.id, live.running, live.hashed_to, kept)  # Rule 8, before the next append can begin
             await self.store.save(record)
             if record.state == core.RECEIVING:
                 self._emitter(record)(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
@@ -420,6 +431,7 @@ class Appends:
                 on_last=on_last,
             )
             live.splice = cut
+        seed = self.hashes.take(upload.id, spooled) if upload.concat is None else None  # Rule 8
         body = FileBody(
             self.store.spool,
             upload.id,
@@ -435,7 +447,8 @@ class Appends:
             request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
         )
         send = answer_translator(request.send, self._completion(request, committed))
-        forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut)
+        forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut, seed=seed)
+        forward.file_index = frame.parts_before
         forward.upload_id = upload.id
         return forward
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.core.digests import DigestChecker
 from relay.core.events import Completed, Event, Part
-from relay.core.inspector import UploadInspector
+from relay.core.inspector import Hash, UploadInspector
 from relay.core.limits import Limits
 from relay.errors import RelayError, UpstreamFailed
 from relay.proxy import RelayContext, Upload
@@ -40,6 +40,7 @@ from relay.types import Message, Scope, Send
 from relay.zerocopy import SplicedBody
 
 if TYPE_CHECKING:
+    from relay.resumable.filehash import PrefixHashed
     from relay.resumable.spliced import CutThrough
 
 __all__ = ["FileBody", "ForwardUpload", "Framing", "framing"]
@@ -52,10 +53,13 @@ _SAFE_TYPE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 class Framing:
     """How the file goes upstream: Content-Type, and the bytes before and after the file's own."""
 
-    def __init__(self, content_type: bytes, preamble: bytes = b"", epilogue: bytes = b"") -> None:
+    def __init__(
+        self, content_type: bytes, preamble: bytes = b"", epilogue: bytes = b"", parts_before: int = 0
+    ) -> None:
         self.content_type = content_type
         self.preamble = preamble
         self.epilogue = epilogue
+        self.parts_before = parts_before  # form fields before the file part: the file is the body's part N
 
     def size(self, length: int) -> int:
         return len(self.preamble) + length + len(self.epilogue)
@@ -95,7 +99,8 @@ def framing(metadata: Mapping[str, str], *, route: Route, upload_id: str) -> Fra
         ).encode()
     )
     content_type = f"multipart/form-data; boundary={boundary}".encode()
-    return Framing(content_type, b"".join(pieces), f"\r\n--{boundary}--\r\n".encode())
+    epilogue = f"\r\n--{boundary}--\r\n".encode()
+    return Framing(content_type, b"".join(pieces), epilogue, parts_before=len(pieces) - 1)
 
 
 class FileBody:
@@ -191,11 +196,15 @@ class ForwardUpload(Upload):
         *,
         length: int,
         cut: CutThrough | None = None,
+        seed: PrefixHashed | None = None,
     ):
         super().__init__(ctx, route, scope, body.receive, send)
         self.length = length
         self.error: RelayError | None = None
         self.cut = cut  # the completing append may be spliced into the spool and upstream (spliced.py)
+        self.seed = seed  # the sha256 of the spooled bytes, hashed by the appends (relay/resumable/filehash.py)
+        self.file_index = 0  # which of the inspector's hashes is the file's (Framing.parts_before)
+        self._hashes_made = 0
 
     def outgoing(self) -> AsyncIterator[bytes]:
         """The proxy's body; a spliced one also feeds the spool when this forward is a zero-copy cut-through
@@ -237,6 +246,14 @@ class ForwardUpload(Upload):
             hasher=self.new_body_hash,  # the hash object a spliced body's hash thread updates (splicewire.py)
             progress=self.ctx.settings.progress,
         )
+
+    def new_body_hash(self) -> Hash:
+        """The file part's hash starts from the appends' running sha256, when there is one."""
+        index, self._hashes_made = self._hashes_made, self._hashes_made + 1
+        if self.seed is not None and index == self.file_index:
+            self.body_hash = self.seed
+            return self.seed
+        return super().new_body_hash()
 
     def begin(self) -> None:  # counted on the real request
         pass

@@ -55,6 +55,7 @@ from relay import pipehash, splicewire
 from relay.core.splicing import SPLICE_MIN
 from relay.errors import ClientTimeout, UpstreamTimeout
 from relay.pipehash import RawHash
+from relay.resumable.filehash import PrefixHashed
 from relay.resumable.live import LiveAppend
 from relay.zerocopy import FLAGS, PIPE_SIZE, TEE_FLAGS, ClientSocket, SplicedBody, UpstreamGone, _Pump
 
@@ -114,7 +115,16 @@ def _spool_thread(read_fd: int, file_fd: int, first: bytes) -> int:
 
 
 def _hash_file_then_pipe(path: str, spooled: int, read_fd: int, digest: RawHash, first: bytes) -> int:
-    """A hash thread (relay/pipehash.py's pool, its reservation): the spooled bytes, then pipe B; the count."""
+    """A hash thread (relay/pipehash.py's pool, its reservation): the spooled bytes, then pipe B; the count.
+    The spooled bytes are read back only when the appends did not hash them already (relay/resumable/filehash.py)."""
+    if isinstance(digest, PrefixHashed):
+        try:
+            digest = digest.rest_hash()
+        except BaseException:
+            os.close(read_fd)
+            pipehash.release()
+            raise
+        return spooled + pipehash._hash_pipe(read_fd, digest, first)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -30,6 +30,10 @@ Spliced appends. A completing append on the zero-copy path (relay/resumable/spli
 of its own that splices a pipe into the data file (`DiskWriter.splice_fd`, then `DiskWriter.spliced` with what
 the file holds); the writer's commit, abort and discard then go on as for any append.
 
+Running hash. A resumable upload's appends may ask the writer to hash what it writes (`hash_with`), on the
+same thread right after each write: the completing forward then need not hash the spooled bytes again
+(relay/resumable/filehash.py). No queue or hand-over of its own: the chunks are in the thread's hands anyway.
+
 Read-back (`read`) reads one chunk ahead on a thread, under the pinned mmap threshold (READ_CHUNK).
 
 Durability (relay/spool/base.py, Rules 2 and 3): the durable offset is the data file's size after an
@@ -262,6 +266,15 @@ class DiskWriter:
         # Start writing to the disk while the bytes arrive, so that the commit's fsync has little left to wait
         # for. False for an append that may never be fsynced (relay/resumable/live.py Rule 5).
         self.writeback = True
+        self._hash: Any = None  # a running sha256 of the upload (hash_with), updated on the worker thread
+        self.hashed = 0  # bytes written and hashed; read once the writer has finished
+
+    def hash_with(self, digest: Any) -> None:
+        """Hash every chunk once written, on the worker thread, into `digest` (a hashlib object): the resumable
+        upload's running sha256 (relay/resumable/filehash.py). Only before any chunk was handed over."""
+        if self._handed:
+            raise SpoolError("this spool writer has taken bytes already")
+        self._hash = digest
 
     @property
     def start(self) -> int:
@@ -301,6 +314,10 @@ class DiskWriter:
             if self._error is None:
                 _write_all(self._fd, chunks)
                 self._position += size
+                if self._hash is not None:
+                    for chunk in chunks:
+                        self._hash.update(chunk)  # the GIL is released while it hashes
+                    self.hashed += size
                 if not self.writeback:
                     self._flushed = self._position
                 elif _start_writeback is not None and self._position - self._flushed >= WRITEBACK:
