@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,15 +35,27 @@ def log(*parts: Any) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
+_HANDED: set[int] = set()  # every port this run handed out: never handed out twice
+_HANDED_LOCK = threading.Lock()
+
+
 def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """`count` free loopback ports, none handed out before in this run. The services start in parallel
+    (scaleout.py): without the record, SeaweedFS and redis-server drawn at the same moment could get the same
+    port, the kernel having freed it between the two draws (run 11s lost its S3 section that way)."""
+    with _HANDED_LOCK:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            finally:
+                s.close()
+            if port not in _HANDED:
+                _HANDED.add(port)
+                ports.append(port)
+        return ports
 
 
 def start_redis(host: Host) -> str:
