@@ -102,13 +102,13 @@ class ResumableEndpoints:
 
     async def routed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Creation, and discovery by OPTIONS, on a routed path."""
-        if await self._options(route, scope, send, routed=True):
-            return
-        # The contract: every answer on a routed path carries X-Upload-ID, refusals too (as for plain uploads):
-        # the client's valid id, else the one drawn now, which a creation then uses.
+        # The contract: every answer on a routed path carries X-Upload-ID, refusals and OPTIONS too (as for plain
+        # uploads): the client's valid id, else the one drawn now, which a creation then uses.
         given = header_value(scope["headers"], b"x-upload-id")
         upload_id = given.decode("ascii") if given is not None and valid_upload_id(given) else new_upload_id()
         send = _with_header(send, b"x-upload-id", upload_id.encode())
+        if await self._options(route, scope, send, routed=True):
+            return
         request = await self._parse(route, scope, receive, send)
         if request is None:
             return

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.headers import valid_upload_id
 from relay.testing import start_relay
 from tests.e2e.test_admin import EventStream
 from tests.interop.support import (
@@ -312,6 +313,8 @@ def test_bytes_past_the_length_in_a_streamed_body_keep_nothing(stack: Stack, cli
 def test_options_discovery(stack: Stack, client: httpx.Client, path: str) -> None:
     answer = client.options(path, headers=TUS)
     assert answer.status_code == 204
+    if path.startswith("/upload/"):  # a routed path: every answer carries an id (contract, "Upload ids")
+        assert valid_upload_id(answer.headers["x-upload-id"].encode())
     assert answer.headers["tus-resumable"] == "1.0.0"
     assert answer.headers["tus-version"] == "1.0.0"
     extensions = answer.headers["tus-extension"].split(",")
@@ -465,6 +468,7 @@ def test_token_on_every_request_but_preflights(make_stack: Callable[..., Stack])
         )
         methods = routed.headers["access-control-allow-methods"]
         assert "PUT" in methods and "POST" in methods and "PATCH" in methods  # plain uploads' too
+        assert valid_upload_id(routed.headers["x-upload-id"].encode())  # every answer on a routed path (contract)
         head = client.head(location, headers={**TUS, **auth, "Origin": "https://app.example"})
         assert head.status_code == 200
         exposed = {h.strip().lower() for h in head.headers["access-control-expose-headers"].split(",")}
