@@ -13,6 +13,8 @@ record, and the derived delivery id (relay/webhooks/base.py) makes a second add 
 
 `start_webhooks(ctx)` at the app's start-up and `stop_webhooks(ctx)` at shutdown; `webhook_deliveries(ctx)`
 is what `GET /_relay/webhooks` answers. Nothing here is on an upload's path: the deliverer follows the bus.
+The deliverer (and with it httpx, which loads rich and pygments for its command line) is imported only by a relay
+with webhooks configured: 5 MiB of an idle relay's RSS otherwise (benchmarks/prototypes/rss_idle.py).
 
 The retry schedule is the contract's (5 s, 30 s, 2 min, 10 min, 30 min, 1 h). `RELAY_WEBHOOK_BACKOFF`
 (comma-separated seconds, e.g. `0.2,0.5,1`) replaces it, for tests and for operators who need another one; it
@@ -27,14 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.bus import Subscription
-from relay.webhooks.base import OutboxStore
-from relay.webhooks.deliverer import BACKOFF, Deliverer, WebhookMetrics
+from relay.webhooks.base import BACKOFF, OutboxStore
 from relay.webhooks.endpoints import EVENT_TYPES, WebhookEndpoint, webhook_endpoints
 from relay.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
     from relay.proxy import RelayContext
     from relay.uploads import UploadRecord
+    from relay.webhooks.deliverer import Deliverer
 
 __all__ = [
     "EVENT_TYPES",
@@ -79,6 +81,8 @@ async def start_webhooks(ctx: RelayContext) -> None:
     endpoints = ctx.settings.webhooks
     if not endpoints or id(ctx) in _running:
         return
+    from relay.webhooks.deliverer import Deliverer, WebhookMetrics  # httpx: only when webhooks are configured
+
     outbox, follow, lookup = _shared_outbox(ctx) or _file_outbox(ctx)
     await outbox.open()
 

@@ -20,9 +20,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["DELIVERED", "FAILED", "PENDING", "Delivery", "OutboxStore", "delivery_id"]
+__all__ = ["BACKOFF", "DELIVERED", "FAILED", "PENDING", "Delivery", "OutboxStore", "delivery_id"]
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# Seconds before retries 1..6 (the contract's schedule). Here, not in deliverer.py, so that reading the schedule
+# (relay/webhooks/__init__.py backoff_schedule) does not import the deliverer and httpx.
+BACKOFF = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)

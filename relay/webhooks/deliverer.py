@@ -47,13 +47,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import __version__
 from relay.bus import Subscription
 from relay.core.events import Completed, Event, Failed
-from relay.webhooks.base import DELIVERED, FAILED, PENDING, Delivery, OutboxStore, delivery_id
+from relay.webhooks.base import BACKOFF, DELIVERED, FAILED, PENDING, Delivery, OutboxStore, delivery_id
 from relay.webhooks.endpoints import WebhookEndpoint
 from relay.webhooks.signer import signed_headers
 
 __all__ = ["BACKOFF", "MAX_IN_FLIGHT", "TIMEOUT", "Deliverer", "WebhookMetrics"]
 
-BACKOFF = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)  # seconds before retries 1..6 (the contract's schedule)
 TIMEOUT = 10.0
 MAX_IN_FLIGHT = 16  # attempts at once: a slow receiver holds at most these, the rest wait their turn
 BATCH = 256  # events written to the outbox together
