@@ -396,6 +396,7 @@ def _serve_relay(
     from relay.admin import upstream_probe
     from relay.app import RelayApp
     from relay.server import loop_factory, serve
+    from relay.tuning import release_when_idle
 
     relay = RelayApp(settings)
     _ignore_stop_signals()
@@ -409,7 +410,11 @@ def _serve_relay(
                 drain_timeout=settings.drain_timeout,
                 ssl_certfile=settings.ssl_certfile,
                 ssl_keyfile=settings.ssl_keyfile,
-                background=[partial(upstream_probe(relay.admin).run, eager=settings.health_checks_upstream)],
+                background=[
+                    partial(upstream_probe(relay.admin).run, eager=settings.health_checks_upstream),
+                    # What a burst left in the heap goes back to the kernel once no upload is in flight.
+                    partial(release_when_idle, lambda: relay.ctx.in_flight > 0),
+                ],
             )
         )
 
