@@ -14,10 +14,12 @@ MiB = 1024 * 1024
 
 
 def _run(busy: list[bool], rss: list[int], *, looks: int) -> list[int]:
-    """Drive the job for `looks` looks; `rss` is read in order (its last value repeats); the RSS at each trim."""
+    """Drive the job for at least `looks` looks (counted, not timed: a loaded machine only makes it slower); `rss`
+    is read in order (its last value repeats); the RSS at each trim."""
     trims: list[int] = []
     reads = iter(rss)
     last = [rss[0]]
+    done = [0]
 
     def read() -> int:
         last[0] = next(reads, last[0])
@@ -27,13 +29,21 @@ def _run(busy: list[bool], rss: list[int], *, looks: int) -> list[int]:
         trims.append(last[0])
         return True
 
+    def looked() -> bool:  # asked once per look, before anything else
+        done[0] += 1
+        return busy[0]
+
     async def main() -> None:
-        job = asyncio.ensure_future(release_when_idle(lambda: busy[0], every=0.01, above=4 * MiB, rss=read, trim=trim))
-        await asyncio.sleep(0.01 * looks + 0.005)
+        job = asyncio.ensure_future(release_when_idle(looked, every=0.01, above=4 * MiB, rss=read, trim=trim))
+        for _ in range(1000):  # 10 s at most
+            if done[0] >= looks:
+                break
+            await asyncio.sleep(0.01)
         job.cancel()
         await asyncio.gather(job, return_exceptions=True)
 
     asyncio.run(main())
+    assert done[0] >= looks, f"the job looked {done[0]} times in 10 s"
     return trims
 
 
