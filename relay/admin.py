@@ -32,7 +32,7 @@ from relay.core.events import TERMINAL, Event, Part, Progress
 from relay.core.state import COMPLETED, FAILED, RECEIVING, REJECTED
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Unauthorized
 from relay.metrics import CONTENT_TYPE
-from relay.proxy import RelayContext
+from relay.proxy_context import RelayContext
 from relay.state import FeedEntry
 from relay.types import Message, Receive, Scope, Send
 from relay.webhooks import webhook_deliveries

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from relay.proxy import RelayContext
+from relay.proxy_context import RelayContext
 from relay.resumable.endpoints import ResumableEndpoints
 from relay.resumable.shared import RedisUploads
 from relay.resumable.store import ResumableStore

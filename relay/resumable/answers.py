@@ -15,7 +15,7 @@ from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import ResumableRequest
 from relay.errors import RelayError, TooManyUploads
 from relay.metrics import RelayMetrics
-from relay.proxy import drain_body, may_have_body
+from relay.proxy_admission import drain_body, may_have_body
 from relay.settings import Route
 from relay.types import Receive, Scope, Send
 

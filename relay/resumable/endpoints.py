@@ -51,7 +51,8 @@ from relay.errors import (
     UploadIdInUse,
 )
 from relay.headers import has_dot_segment, header_value, new_upload_id, valid_upload_id
-from relay.proxy import RelayContext, check_token, client_address, cors_headers, may_have_body
+from relay.proxy_admission import check_token, client_address, cors_headers, may_have_body
+from relay.proxy_context import RelayContext
 from relay.resumable.answers import (
     TUS_EXPOSED,
     Request,

@@ -18,7 +18,7 @@ from relay.admin import create_admin_app
 from relay.bus import InMemoryEventBus
 from relay.core.events import Completed, Event, Part, Progress, Started
 from relay.metrics import RelayMetrics
-from relay.proxy import RelayContext
+from relay.proxy_context import RelayContext
 from relay.settings import Settings
 from relay.uploads import InMemoryUploadRegistry
 
