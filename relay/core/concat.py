@@ -51,8 +51,8 @@ from typing import Literal
 
 from relay.core.limits import Limits
 from relay.core.resumable import COMPLETE, FAILED, RECEIVING, ResumableSettings, ResumableUpload, apply, create
-from relay.core.resumable_decisions import Decision, decide_error
 from relay.core.resumable_headers import TUS_CONTENT_TYPE, ModifyFinal, Protocol, ResumableRequest
+from relay.core.resumable_replies import Decision, decide_error
 from relay.errors import BadRequest, BodyTooLarge, FileTooLarge, NotFound, RelayError
 
 __all__ = [
