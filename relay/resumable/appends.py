@@ -145,6 +145,8 @@ class Appends:
             else:
                 self.store.record(upload)
             writer = await self.store.spool.writer(upload.id, start)
+            if request.req.content_length and hasattr(writer, "reserve"):  # the disk spool: blocks at once
+                writer.reserve(min(request.req.content_length, decision.max_bytes or request.req.content_length))
         except (SpoolError, OSError) as exc:
             self.store.record(
                 core.apply(upload, core.APPEND_BREAK, now=time.time(), writer=upload.writer, offset=start)

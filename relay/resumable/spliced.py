@@ -95,11 +95,13 @@ def _in_thread(job: Callable[[], int], name: str) -> asyncio.Future[int]:
     return future
 
 
-def _spool_thread(read_fd: int, file_fd: int, first: bytes) -> int:
+def _spool_thread(read_fd: int, file_fd: int, first: bytes, reserve: Callable[[], None]) -> int:
     """Pipe S into the data file at its position until S ends; returns the bytes written (Rule 3). Blocking
-    calls, the GIL released: the loop never waits on the disk."""
+    calls, the GIL released: the loop never waits on the disk. `reserve` first gives the append its disk blocks
+    (relay/spool/disk.py, "Reserved blocks")."""
     total = 0
     try:
+        reserve()
         view = memoryview(first)
         while view:
             done = os.write(file_fd, view)
@@ -325,8 +327,10 @@ class _SpoolPump(_Pump):
             os.set_blocking(self.spool_end, False)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.spool_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            file_fd = self.cut.live.writer.splice_fd()  # type: ignore[attr-defined]
-            self.spooling = _in_thread(partial(_spool_thread, read_fd, file_fd, buffered), "relay-spool-splice")
+            writer = self.cut.live.writer
+            file_fd = writer.splice_fd()  # type: ignore[attr-defined]
+            job = partial(_spool_thread, read_fd, file_fd, buffered, writer.reserve_now)  # type: ignore[attr-defined]
+            self.spooling = _in_thread(job, "relay-spool-splice")
         except BaseException:
             os.close(read_fd)
             raise
