@@ -153,6 +153,30 @@ def test_a_mutable_chunk_changed_after_the_hand_over_is_stored_as_it_was(tmp_pat
     assert data[:1000] == b"a" * 1000 and data[1000:] == b"b" * 49000
 
 
+@pytest.mark.skipif(disk._fallocate is None, reason="no fallocate here")
+def test_reserved_blocks_leave_the_size_the_durable_offset(tmp_path: Path) -> None:
+    """`reserve` gives the append its blocks up front; the file's size stays what was written (recovery reads the
+    offset from it), for a committed append and for a broken one that brought less than it announced."""
+
+    async def scenario(spool: DiskSpool) -> tuple[int, int, int, bytes]:
+        await spool.create("up", b"{}")
+        writer = await spool.writer("up", 0)
+        writer.reserve(8 * 1024 * 1024)
+        await writer.write(b"x" * 100_000)
+        await writer.abort()  # broke after 100,000 of the 8 MiB it announced
+        path = tmp_path / "up.data"
+        size, blocks = path.stat().st_size, path.stat().st_blocks * 512
+        again = await spool.writer("up", size)
+        await again.write(b"y" * 5)
+        committed = await again.commit()
+        return size, blocks, committed, await read_all(spool, "up")
+
+    size, blocks, committed, data = run(scenario, tmp_path)
+    assert size == 100_000
+    assert blocks >= 8 * 1024 * 1024  # the reservation (ext4 and tmpfs keep blocks past the end of the file)
+    assert committed == 100_005 and data == b"x" * 100_000 + b"y" * 5
+
+
 def test_a_read_left_early_closes_its_file(tmp_path: Path) -> None:
     """The read-back reads one chunk ahead: stopping mid-file must close the descriptor once that read ends."""
 
