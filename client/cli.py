@@ -3,40 +3,36 @@
 Click runs with standalone_mode=False so that every error, click's own included, is rendered here as a single
 `relay-upload: error: ...` line: no usage block, no traceback. Exit codes: 0 ok, 1 HTTP error or sha256
 mismatch, 2 bad arguments or files, 3 network.
+
+This module is the arguments: the two click commands (upload, bench), their checks, and `run`. How the requests
+run is client/cli_runs.py (plain and resumable uploads); what is printed, client/cli_output.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
-import httpx
 from rich.console import Console
-from rich.table import Table
 
-from client.bench import DEFAULT_BENCH_PATH, BenchResult, parse_size, run_bench
+from client.bench import DEFAULT_BENCH_PATH, parse_size, run_bench
+from client.cli_output import PROG, fail, print_bench, report_outcomes
+from client.cli_runs import resumable_all, upload_all
 from client.errors import ArgumentError, UploadError
-from client.progress import RequestProgress, UploadView
-from client.ranges import hash_range
-from client.report import render_summary, result_line
-from client.results import FileResult, UploadResult, error_summary
-from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions, upload_resumable
-from client.resumable_wire import metadata_header, repr_field
-from client.retry import RetryDecision
-from client.sources import LocalFile, check_files, multipart_segments, new_boundary
+from client.progress import UploadView
+from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions
+from client.resumable_wire import metadata_header
+from client.sources import LocalFile, check_files
 from client.target import DEFAULT_RELAY, build_url, resolve_target
-from client.upload import DEFAULT_FIELD, DEFAULT_TIMEOUT, upload_async
+from client.upload import DEFAULT_FIELD
 from client.version import version
 
 __all__ = ["main", "run"]
-
-PROG = "relay-upload"
 
 UPLOAD_EXAMPLES = """\b
 Examples:
@@ -61,13 +57,6 @@ Examples:
   relay-upload bench --size 1GiB --runs 5 --direct http://127.0.0.1:8001
   relay-upload bench --size 100MB --multipart --concurrency 4 --json
 """
-
-
-def _fail(message: str) -> None:
-    # One line, always: a filename with a newline must not break the "one line on stderr" promise.
-    line = " ".join(str(message).split())
-    sys.stderr.write(f"{PROG}: error: {line}\n")
-    sys.stderr.flush()
 
 
 def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]]:
@@ -200,13 +189,13 @@ def upload_command(
         )
         try:
             plain = not quiet and not as_json
-            outcomes = asyncio.run(_resumable_all(local, settings, jobs=jobs, view=view, plain=plain))
+            outcomes = asyncio.run(resumable_all(local, settings, jobs=jobs, view=view, plain=plain))
         except KeyboardInterrupt:
             # The uploads stay on the relay and in the resume store: the same command goes on from there.
             command = shlex.join([PROG, *(click.get_current_context().obj or [])])
-            _fail(f"interrupted; the upload can be resumed: run the same command again: {command}")
+            fail(f"interrupted; the upload can be resumed: run the same command again: {command}")
             return 130
-        return _report(outcomes, as_json=as_json, quiet=quiet)
+        return report_outcomes(outcomes, as_json=as_json, quiet=quiet)
     options: dict[str, Any] = {
         "relay": relay,
         "field": field,
@@ -220,8 +209,8 @@ def upload_command(
         "token": token,
         "retries": retries or 0,
     }
-    outcomes = asyncio.run(_upload_all(local, to, options, each=each, jobs=jobs, view=view, digest=digest))
-    return _report(outcomes, as_json=as_json, quiet=quiet)
+    outcomes = asyncio.run(upload_all(local, to, options, each=each, jobs=jobs, view=view, digest=digest))
+    return report_outcomes(outcomes, as_json=as_json, quiet=quiet)
 
 
 def _check_resumable(files: list[LocalFile], *, raw: bool, events: bool, method: str, field: str) -> None:
@@ -255,176 +244,6 @@ def _check_stdin(files: list[LocalFile]) -> None:
         raise ArgumentError("'-' (standard input) is sent alone, as one raw body")
     if sys.stdin is None or sys.stdin.isatty():
         raise ArgumentError("'-' reads standard input, which is a terminal: pipe or redirect the data in")
-
-
-Outcome = UploadResult | UploadError
-
-
-async def _resumable_all(
-    files: list[LocalFile], settings: ResumableOptions, *, jobs: int, view: UploadView | None, plain: bool
-) -> list[tuple[list[LocalFile], Outcome]]:
-    """Each file its own resumable upload, `jobs` at once (as --each -j for plain uploads)."""
-    tasks = view.add_files(files) if view else []
-    gate = asyncio.Semaphore(jobs)
-
-    async def one(index: int, file: LocalFile, client: httpx.AsyncClient) -> Outcome:
-        observer = view.request(tasks[index : index + 1]) if view is not None else None
-        note, warn = _resumable_notes(view, file.path if len(files) > 1 else "", plain=plain)
-        async with gate:
-            try:
-                return await upload_resumable(file, settings, client=client, observer=observer, note=note, warn=warn)
-            except UploadError as exc:
-                return exc
-            finally:
-                if observer is not None:
-                    observer.done()
-
-    limits = httpx.Limits(max_connections=jobs * 2 + 2)
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
-        if view is None:
-            outcomes = await asyncio.gather(*(one(i, f, client) for i, f in enumerate(files)))
-        else:
-            with view:
-                outcomes = await asyncio.gather(*(one(i, f, client) for i, f in enumerate(files)))
-    return [([f], outcome) for f, outcome in zip(files, outcomes, strict=True)]
-
-
-def _resumable_notes(
-    view: UploadView | None, label: str, *, plain: bool
-) -> tuple[Callable[[str], None] | None, Callable[[str], None] | None]:
-    """(note, warn): both on the live display; without one, only warnings, as a stderr line (not with --json or
-    --quiet, whose figures say it: resumed_from 0 and a new upload_url). Retries are not errors: no lines."""
-    prefix = f"{label}: " if label else ""
-    if view is not None:
-        on_view: Callable[[str], None] = lambda text: view.note(prefix + text)  # noqa: E731
-        return on_view, on_view
-    if not plain:
-        return None, None
-
-    def line(text: str) -> None:
-        sys.stderr.write(f"{PROG}: {' '.join((prefix + text).split())}\n")
-        sys.stderr.flush()
-
-    return None, line
-
-
-async def _with_digest(group: list[LocalFile], options: dict[str, Any]) -> dict[str, Any]:
-    """--digest: Repr-Digest of the body about to be sent, from one read of the files before sending (RFC 9530).
-
-    A raw body is the file. A multipart body is the framing too, so the boundary is chosen here and the framed
-    body is hashed as it will go: form fields, each file's part head, its bytes, the closing boundary.
-    """
-    headers = [(k, v) for k, v in options["headers"] if k.lower() != "repr-digest"]
-    if options["raw"]:
-        digest = await hash_range(group[0].path, 0, group[0].size or 0)
-        return {**options, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
-    boundary = new_boundary()
-    marks = [(options["field"], file, _FileMark(index)) for index, file in enumerate(group)]
-    segments = multipart_segments(marks, options["form"], boundary)  # type: ignore[arg-type]
-    digest = await asyncio.to_thread(_hash_framed, segments, group)
-    return {**options, "boundary": boundary, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
-
-
-class _FileMark:
-    """Where a file's bytes stand among the framing segments (hashed from the file itself)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-def _hash_framed(segments: Sequence[object], files: list[LocalFile]) -> bytes:
-    sha = hashlib.sha256()
-    for segment in segments:
-        if isinstance(segment, bytes):
-            sha.update(segment)
-            continue
-        assert isinstance(segment, _FileMark)
-        with open(files[segment.index].path, "rb") as handle:
-            while chunk := handle.read(1024 * 1024):
-                sha.update(chunk)
-    return sha.digest()
-
-
-async def _upload_all(
-    files: list[LocalFile],
-    to: str,
-    options: dict[str, Any],
-    *,
-    each: bool,
-    jobs: int,
-    view: UploadView | None,
-    digest: bool = False,
-) -> list[tuple[list[LocalFile], Outcome]]:
-    tasks = view.add_files(files) if view else []
-    groups = [[f] for f in files] if each else [files]
-    limits = httpx.Limits(max_connections=jobs * 2 + 2)
-    gate = asyncio.Semaphore(jobs)
-
-    async def one(index: int, group: list[LocalFile], client: httpx.AsyncClient) -> Outcome:
-        observer = view.request(tasks[index : index + 1] if each else tasks) if view is not None else None
-        on_retry = _retry_note(view, observer, group[0].path if each else "")
-        async with gate:
-            try:
-                paths = [f.path for f in group]
-                own = await _with_digest(group, options) if digest else options
-                return await upload_async(paths, to, client=client, observer=observer, on_retry=on_retry, **own)
-            except UploadError as exc:
-                return exc
-            finally:
-                if observer is not None:
-                    observer.done()
-
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits) as client:
-        if view is None:
-            outcomes = await asyncio.gather(*(one(i, g, client) for i, g in enumerate(groups)))
-        else:
-            with view:
-                outcomes = await asyncio.gather(*(one(i, g, client) for i, g in enumerate(groups)))
-    return list(zip(groups, outcomes, strict=True))
-
-
-def _retry_note(
-    view: UploadView | None, observer: RequestProgress | None, label: str
-) -> Callable[[RetryDecision], None] | None:
-    """What to do before a retry: rewind the request's progress rows and say why on the live display."""
-    if view is None or observer is None:
-        return None  # no display: the retry shows only in the result's "attempts"
-    prefix = f"{label}: " if label else ""
-
-    def note(decision: RetryDecision) -> None:
-        observer.restart()
-        view.note(f"{prefix}{decision.reason}; retrying in {decision.delay:.1f} s")
-
-    return note
-
-
-def _as_result(group: list[LocalFile], outcome: Outcome) -> UploadResult:
-    """Every request has a result for the report, failed ones too (status None and the error)."""
-    if isinstance(outcome, UploadResult):
-        return outcome
-    if outcome.result is not None:
-        return outcome.result
-    files = [FileResult(f.path, f.size, None) for f in group]
-    return UploadResult(None, None, 0, 0.0, files, None, error=str(outcome))
-
-
-def _report(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json: bool, quiet: bool) -> int:
-    """Print a result for every request (JSON lines or a summary), one error line per failed request."""
-    results = [_as_result(group, outcome) for group, outcome in outcomes]
-    if as_json:
-        for result in results:
-            sys.stdout.write(result_line(result) + "\n")
-        sys.stdout.flush()
-    elif results and not quiet:
-        render_summary(Console(), results)
-    code = 0
-    for (group, outcome), result in zip(outcomes, results, strict=True):
-        if result.ok:
-            continue
-        prefix = f"{group[0].path}: " if len(outcomes) > 1 else ""
-        _fail(prefix + error_summary(result))
-        code = max(code, outcome.exit_code if isinstance(outcome, UploadError) else 1)
-    return code
 
 
 @click.command(
@@ -478,20 +297,8 @@ def bench_command(
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
-        _print_bench(Console(), result, concurrency)
+        print_bench(Console(), result, concurrency)
     return 0
-
-
-def _print_bench(console: Console, result: BenchResult, concurrency: int) -> None:
-    table = Table(box=None, header_style="bold", title=f"{result.size:,} bytes x {concurrency}, {result.runs} runs")
-    for name in ("target", "median MB/s", "min MB/s", "max MB/s"):
-        table.add_column(name, justify="left" if name == "target" else "right")
-    for target, stats in (("relay", result.relay), ("direct", result.direct)):
-        if stats is not None:
-            table.add_row(target, f"{stats.median_mbps:.1f}", f"{stats.min_mbps:.1f}", f"{stats.max_mbps:.1f}")
-    console.print(table)
-    if result.ratio is not None:
-        console.print(f"relay/direct: {result.ratio:.2f}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -505,16 +312,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         # `obj`: the arguments as given, for the "run the same command again" hint of an interrupted upload.
         code = command.main(args, prog_name=prog, standalone_mode=False, obj=list(args))
     except click.exceptions.Abort:
-        _fail("interrupted")
+        fail("interrupted")
         return 130
     except click.ClickException as exc:
-        _fail(f"{exc.format_message()} (see {prog} --help)")
+        fail(f"{exc.format_message()} (see {prog} --help)")
         return 2
     except UploadError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        _fail("interrupted")
+        fail("interrupted")
         return 130
     return code if isinstance(code, int) else 0
 
