@@ -122,17 +122,17 @@ class BatchedSha256:
 def main() -> int:
     variant = sys.argv.pop(1)
     global BATCH, JOIN
-    import relay.proxy
+    import relay.proxy_admission
 
     if variant == "inline":
-        relay.proxy.HASHER = hashlib.sha256
-        relay.proxy.new_hash = hashlib.new  # type: ignore[assignment]
+        relay.proxy_admission.HASHER = hashlib.sha256
+        relay.proxy_admission.new_hash = hashlib.new  # type: ignore[assignment]
     else:
         if variant == "nolock":
             BATCH = 0
         JOIN = variant == "joined"
-        relay.proxy.HASHER = BatchedSha256
-        relay.proxy.new_hash = BatchedSha256  # type: ignore[assignment]
+        relay.proxy_admission.HASHER = BatchedSha256
+        relay.proxy_admission.new_hash = BatchedSha256  # type: ignore[assignment]
     from relay.cli import main as relay_main
 
     sys.argv[0] = "relay-server"
