@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from relay.proxy_context import RelayContext
 from relay.resumable.endpoints import ResumableEndpoints
-from relay.resumable.shared import RedisUploads
 from relay.resumable.store import ResumableStore
 from relay.settings import Settings
 from relay.spool.base import Spool
+
+if TYPE_CHECKING:
+    from relay.resumable.shared import RedisUploads  # imported only with --redis (relay/resumable/unavailable.py)
 
 __all__ = ["ResumableEndpoints", "ResumableStore", "check_spool", "open_resumable", "open_spool"]
 
@@ -58,6 +61,7 @@ def _shared(ctx: RelayContext, on_lost: Callable[[str], None]) -> RedisUploads |
     """With --redis, the Redis side of the uploads' state, on the shared state's client, prefix and relay id."""
     if ctx.settings.redis is None:
         return None
+    from relay.resumable.shared import RedisUploads
     from relay.state.redis import RedisState
 
     state = ctx.shared

@@ -28,7 +28,7 @@ from relay.core import concat as core_concat
 from relay.core.concat import Concat
 from relay.core.resumable import ResumableUpload
 from relay.resumable.answers import Request, respond
-from relay.resumable.shared import StateUnavailable
+from relay.resumable.unavailable import StateUnavailable
 
 if TYPE_CHECKING:
     from relay.resumable.endpoints import ResumableEndpoints

@@ -64,8 +64,8 @@ from relay.resumable.answers import (
 from relay.resumable.appends import Appends
 from relay.resumable.concat import FinalUploads
 from relay.resumable.redeliver import Redelivery
-from relay.resumable.shared import StateUnavailable
 from relay.resumable.store import ResumableStore
+from relay.resumable.unavailable import StateUnavailable
 from relay.settings import Route
 from relay.spool.base import SpoolError
 from relay.types import Message, Receive, Scope, Send

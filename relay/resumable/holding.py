@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 from relay.core import resumable as core
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
-from relay.resumable.shared import RedisUploads, Seen, StateUnavailable
+from relay.resumable.unavailable import Seen, StateUnavailable
 from relay.spool.base import Spool, SpoolError
 
 if TYPE_CHECKING:
+    from relay.resumable.shared import RedisUploads
     from relay.resumable.store import ResumableStore
 
 __all__ = ["ForwardLock", "OpenAppend", "SharedHolding"]

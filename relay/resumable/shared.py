@@ -36,14 +36,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 from relay.core import resumable as core
 from relay.core.resumable import ResumableUpload
-from relay.resumable.answers import SpoolUnavailable
+from relay.resumable.unavailable import Seen, StateUnavailable
 from relay.state.link import ERRORS, describe
 
 __all__ = ["LEASE_MS", "RENEW_EVERY", "RedisUploads", "Seen", "StateUnavailable"]
@@ -140,26 +139,6 @@ redis.call('DEL', KEYS[1])
 for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 0
 """
-
-
-class StateUnavailable(SpoolUnavailable):
-    """Redis did not answer (or the upload was held too long elsewhere): 503, the client retries."""
-
-    default_message = "the shared state of resumable uploads (redis) is unreachable"
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What TAKE (or a peek) found: the document, and either our new token or the lease's holder."""
-
-    doc: str | None
-    token: int | None = None
-    holder: str | None = None  # the relay id of the lease's holder
-    mode: str | None = None
-    orphan: bool = False  # a lease was never let go: its holder died mid-append or mid-forward
-
-    def upload(self) -> ResumableUpload | None:
-        return ResumableUpload.from_json(self.doc) if self.doc is not None else None
 
 
 class RedisUploads:

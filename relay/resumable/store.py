@@ -51,7 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.core import resumable as core
 from relay.core.concat import FINAL
@@ -59,8 +59,11 @@ from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
 from relay.errors import TooManyUploads
 from relay.resumable.holding import ForwardLock, OpenAppend, SharedHolding
-from relay.resumable.shared import RedisUploads, StateUnavailable
+from relay.resumable.unavailable import StateUnavailable
 from relay.spool.base import Spool, SpoolError
+
+if TYPE_CHECKING:
+    from relay.resumable.shared import RedisUploads  # imported only with --redis (relay/resumable/unavailable.py)
 
 __all__ = ["SWEEP_SECONDS", "ForwardLock", "OpenAppend", "ResumableStore"]
 
