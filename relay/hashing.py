@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OffloadedSha256", "direct_hash", "new_hash", "sha256_factory"]
+__all__ = ["OffloadedSha256", "continue_hash", "direct_hash", "new_hash", "sha256_factory"]
 
 OFFLOAD_MIN = 64 * 1024
 MAX_QUEUED = 2 * 1024 * 1024
@@ -109,8 +109,11 @@ class OffloadedSha256:
 
     __slots__ = ("_error", "_hash", "_pending", "_worker")
 
-    def __init__(self, name: str = "sha256") -> None:
-        self._hash = hashlib.sha256() if name == "sha256" else hashlib.new(name)
+    def __init__(self, name: str = "sha256", *, seed: Any = None) -> None:
+        if seed is not None:  # a hashlib object to go on from (continue_hash)
+            self._hash = seed
+        else:
+            self._hash = hashlib.sha256() if name == "sha256" else hashlib.new(name)
         self._pending = 0  # bytes of this hash still queued; changed under the worker's lock
         self._error: Exception | None = None
         self._worker = _get_worker()
@@ -135,7 +138,7 @@ class OffloadedSha256:
             self._worker.wait_for(self)
         if self._error is not None:
             raise self._error
-        return self._hash.hexdigest()
+        return str(self._hash.hexdigest())
 
 
 def _immutable(data: Any) -> bool:
@@ -151,6 +154,12 @@ def direct_hash(digest: Any) -> Any:
 def sha256_factory() -> Any:
     """What the inspector should build its hashes with: offloaded when a second CPU is there to use."""
     return OffloadedSha256 if len(os.sched_getaffinity(0)) > 1 else hashlib.sha256
+
+
+def continue_hash(digest: Any) -> Any:
+    """A hash that goes on from the hashlib object `digest` (what it has hashed stays), offloaded like
+    `sha256_factory()`'s: a resumable upload's running sha256 (relay/resumable/filehash.py)."""
+    return OffloadedSha256(seed=digest) if len(os.sched_getaffinity(0)) > 1 else digest
 
 
 def new_hash(name: str) -> Any:

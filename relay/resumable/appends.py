@@ -32,9 +32,10 @@ Rules:
 7. A partial upload of tus concatenation (relay/core/concat.py) is spooled only: no cut-through (it is never
    forwarded on its own) and no events (`emit` is quiet for it: the final upload is the one users see).
    A final upload is forwarded by `forward`, its body read from its partial uploads' spooled bytes.
-8. With sha256 on, the appends that only spool hash their bytes as they come (relay/resumable/filehash.py), so
-   the completing forward hashes only what the spool did not hold yet instead of the whole file again. That
-   hash is this process's shortcut: whenever it may not cover exactly the spooled bytes, the forward re-hashes.
+8. With sha256 on, once an append has ended its bytes are hashed back from the spool in the background
+   (relay/resumable/filehash.py), so the completing forward hashes only what the spool did not hold yet instead
+   of the whole file again. That hash is this process's shortcut: whenever it may not cover exactly the spooled
+   bytes, the forward re-hashes.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from relay.headers import header_value
 from relay.proxy import RelayContext
 from relay.resumable import spliced
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
-from relay.resumable.filehash import RunningHashes
+from relay.resumable.filehash import PrefixHashed, RunningHashes
 from relay.resumable.forward import FileBody, ForwardUpload, answer_translator, framing
 from relay.resumable.live import LiveAppend, Overflow
 from relay.resumable.store import OpenAppend, ResumableStore
@@ -116,7 +117,7 @@ class Appends:
         self.ctx = ctx
         self.store = store
         self._routes: dict[str, Route] = {route.prefix: route for route in ctx.settings.routes}
-        self.hashes = RunningHashes(enabled=ctx.settings.digest)  # Rule 8
+        self.hashes = RunningHashes(ctx.settings.digest, getattr(store.spool, "data_path", None))  # Rule 8
 
     async def append(self, request: Request, decision: Decision, location: str | None) -> None:
         upload = decision.upload
@@ -161,9 +162,6 @@ class Appends:
         req = request.req  # cut-through only for the append that completes the upload (the drafts: says so)
         cut = req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
         cut = cut and upload.concat is None  # Rule 7
-        # Rule 8: an append that only spools carries the upload's running sha256 on (a cut-through's forward
-        # takes it instead, in `_forwarder`); a partial upload's bytes are hashed as the final upload's.
-        running = None if cut or upload.concat is not None else self.hashes.begin(upload.id, start)
         live = LiveAppend(
             request.receive,
             writer,
@@ -179,7 +177,6 @@ class Appends:
             # a body of unknown size against a known length may overflow it: quiet (live.py Rule 2); one
             # against the size limit alone (a deferred length) reports progress, as a plain upload does
             provisional=request.req.content_length is None and upload.length is not None,
-            running=running,
         )
         try:
             if not handle.allow_cancel():  # superseded while the writer opened: end with nothing taken
@@ -276,9 +273,9 @@ class Appends:
             )
             record = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
         if record is not None:
-            kept = record.offset if record.state != core.FAILED else None
-            self.hashes.end(record.id, live.running, live.hashed_to, kept)  # Rule 8, before the next append can begin
             await self.store.save(record)
+            if record.concat is None and record.state in (core.RECEIVING, core.FORWARDING):
+                self.hashes.appended(record.id, record.offset)  # Rule 8
             if record.state == core.RECEIVING:
                 self._emitter(record)(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
         if decision.action == "delete" and record is not None:
@@ -340,7 +337,8 @@ class Appends:
             committed.append(decision.upload)
             self.store.release(upload.id)
 
-        forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed)
+        seed = await self.hashes.take(upload.id, upload.append_start or 0)  # Rule 8
+        forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed, seed=seed)
         try:
             await self._run(forward)
             request.body_read = live.ended
@@ -393,7 +391,8 @@ class Appends:
                 await respond(request, replace(again, upload=None))
                 return
             upload = current or upload
-            forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload])
+            seed = await self.hashes.take(upload.id, upload.length or 0)  # Rule 8
+            forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload], seed=seed)
             await self._run(forward)
             await self._after_forward(request, upload, forward)
 
@@ -414,6 +413,7 @@ class Appends:
         live: LiveAppend | None,
         on_last: Callable[[], Awaitable[None]] | None,
         committed: list[ResumableUpload],
+        seed: PrefixHashed | None,
     ) -> ForwardUpload:
         route = self._routes.get(upload.route, request.route)
         frame = framing(upload.metadata, route=route, upload_id=upload.id)
@@ -433,7 +433,6 @@ class Appends:
                 on_last=on_last,
             )
             live.splice = cut
-        seed = self.hashes.take(upload.id, spooled) if upload.concat is None else None  # Rule 8
         body = FileBody(
             self.store.spool,
             upload.id,

@@ -1,79 +1,158 @@
-"""A running sha256 per resumable upload: each append's bytes hashed as they go into the spool.
+"""A running sha256 per resumable upload, hashed from the spool's data file in the background after each append.
 
 Theory of operation
 -------------------
 With the default `--digest sha256` the relay reports the file's sha256 once the upstream has it. For an upload
 sent in many appends, the completing append used to hash every spooled byte again while it forwarded them: about
-0.9 s per GiB on the append the client waits for (benchmarks/RESULTS.md, run 11: the 16 MiB appends row). Here
-each append hashes its own bytes while they arrive (the relay's hash worker, relay/hashing.py), so the completing
-forward starts from the hash of the spooled prefix and hashes only what is new.
+0.9 s per GiB on the request the client waits for (benchmarks/RESULTS.md, run 11: the 16 MiB appends row). Here,
+once an append has ended, a thread reads its bytes back from the data file (the page cache: they were just
+written) and hashes them, while the client sends the next append. The completing forward starts from that hash
+and hashes only what is new. Hashing inside the spool's writer thread was measured first and lost: each append's
+204 then waited for its hash (benchmarks/RESULTS.md, run 12).
 
 The hash lives in this process's memory only (hashlib objects cannot be saved), so it is a shortcut, never a
-source of truth: whenever it might not cover exactly the spool's first bytes, it is dropped and the forward
-hashes the spool as before.
+source of truth: whenever it might not cover exactly the spool's first bytes, the forward hashes the spool itself.
 
 Rules:
-1. `begin(id, start)` hands an append the upload's hash only if it covers exactly the bytes before `start`
-   (a fresh one when `start` is 0), and takes it out of the table: two appends never share one hash object.
-   An append that starts elsewhere (after a relay restart, or after appends on another relay) gets None.
-2. The append feeds the hash exactly the chunks it hands the spool (relay/resumable/live.py), so the hash covers
-   `start + written` bytes. `end(id, hash, covered, offset)` puts it back only when the upload's offset, as
-   decided and saved, is that count: a checksum failure (460) or a discarded append drops it.
-3. `take(id, spooled)` gives the completing forward the hash of the first `spooled` bytes (or None), wrapped as
-   `PrefixHashed`: fed the whole file again (the forward reads its body from the spool), it drops those bytes
-   and hashes only the rest; a spliced forward asks `rest_hash()` and never reads the prefix at all.
-4. At most MAX_UPLOADS hashes are kept (the oldest go first): a dropped one costs a re-hash, nothing else.
+1. Once an append's end is saved at `offset` (`appended`), the data file's first `offset` bytes are final: a later
+   writer only adds bytes past them, and a refused or broken append's bytes past the saved offset are cut before
+   anything else is written there (relay/spool/base.py, Rules 2-3). So a job hashes [hashed so far, offset) from
+   the file. The jobs run on one thread, in order: an upload's ranges follow each other, and no answer waits.
+2. An upload this relay holds no hash for (after a restart, or after appends on another relay) gets one from byte
+   0 at its next append's end: the background catches up on the whole prefix.
+3. `take(id, spooled)` gives the completing forward the hash of exactly the first `spooled` bytes, once its jobs
+   are done, wrapped as `PrefixHashed`: fed the whole file again (the copying forward reads the spool), it drops
+   those bytes and hashes only the rest; a spliced forward asks `rest_hash()` and never reads the prefix at all.
+   A hash that ends elsewhere, or whose read failed, gives None: the forward hashes the spool as before.
+4. Bounded: at most MAX_UPLOADS hashes are kept (the oldest go first; a dropped one costs a re-hash) and a job
+   reads READ_SIZE bytes at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import hashlib
 import logging
+import os
+import queue
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from relay.hashing import direct_hash, new_hash
+from relay.hashing import continue_hash, direct_hash
 
 __all__ = ["MAX_UPLOADS", "PrefixHashed", "RunningHashes"]
 
 MAX_UPLOADS = 4096
+READ_SIZE = 1024 * 1024 - 64 * 1024  # under glibc's pinned mmap threshold (relay/spool/disk.py READ_CHUNK)
 log = logging.getLogger("relay.resumable")
 
 
+class _Running:
+    """One upload's hash: what it will cover once its queued jobs are done, and the last of them."""
+
+    __slots__ = ("broken", "digest", "done", "target")
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.target = 0  # bytes covered once `done` has resolved
+        self.done: concurrent.futures.Future[None] | None = None
+        self.broken = False  # a read failed: this hash is no use
+
+
 class RunningHashes:
-    """Upload id -> (bytes covered, sha256 of them), for uploads whose next append may come to this relay."""
+    """Upload id -> its running sha256, for uploads whose completing forward may come to this relay."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled  # `--digest none`: nothing is hashed, nothing kept
-        self._table: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+    def __init__(self, enabled: bool, path_of: Callable[[str], Path] | None) -> None:
+        self.enabled = enabled and path_of is not None  # `--digest none`, or a spool without local files
+        self._path_of = path_of
+        self._table: OrderedDict[str, _Running] = OrderedDict()
 
-    def begin(self, upload_id: str, start: int) -> Any | None:
-        """Rule 1: the hash this append continues, or None."""
-        if not self.enabled:
-            return None
-        covered, digest = self._table.pop(upload_id, (0, None))
-        if start == 0:
-            return new_hash("sha256")
-        return digest if digest is not None and covered == start else None
-
-    def end(self, upload_id: str, digest: Any | None, covered: int, offset: int | None) -> None:
-        """Rule 2: keep the hash for the next append when the saved offset is what it covers."""
-        if digest is None or offset != covered:
+    def appended(self, upload_id: str, offset: int) -> None:
+        """Rules 1-2: the upload's first `offset` bytes are final; hash what the hash does not cover yet."""
+        if not self.enabled or self._path_of is None:
             return
-        self._table[upload_id] = (covered, digest)
-        self._table.move_to_end(upload_id)
+        running = self._table.pop(upload_id, None)
+        if running is None or running.broken or running.target > offset:  # > : never, unless the spool shrank
+            running = _Running()
+        self._table[upload_id] = running
         while len(self._table) > MAX_UPLOADS:  # Rule 4
             self._table.popitem(last=False)
+        if offset > running.target:
+            running.done = _worker().submit(running, self._path_of(upload_id), running.target, offset)
+            running.target = offset
 
-    def take(self, upload_id: str, spooled: int) -> PrefixHashed | None:
-        """Rule 3: the completing forward's head start, if the hash covers exactly the spooled bytes."""
-        covered, digest = self._table.pop(upload_id, (0, None))
-        if digest is None or not spooled or covered != spooled:
+    async def take(self, upload_id: str, spooled: int) -> PrefixHashed | None:
+        """Rule 3: the completing forward's head start, or None."""
+        running = self._table.pop(upload_id, None)
+        if running is None or not spooled or running.target != spooled:
+            return None
+        if running.done is not None:
+            await asyncio.wrap_future(running.done)
+        if running.broken:
             return None
         log.debug("resumable %s: sha256 of the %d spooled bytes carried over from its appends", upload_id, spooled)
-        return PrefixHashed(digest, spooled)
+        return PrefixHashed(continue_hash(running.digest), spooled)  # the rest hashed off the loop
 
     def drop(self, upload_id: str) -> None:
         self._table.pop(upload_id, None)
+
+
+def _hash_range(running: _Running, path: Path, start: int, end: int) -> None:
+    """The hash thread: [start, end) of the data file into the upload's hash (the GIL released while hashing)."""
+    if running.broken:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            position = start
+            while position < end:
+                chunk = os.pread(fd, min(READ_SIZE, end - position), position)
+                if not chunk:
+                    raise OSError(f"{path} holds fewer than {end} bytes")
+                running.digest.update(chunk)
+                position += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # deleted, truncated: the forward will hash the spool itself, or nothing is forwarded
+        running.broken = True
+        log.debug("running sha256 of %s dropped: %s", path.name, exc)
+
+
+class _Worker:
+    """One daemon thread for the relay's hash jobs, in order (a thread reading a file must not hold the exit)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[None], tuple[Any, ...]]] = queue.SimpleQueue()
+        threading.Thread(target=self.run, name="relay-filehash", daemon=True).start()
+
+    def submit(self, running: _Running, path: Path, start: int, end: int) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.jobs.put((future, (running, path, start, end)))
+        return future
+
+    def run(self) -> None:
+        while True:
+            future, args = self.jobs.get()
+            try:
+                _hash_range(*args)
+            finally:
+                future.set_result(None)
+
+
+_the_worker: _Worker | None = None
+_worker_lock = threading.Lock()
+
+
+def _worker() -> _Worker:
+    global _the_worker
+    with _worker_lock:
+        if _the_worker is None:
+            _the_worker = _Worker()
+        return _the_worker
 
 
 class PrefixHashed:
@@ -94,7 +173,7 @@ class PrefixHashed:
 
     def rest_hash(self) -> Any:
         """For a thread that hashes the rest itself (relay/resumable/spliced.py): the prefix will not be fed, and
-        the hashlib object to update is returned (every queued update applied, relay/hashing.py)."""
+        the hashlib object to update is returned."""
         self._skip = 0
         self._digest = direct_hash(self._digest)
         return self._digest

@@ -24,9 +24,6 @@ Rules:
 6. A spliced cut-through (relay/resumable/spliced.py) moves the body without `receive`: it reports what the kernel
    moved (`count_spliced`) and, once its spool thread has ended, what the data file holds (`spliced_into_file`);
    a rest left by a failed upstream is taken by `drain` through the same pump.
-7. With `running`, the upload's running sha256, the spool's writer hashes each chunk it has written, on its own
-   thread (the disk spool: `DiskWriter.hash_with`; another spool keeps no running hash). Once the writer has
-   finished, the hash covers exactly the file's first `hashed_to` bytes (relay/resumable/filehash.py).
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ from relay.core.events import Progress
 from relay.core.progress import ProgressPolicy, ProgressTicker
 from relay.core.resumable_headers import Checksum
 from relay.errors import ClientDisconnected, ClientTimeout, PayloadTooLarge
-from relay.hashing import direct_hash
 from relay.spool.base import SpoolWriter
 from relay.types import Receive
 
@@ -73,7 +69,6 @@ class LiveAppend:
         min_rate: int | None = None,
         min_rate_grace: float = 10.0,
         provisional: bool = False,
-        running: Any | None = None,
     ) -> None:
         self.receive = receive
         self.writer = writer
@@ -93,10 +88,6 @@ class LiveAppend:
         self._grace = min_rate_grace
         self._began = time.monotonic()
         self._quiet = provisional or checksum is not None  # Rule 2
-        # The upload's running sha256 (relay/resumable/filehash.py), fed by the spool's writer thread (Rule 7).
-        self.running = running if hasattr(writer, "hash_with") else None
-        if self.running is not None:
-            writer.hash_with(direct_hash(self.running))  # type: ignore[attr-defined]
         # The zero-copy cut-through of this append (relay/resumable/spliced.py), once offered: its bytes never
         # pass `receive`; a rest left after an upstream failure is taken by `drain` (Rules 3, 6).
         self.splice: Any = None
@@ -105,11 +96,6 @@ class LiveAppend:
     @property
     def offset(self) -> int:
         return self.writer.start + self.written
-
-    @property
-    def hashed_to(self) -> int:
-        """Where the running sha256 ends in the file: the writer hashed what it wrote, once it has finished."""
-        return self.writer.start + self.writer.hashed if self.running is not None else -1  # type: ignore[attr-defined]
 
     @property
     def checksum_ok(self) -> bool | None:

@@ -30,10 +30,6 @@ Spliced appends. A completing append on the zero-copy path (relay/resumable/spli
 of its own that splices a pipe into the data file (`DiskWriter.splice_fd`, then `DiskWriter.spliced` with what
 the file holds); the writer's commit, abort and discard then go on as for any append.
 
-Running hash. A resumable upload's appends may ask the writer to hash what it writes (`hash_with`), on the
-same thread right after each write: the completing forward then need not hash the spooled bytes again
-(relay/resumable/filehash.py). No queue or hand-over of its own: the chunks are in the thread's hands anyway.
-
 Reserved blocks. An append that says how many bytes it brings (Content-Length) gets their disk blocks in one
 fallocate(FALLOC_FL_KEEP_SIZE) before its first write (`reserve`): the file's size, which is the durable offset,
 does not change, and each page written then finds its block already there instead of asking ext4's delayed
@@ -296,9 +292,7 @@ class DiskWriter:
         # Start writing to the disk while the bytes arrive, so that the commit's fsync has little left to wait
         # for. False for an append that may never be fsynced (relay/resumable/live.py Rule 5).
         self.writeback = True
-        self._hash: Any = None  # a running sha256 of the upload (hash_with), updated on the worker thread
         self._reserve = 0  # bytes to give disk blocks to before the first write (`reserve`)
-        self.hashed = 0  # bytes written and hashed; read once the writer has finished
 
     def reserve(self, count: int) -> None:
         """The append will bring `count` bytes: its blocks are allocated in one call before its first write
@@ -310,13 +304,6 @@ class DiskWriter:
         count, self._reserve = self._reserve, 0
         if count > 0 and _fallocate is not None:
             _fallocate(self._fd, self._position, count)
-
-    def hash_with(self, digest: Any) -> None:
-        """Hash every chunk once written, on the worker thread, into `digest` (a hashlib object): the resumable
-        upload's running sha256 (relay/resumable/filehash.py). Only before any chunk was handed over."""
-        if self._handed:
-            raise SpoolError("this spool writer has taken bytes already")
-        self._hash = digest
 
     @property
     def start(self) -> int:
@@ -358,10 +345,6 @@ class DiskWriter:
                     self.reserve_now()
                 _write_all(self._fd, chunks)
                 self._position += size
-                if self._hash is not None:
-                    for chunk in chunks:
-                        self._hash.update(chunk)  # the GIL is released while it hashes
-                    self.hashed += size
                 if not self.writeback:
                     self._flushed = self._position
                 elif _start_writeback is not None and self._position - self._flushed >= WRITEBACK:
@@ -432,6 +415,10 @@ class DiskSpool:
             leftover.unlink(missing_ok=True)
         self._temporaries = itertools.count(os.getpid() * 1_000_000)
         self._worker = _Worker(max_queued)
+
+    def data_path(self, upload_id: str) -> Path:
+        """Where an upload's bytes are, for a thread that reads them back (relay/resumable/filehash.py)."""
+        return self._path(upload_id, ".data")
 
     def _path(self, upload_id: str, suffix: str) -> Path:
         if not _ID.fullmatch(upload_id):

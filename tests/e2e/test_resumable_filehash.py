@@ -1,9 +1,10 @@
-"""The running sha256 of resumable uploads (relay/resumable/filehash.py): the appends hash their bytes as they come,
-and the completing forward starts from that hash instead of hashing the spooled bytes again.
+"""The running sha256 of resumable uploads (relay/resumable/filehash.py): once an append has ended, its bytes are
+hashed back from the spool in the background, and the completing forward starts from that hash instead of hashing
+the spooled bytes again.
 
 Seen from outside by the relay's debug log ("carried over") and checked by the sha256 the relay reports against
-the file's; the sink must hold the file byte-exact. Where the hash cannot be trusted (a restart, a break, a
-checksum failure), the relay must still report the right sha256."""
+the file's; the sink must hold the file byte-exact. After a break, a refused checksum or a restart, the relay must
+still report the right sha256."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_digest_none_keeps_no_hash(make_stack: Callable[..., Stack], tmp_path: P
 
 
 def test_a_restart_hashes_the_spool_again(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
-    """The hash lived in the killed relay's memory: the new one must hash the spooled bytes itself."""
+    """The hash lived in the killed relay's memory: the new one, completing at once, hashes the spool itself."""
     stack = stack_for(make_stack, tmp_path, "raw")
     data = os.urandom(4 * MiB + 5)
     with stack.client() as client:
@@ -109,9 +110,26 @@ def test_a_break_keeps_the_hash_going(make_stack: Callable[..., Stack], tmp_path
     assert_clean(stack, [data])
 
 
-def test_a_checksum_failure_drops_the_hash(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
-    """An append refused for its checksum (460) keeps none of its bytes, but its hash was fed them: it is dropped,
-    and the completing forward hashes the spool again."""
+def test_after_a_restart_an_append_starts_the_hash_again(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """After a restart, the first append's end starts a hash from byte 0: the completion carries it over."""
+    stack = stack_for(make_stack, tmp_path, "raw")
+    data = os.urandom(5 * MiB + 5)
+    with stack.client() as client:
+        location = tus_create(client, "/upload/again.bin", len(data)).headers["location"]
+        assert tus_patch(client, location, 0, data[: 2 * MiB]).status_code == 204
+    stack.restart_relay()
+    with stack.client() as client:
+        assert tus_patch(client, location, 2 * MiB, data[2 * MiB : 3 * MiB]).status_code == 204
+        answer = tus_patch(client, location, 3 * MiB, data[3 * MiB :])
+    assert answer.status_code == 204, answer.text
+    assert answer.headers["x-upload-sha256"] == sha256(data)
+    assert carried(stack, 3 * MiB)
+    assert_clean(stack, [data])
+
+
+def test_a_checksum_failure_keeps_the_hash_true(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """An append refused for its checksum (460) keeps none of its bytes: the hash, read from what the spool kept,
+    goes on from the offset before it."""
     stack = stack_for(make_stack, tmp_path, "raw")
     data = os.urandom(3 * MiB + 99)
     with stack.client() as client:
@@ -124,7 +142,7 @@ def test_a_checksum_failure_drops_the_hash(make_stack: Callable[..., Stack], tmp
         answer = tus_patch(client, location, MiB, data[MiB:])
     assert answer.status_code == 204, answer.text
     assert answer.headers["x-upload-sha256"] == sha256(data)
-    assert not carried(stack, MiB)
+    assert carried(stack, MiB)
     assert_clean(stack, [data])
 
 

@@ -1,8 +1,12 @@
-"""relay/resumable/filehash.py: when a running sha256 may be carried on, and what PrefixHashed hashes."""
+"""relay/resumable/filehash.py: what the background hash of a resumable upload's spooled bytes covers, and when the
+completing forward may start from it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+from pathlib import Path
 
 from hypothesis import given, strategies as st
 
@@ -10,56 +14,61 @@ from relay.resumable import filehash
 from relay.resumable.filehash import PrefixHashed, RunningHashes
 
 
-def fed(hashes: RunningHashes, upload_id: str, start: int, data: bytes) -> object:
-    digest = hashes.begin(upload_id, start)
-    assert digest is not None
-    digest.update(data)
-    return digest
+def spool(tmp_path: Path) -> tuple[RunningHashes, Path]:
+    return RunningHashes(True, lambda upload_id: tmp_path / f"{upload_id}.data"), tmp_path / "u.data"
 
 
-def test_appends_carry_the_hash_to_the_forward() -> None:
-    hashes = RunningHashes(enabled=True)
-    digest = fed(hashes, "u", 0, b"abc")
-    hashes.end("u", digest, 3, 3)
-    digest = fed(hashes, "u", 3, b"def")
-    hashes.end("u", digest, 6, 6)
-    seed = hashes.take("u", 6)
+def test_the_forward_gets_the_hash_of_every_appended_byte(tmp_path: Path) -> None:
+    hashes, data = spool(tmp_path)
+    content = os.urandom(3 * filehash.READ_SIZE + 5)
+    data.write_bytes(content[:1000])
+    hashes.appended("u", 1000)
+    data.write_bytes(content)
+    hashes.appended("u", len(content))
+
+    async def take() -> PrefixHashed | None:
+        return await hashes.take("u", len(content))
+
+    seed = asyncio.run(take())
     assert seed is not None
-    seed.update(b"abcdef")  # the forward feeds the spooled bytes again: dropped
-    seed.update(b"gh")
-    assert seed.hexdigest() == hashlib.sha256(b"abcdefgh").hexdigest()
-    assert hashes.take("u", 6) is None  # taken once
+    seed.update(content)  # the copying forward feeds the spooled bytes again: dropped
+    seed.update(b"tail")
+    assert seed.hexdigest() == hashlib.sha256(content + b"tail").hexdigest()
+    assert asyncio.run(take()) is None  # taken once
 
 
-def test_a_hash_that_does_not_cover_the_offset_is_dropped() -> None:
-    hashes = RunningHashes(enabled=True)
-    digest = fed(hashes, "u", 0, b"abcdef")
-    hashes.end("u", digest, 6, 3)  # the decision kept 3 bytes (a refused checksum: the append's start)
-    assert hashes.begin("u", 3) is None
-    assert hashes.take("u", 3) is None
-    assert hashes.begin("v", 5) is None  # never seen here (a restart, another relay's appends)
+def test_a_hash_that_ends_elsewhere_is_no_use(tmp_path: Path) -> None:
+    hashes, data = spool(tmp_path)
+    data.write_bytes(b"abcdef")
+    hashes.appended("u", 6)
+    assert asyncio.run(hashes.take("u", 5)) is None
+    assert asyncio.run(hashes.take("v", 6)) is None  # never seen here (a restart, another relay's appends)
 
 
-def test_an_append_elsewhere_than_the_hash_ends_gets_none() -> None:
-    hashes = RunningHashes(enabled=True)
-    digest = fed(hashes, "u", 0, b"abc")
-    hashes.end("u", digest, 3, 3)
-    assert hashes.begin("u", 4) is None
-    assert hashes.begin("u", 3) is None  # the mismatched begin dropped it
+def test_a_failed_read_drops_the_hash(tmp_path: Path) -> None:
+    hashes, data = spool(tmp_path)
+    data.write_bytes(b"abc")
+    hashes.appended("u", 10)  # the file is shorter than the saved offset says
+    assert asyncio.run(hashes.take("u", 10)) is None
+    hashes.appended("u", 3)  # a broken hash starts again from byte 0
+    seed = asyncio.run(hashes.take("u", 3))
+    assert seed is not None and seed.hexdigest() == hashlib.sha256(b"abc").hexdigest()
 
 
-def test_disabled_keeps_nothing() -> None:
-    hashes = RunningHashes(enabled=False)
-    assert hashes.begin("u", 0) is None
+def test_disabled_or_without_files_keeps_nothing(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_bytes(b"abc")
+    for hashes in (RunningHashes(False, lambda upload_id: tmp_path / "u.data"), RunningHashes(True, None)):
+        hashes.appended("u", 3)
+        assert asyncio.run(hashes.take("u", 3)) is None
 
 
-def test_the_table_is_bounded() -> None:
-    hashes = RunningHashes(enabled=True)
+def test_the_table_is_bounded(tmp_path: Path) -> None:
+    hashes = RunningHashes(True, lambda upload_id: tmp_path / "x.data")
+    (tmp_path / "x.data").write_bytes(b"x")
     for n in range(filehash.MAX_UPLOADS + 5):
-        digest = fed(hashes, str(n), 0, b"x")
-        hashes.end(str(n), digest, 1, 1)
-    assert hashes.take("0", 1) is None
-    assert hashes.take(str(filehash.MAX_UPLOADS + 4), 1) is not None
+        hashes.appended(str(n), 1)
+    assert asyncio.run(hashes.take("0", 1)) is None
+    assert asyncio.run(hashes.take(str(filehash.MAX_UPLOADS + 4), 1)) is not None
 
 
 @given(st.binary(max_size=300), st.integers(0, 300), st.lists(st.integers(1, 64), max_size=20))
