@@ -247,7 +247,8 @@ class Admission:
 
     async def preflight(self) -> None:
         """Answer a CORS preflight on a routed path; an origin not listed gets no allow headers."""
-        headers = [(b"content-length", b"0"), *self.cors]
+        # every answer on a routed path carries an id (contract, "Upload ids"): this request's, drawn at its start
+        headers = [(b"content-length", b"0"), (b"x-upload-id", self.upload_id.encode()), *self.cors]
         if self.cors:
             requested = header_value(self.headers, b"access-control-request-headers") or b""
             headers += [

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.headers import valid_upload_id
 from relay.testing import RunningServer, start_relay, start_sink
 from tests.e2e.test_relay import read_all, stored_files
 
@@ -213,6 +214,23 @@ def test_cors(sink: RunningServer) -> None:
     assert upload.headers["access-control-allow-origin"] == "https://app.example"
     assert "X-Upload-ID" in upload.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in refused.headers
+    assert preflight.headers["x-upload-id"] and other.headers["x-upload-id"]  # every answer on a routed path
+
+
+def test_a_plain_routes_preflight_carries_an_upload_id(sink: RunningServer, tmp_path: Path) -> None:
+    """Without resumable uploads on the route, the plain relay answers the preflight itself: with an id too."""
+    config = tmp_path / "plain.toml"
+    config.write_text('[[routes]]\nprefix = "/plain/"\nresumable = false\n')
+    relay = start_relay("--cors-origin", "https://app.example", "--config", str(config), upstream=sink.url)
+    try:
+        preflight = httpx.options(
+            f"{relay.url}/plain/c", headers={"origin": "https://app.example", "access-control-request-method": "PUT"}
+        )
+    finally:
+        relay.stop()
+    assert preflight.status_code == 204
+    assert "PUT" in preflight.headers["access-control-allow-methods"]
+    assert valid_upload_id(preflight.headers["x-upload-id"].encode())
     bad = start_relay_fails("--cors-origin", "*")
     assert bad.returncode == 2
 
