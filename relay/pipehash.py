@@ -31,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol
+
+from relay.libc import libc_function
 
 __all__ = ["MAX_THREADS", "RawHash", "in_use", "release", "reserve", "start", "tee", "tee_supported"]
 
@@ -53,15 +53,9 @@ class RawHash(Protocol):
 
 def _load_tee() -> Callable[[int, int, int, int], int] | None:
     """libc's tee(2): Python's os module has splice but not tee."""
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).tee
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    function.restype = ctypes.c_ssize_t
+    function: Callable[[int, int, int, int], int] | None = libc_function(
+        "tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t
+    )
     return function
 
 

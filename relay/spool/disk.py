@@ -52,17 +52,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
-import ctypes.util
 import itertools
 import os
 import queue
 import re
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from relay.libc import libc_function
 from relay.spool.base import SpoolDataLost, SpoolError
 
 __all__ = ["MAX_QUEUED", "READ_CHUNK", "DiskSpool", "DiskWriter"]
@@ -230,16 +229,10 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
     """Linux's sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE): start writing those dirty pages to
-    the disk and return at once (ctypes releases the GIL). None where there is no such call."""
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    the disk and return at once. None where there is no such call."""
+    function = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if function is None:
         return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
     sync_file_range_write = 2
 
     def start_writeback(fd: int, offset: int, count: int) -> None:
@@ -253,16 +246,10 @@ _start_writeback = _load_sync_file_range()
 
 def _load_fallocate() -> Callable[[int, int, int], None] | None:
     """Linux's fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, count): give the file its disk blocks now, its size
-    unchanged (ctypes releases the GIL). None where there is no such call."""
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    unchanged. None where there is no such call."""
+    function = libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    if function is None:
         return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
     keep_size = 1
 
     def reserve(fd: int, offset: int, count: int) -> None:
