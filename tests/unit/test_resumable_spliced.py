@@ -1,5 +1,6 @@
 """The spliced cut-through's pump (relay/resumable/spliced.py) on real sockets, pipes and a real disk spool, without
-a relay around it: client socket -> pipe A -> upstream socket, A tee'd into pipe S for the spool thread.
+a relay around it: client socket -> pipe A -> upstream socket, A tee'd into pipe S for the spool thread (which
+writes with O_DIRECT, Rule 7, or through the page cache: every test runs both ways).
 
 What the relay's promise needs, checked directly: when `on_last` runs (the upload about to be recorded complete),
 the data file already holds every byte and the upstream has not been given the last one (Rule 2); after it,
@@ -28,6 +29,14 @@ from relay.spool.disk import DiskSpool
 from relay.zerocopy import ClientSocket, SplicedBody
 
 pytestmark = pytest.mark.skipif(not spliced.ENABLED, reason="needs splice(2) and tee(2)")
+
+
+@pytest.fixture(autouse=True, params=["direct", "page-cache"])
+def spool_writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: the spool thread writing with O_DIRECT (Rule 7) and through the page cache."""
+    monkeypatch.setattr(spliced, "DIRECT", request.param == "direct")
+    return str(request.param)
+
 
 SIZE = 5 * 1024 * 1024 + 77
 

@@ -1,0 +1,149 @@
+"""relay/spool/direct.py on a real file: appended bytes land byte-exact at any start offset and in any piece sizes,
+the file's size is exactly what was appended, the bytes went past the page cache, a failed write leaves a prefix
+and nothing after it, and the buffers are reused.
+
+The files live under the test's tmp_path: O_DIRECT needs a file system that takes it (ext4 here and in CI); where
+it does not, `open_appender` says None and the tests that need it skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from relay.spool import direct
+
+MiB = 1024 * 1024
+
+
+def _open(path: Path, existing: bytes = b"") -> tuple[int, direct.DirectAppender]:
+    path.write_bytes(existing)
+    fd = os.open(path, os.O_WRONLY)
+    os.lseek(fd, len(existing), os.SEEK_SET)
+    appender = direct.open_appender(path, fd)
+    if appender is None:
+        os.close(fd)
+        pytest.skip("this file system refuses O_DIRECT")
+    return fd, appender
+
+
+def _pieces(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, at = [], 0
+    for size in sizes:
+        out.append(data[at : at + size])
+        at += size
+    out.append(data[at:])
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(min_value=0, max_value=3 * direct.ALIGN + 5),
+    size=st.integers(min_value=0, max_value=2 * direct.BLOCK + 3 * direct.ALIGN + 7),
+    sizes=st.lists(st.integers(min_value=1, max_value=direct.BLOCK + 17), max_size=6),
+)
+def test_any_start_and_pieces_land_byte_exact(tmp_path: Path, start: int, size: int, sizes: list[int]) -> None:
+    existing, data = os.urandom(start), os.urandom(size)
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, existing)
+    try:
+        for piece in _pieces(data, sizes):
+            appender.write(piece)
+        assert appender.finish() == start + size
+        assert os.lseek(fd, 0, os.SEEK_CUR) == start + size  # the ordinary descriptor is left at the end
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == existing + data
+
+
+def test_fill_from_a_pipe(tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 1234)
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, b"x" * 100)
+    read_fd, write_fd = os.pipe()
+    try:
+        feeder = threading.Thread(target=lambda: (os.write(write_fd, data), os.close(write_fd)), daemon=True)
+        feeder.start()
+        got = 0
+        while count := appender.fill_from(read_fd):
+            got += count
+        feeder.join()
+        assert got == len(data) and appender.finish() == 100 + len(data)
+    finally:
+        os.close(fd)
+        os.close(read_fd)
+    assert path.read_bytes() == b"x" * 100 + data
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+def test_the_bytes_go_past_the_page_cache(tmp_path: Path) -> None:
+    """fincore counts the file's pages in the page cache: at most the head's and the tail's, not 16 MiB."""
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, b"h" * 10)
+    try:
+        appender.write(os.urandom(16 * MiB))
+        appender.finish()
+    finally:
+        os.close(fd)
+    cached = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True, check=True
+    )
+    assert int(cached.stdout.strip()) <= 2 * direct.ALIGN
+
+
+def test_a_failed_write_leaves_a_prefix_and_nothing_after(tmp_path: Path) -> None:
+    """The O_DIRECT descriptor is swapped for a read-only one: the first direct write fails; the head went
+    through the ordinary descriptor, and nothing after the failure is written (no tail past a hole)."""
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, b"a" * 10)
+    os.close(appender.direct_fd)
+    appender.direct_fd = os.open(path, os.O_RDONLY)
+    try:
+        appender.write(os.urandom(direct.BLOCK + direct.ALIGN + 5))
+        with pytest.raises(OSError):
+            appender.write(b"more")  # the error surfaces on a later call ...
+            appender.finish()  # ... or, at the latest, here
+        appender.close()
+    finally:
+        os.close(fd)
+    assert path.stat().st_size == direct.ALIGN  # the old 10 bytes and the head up to the first aligned offset
+
+
+def test_buffers_are_reused(tmp_path: Path) -> None:
+    """A new mapping costs a page fault per page on first touch (the cost the module avoids): the next appender
+    takes the buffers the last one gave back."""
+    direct._pool.clear()
+    first_fd, first = _open(tmp_path / "a.data")
+    first.write(os.urandom(10))
+    first.finish()
+    os.close(first_fd)
+    pooled = {id(buffer) for buffer in direct._pool}
+    assert len(pooled) == direct.DEPTH
+    second_fd, second = _open(tmp_path / "b.data")
+    try:
+        second.write(os.urandom(10))
+        assert id(second.buffer) in pooled
+        second.finish()
+    finally:
+        os.close(second_fd)
+
+
+def test_no_appender_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform without O_DIRECT (or a file system refusing it at open): None, and the caller writes through the
+    page cache (tests/unit/test_resumable_spliced.py runs that path too)."""
+    path = tmp_path / "up.data"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        monkeypatch.delattr(os, "O_DIRECT")
+        assert direct.open_appender(path, fd) is None
+        monkeypatch.undo()
+        assert direct.open_appender(tmp_path / "missing.data", fd) is None
+    finally:
+        os.close(fd)
