@@ -93,7 +93,11 @@ def measure(
     if perf is not None:
         perf.send_signal(signal.SIGINT)
         perf.wait()
-    print(f"{workload}: wall {wall:.2f} s, relay CPU {cpu:.2f} s", flush=True)
+    parts = ""
+    if "spool_secs" in row and row.get("appends", 1) > 1:
+        parts = f" (appends {row['spool_secs']:.2f} s, 204 wait {row['answer_wait_ms']:.1f} ms,"
+        parts += f" completing {row['last_patch_secs']:.2f} s)"
+    print(f"{workload}: wall {wall:.2f} s, relay CPU {cpu:.2f} s{parts}", flush=True)
     return cpu
 
 
