@@ -5,7 +5,7 @@ Theory of operation
 A plain raw body goes socket to socket through a pipe (relay/zerocopy.py). The append that completes a resumable
 upload must also land in the spool (relay/resumable/appends.py Rule 2: kept if the upstream fails). Here the same
 pump gets one more consumer: pipe A (filled from the client socket) is tee'd into pipe S, a thread splices S into
-the upload's data file (`_spool_thread`: the kernel moves the pages, nothing passes through Python), and A is
+the upload's data file (relay/resumable/spliced_threads.py: with O_DIRECT, Rule 7), and A is
 spliced to the upstream socket (with sha256, A is also tee'd into pipe B for the hash thread, relay/pipehash.py).
 
 The seam is `CutThrough`, offered by `offer` only when the spliced path keeps every rule of the copying one:
@@ -40,7 +40,10 @@ Rules (the copying path's, relay/resumable/forward.py and live.py, kept here):
    (benchmarks/prototypes/resumable_profile.py, 1 GiB, `--digest none`, 5 interleaved reps): relay CPU
    1.17 -> 0.89 s, time against the plain upload 1.31x -> 1.20x (median); the page-cache copy it avoids was
    42 % of the relay's samples on a host that hands freed memory back. Elsewhere, the splice into the file.
-   The thread lets pipe S gather half its size before each read (`_gather`): fewer wake-ups and GIL hand-overs.
+   The thread lets pipe S gather half its size before each read: fewer wake-ups and GIL hand-overs.
+8. Where the spool thread writes directly, the bytes pass through its buffers anyway, and it hashes them there:
+   no pipe B, no hash thread (`_start_hashing`). Rule 1's "in pipe B" then reads "in pipe S", and Rule 2 holds
+   the last byte until the spool thread, hash included, has ended.
 
 What this path does not do, measured (benchmarks/prototypes/append_costs.py): the non-completing appends are
 not spliced. Splicing socket -> pipe -> file cost the same CPU as recv_into + write (0.88 vs 0.82 CPU-s/GiB:
@@ -49,15 +52,11 @@ a splice into a file copies into the page cache all the same), and a spliced req
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import errno
 import fcntl
 import os
-import termios
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -66,7 +65,7 @@ from relay import pipehash, splicewire
 from relay.core.splicing import SPLICE_MIN
 from relay.errors import ClientTimeout, UpstreamTimeout
 from relay.pipehash import RawHash
-from relay.resumable.filehash import PrefixHashed
+from relay.resumable import spliced_threads
 from relay.resumable.live import LiveAppend
 from relay.spool import direct
 from relay.zerocopy import FLAGS, PIPE_SIZE, TEE_FLAGS, ClientSocket, SplicedBody, UpstreamGone, _Pump
@@ -74,123 +73,8 @@ from relay.zerocopy import FLAGS, PIPE_SIZE, TEE_FLAGS, ClientSocket, SplicedBod
 __all__ = ["ENABLED", "CutThrough", "SpooledBody", "offer", "stats"]
 
 ENABLED = splicewire.SPLICE and pipehash.tee_supported()  # tests and prototypes switch it off
-DIRECT = True  # Rule 7; tests and prototypes switch it off
-LOW_WATER = 512 * 1024  # Rule 7: pipe S bytes worth a read (half the pipe) ...
-GATHER_TRIES, GATHER_PAUSE = 4, 0.0005  # ... or what came in 2 ms (a slow client waits 2 ms at most)
 stats = {"spliced": 0}  # bodies whose completing append took this path (Rule 5)
 _DROP = bytearray(256 * 1024)
-READ_SIZE = 1024 * 1024 - 64 * 1024  # under glibc's pinned mmap threshold (relay/spool/disk.py READ_CHUNK)
-
-
-def _in_thread(job: Callable[[], int], name: str) -> asyncio.Future[int]:
-    """Run `job` on a daemon thread of its own, as relay/pipehash.py does: never queued behind another body's
-    thread while its pipe fills, and never joined at exit (a thread blocked on a pipe must not hold the exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = loop.create_future()
-
-    def settle(value: int | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value or 0)
-
-    def run() -> None:
-        try:
-            value = job()
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, value, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _spool_thread(
-    read_fd: int, file_fd: int, first: bytes, reserve: Callable[[], None], path: os.PathLike[str] | str | None
-) -> int:
-    """Pipe S into the data file at its position until S ends; returns the bytes written (Rule 3). Blocking
-    calls, the GIL released: the loop never waits on the disk. `reserve` first gives the append its disk blocks
-    (relay/spool/disk.py, "Reserved blocks"). Direct writes where the file system takes them (Rule 7)."""
-    total = 0
-    try:
-        reserve()
-        appender = direct.open_appender(path, file_fd) if DIRECT and path is not None else None
-        if appender is not None:
-            return _spool_direct(appender, read_fd, first)
-        view = memoryview(first)
-        while view:
-            done = os.write(file_fd, view)
-            view = view[done:]
-            total += done
-        while True:
-            moved = os.splice(read_fd, file_fd, PIPE_SIZE, flags=getattr(os, "SPLICE_F_MOVE", 1))
-            if not moved:
-                return total
-            total += moved
-    finally:
-        os.close(read_fd)
-
-
-def _gather(read_fd: int) -> None:
-    """Rule 7: let pipe S gather LOW_WATER bytes (or wait GATHER_TRIES pauses) before the next read. Every read
-    wakes this thread and hands the GIL over twice; reading each tee as it came (about 4,000 reads per GiB)
-    took time from the loop that moves the bytes (A/B, 9 interleaved reps: 1.29x -> 1.17x a plain upload's
-    time, median)."""
-    count = array.array("i", [0])
-    for _ in range(GATHER_TRIES):
-        fcntl.ioctl(read_fd, termios.FIONREAD, count, True)
-        if count[0] >= LOW_WATER:
-            return
-        time.sleep(GATHER_PAUSE)
-
-
-def _spool_direct(appender: direct.DirectAppender, read_fd: int, first: bytes) -> int:
-    """Rule 7: pipe S through the appender's buffers; what was read is written even when a read fails."""
-    start = appender.position
-    try:
-        appender.write(first)
-        while True:
-            _gather(read_fd)
-            if not appender.fill_from(read_fd):
-                break
-    finally:
-        end = appender.finish()
-    return end - start
-
-
-def _hash_file_then_pipe(path: str, spooled: int, read_fd: int, digest: RawHash, first: bytes) -> int:
-    """A hash thread (relay/pipehash.py's pool, its reservation): the spooled bytes, then pipe B; the count.
-    The spooled bytes are read back only when the appends did not hash them already (relay/resumable/filehash.py)."""
-    if isinstance(digest, PrefixHashed):
-        try:
-            digest = digest.rest_hash()
-        except BaseException:
-            os.close(read_fd)
-            pipehash.release()
-            raise
-        return spooled + pipehash._hash_pipe(read_fd, digest, first)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            done = 0
-            while done < spooled:
-                chunk = os.pread(fd, min(spooled - done, READ_SIZE), done)
-                if not chunk:
-                    raise OSError(errno.EIO, "the spool's data file is shorter than its upload")
-                digest.update(chunk)
-                done += len(chunk)
-        finally:
-            os.close(fd)
-    except BaseException:
-        os.close(read_fd)
-        pipehash.release()
-        raise
-    return spooled + pipehash._hash_pipe(read_fd, digest, first)
 
 
 def offer(
@@ -338,11 +222,15 @@ class _SpoolPump(_Pump):
         self.cut = body.cut
         self.spooled = self.file_left = body.cut.spooled  # Rule 6: sent from the data file first
         self.file_fd = os.open(body.cut.path, os.O_RDONLY | os.O_CLOEXEC) if self.spooled else -1  # type: ignore[arg-type]
+        self.appender: direct.DirectAppender | None = None  # Rule 7, until the spool thread takes it
+        self.spool_hash: RawHash | None = None  # Rule 8: the body's hash, fed by the spool thread
         try:
             super().__init__(body, client, upstream_fd, head, upstream_idle, upstream_progress, digest)
         except BaseException:
             if self.file_fd >= 0:
                 os.close(self.file_fd)
+            if self.appender is not None:
+                self.appender.close()
             raise
         if self.file_fd >= 0:
             self._own(self.file_fd)
@@ -377,15 +265,32 @@ class _SpoolPump(_Pump):
             writer = self.cut.live.writer
             file_fd = writer.splice_fd()  # type: ignore[attr-defined]
             reserve = writer.reserve_now  # type: ignore[attr-defined]
-            job = partial(_spool_thread, read_fd, file_fd, buffered, reserve, self.cut.path)
-            self.spooling = _in_thread(job, "relay-spool-splice")
+            appender = self._direct_appender()
+            hashing = None if self.spool_hash is None else (self.spool_hash, str(self.cut.path), self.spooled)
+            job = partial(spliced_threads.spool_thread, read_fd, file_fd, buffered, reserve, appender, hashing)
+            self.spooling = spliced_threads.in_thread(job, "relay-spool-splice")
+            self.appender = None  # the thread's now: it finishes it
         except BaseException:
             os.close(read_fd)
+            if self.appender is not None:
+                self.appender.close()
             raise
         self.spooling.add_done_callback(self._spooled)
 
+    def _direct_appender(self) -> direct.DirectAppender | None:
+        """Rule 7: the appender of this append's bytes, where the file system takes O_DIRECT (opened once)."""
+        if self.appender is None and spliced_threads.DIRECT and self.cut.path is not None:
+            fd = self.cut.live.writer.splice_fd()  # type: ignore[attr-defined]
+            self.appender = direct.open_appender(self.cut.path, fd)
+        return self.appender
+
     def _start_hashing(self, digest: RawHash, buffered: bytes) -> None:
-        """The parent's hash thread; with spooled bytes, it hashes those from the data file first (Rule 6)."""
+        """Rule 8: the spool thread hashes what it writes, where it writes directly (no pipe B, no hash thread;
+        the parent then frees the hash thread `_take` reserved). Otherwise the parent's hash thread; with spooled
+        bytes, it hashes those from the data file first (Rule 6)."""
+        if self._direct_appender() is not None:
+            self.spool_hash = digest
+            return
         if not self.spooled:
             super()._start_hashing(digest, buffered)
             return
@@ -395,8 +300,9 @@ class _SpoolPump(_Pump):
             os.set_blocking(self.hash_end, False)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.hash_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            job = partial(_hash_file_then_pipe, str(self.cut.path), self.spooled, hash_read, digest, buffered)
-            self.hashing = _in_thread(job, "relay-pipehash")
+            path, spooled = str(self.cut.path), self.spooled
+            job = partial(spliced_threads.hash_file_then_pipe, path, spooled, hash_read, digest, buffered)
+            self.hashing = spliced_threads.in_thread(job, "relay-pipehash")
         except BaseException:
             os.close(hash_read)
             raise

@@ -41,6 +41,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 __all__ = ["ALIGN", "BLOCK", "DirectAppender", "open_appender"]
 
@@ -158,16 +159,23 @@ class DirectAppender:
             if self.filled == BLOCK:
                 self._submit()
 
-    def fill_from(self, read_fd: int) -> int:
-        """Append what one read of the pipe (or socket) `read_fd` gives; 0 at its end. Blocks until it gives."""
+    def fill_from(self, read_fd: int, seen: Callable[[memoryview], object] | None = None) -> int:
+        """Append what one read of the pipe (or socket) `read_fd` gives; 0 at its end. Blocks until it gives.
+        `seen` gets those bytes (a hash), in the buffer itself: no copy, and before the buffer can be reused."""
         self._check()
         if self.head:
             data = os.read(read_fd, self.head)
             self.write(data)
+            if seen is not None and data:
+                seen(memoryview(data))
             return len(data)
         target = self._current()
-        count = os.readv(read_fd, [target[self.filled :]])
+        start = self.filled
+        count = os.readv(read_fd, [target[start:]])
         self.filled += count
+        if seen is not None and count:
+            with target[start : start + count] as fresh:
+                seen(fresh)
         if self.filled == BLOCK:
             self._submit()
         return count

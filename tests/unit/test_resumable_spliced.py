@@ -23,7 +23,7 @@ import pytest
 
 from relay.core.progress import ProgressPolicy
 from relay.errors import ClientDisconnected
-from relay.resumable import spliced
+from relay.resumable import spliced, spliced_threads
 from relay.resumable.live import LiveAppend
 from relay.spool.disk import DiskSpool
 from relay.zerocopy import ClientSocket, SplicedBody
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(not spliced.ENABLED, reason="needs splice(2) and
 @pytest.fixture(autouse=True, params=["direct", "page-cache"])
 def spool_writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test twice: the spool thread writing with O_DIRECT (Rule 7) and through the page cache."""
-    monkeypatch.setattr(spliced, "DIRECT", request.param == "direct")
+    monkeypatch.setattr(spliced_threads, "DIRECT", request.param == "direct")
     return str(request.param)
 
 
@@ -56,7 +56,13 @@ def _reader(sock: socket.socket, into: bytearray) -> threading.Thread:
 
 
 async def _run(
-    tmp_path: Path, data: bytes, *, spooled: bytes = b"", send: int | None = None, pause: bool = False
+    tmp_path: Path,
+    data: bytes,
+    *,
+    spooled: bytes = b"",
+    send: int | None = None,
+    pause: bool = False,
+    digest: Any = None,
 ) -> dict[str, Any]:
     """Splice `data` (after `spooled`, already in the file) as one append; `send` bytes only, then the client
     leaves. Returns what the upstream got, the file, the append and what `on_last` saw."""
@@ -97,6 +103,7 @@ async def _run(
         on_received=lambda size: None,
         on_forwarded=forwarded.append,
         on_end=lambda whole: seen.setdefault("whole", whole),
+        digest=None if digest is None else lambda: digest,
     )
     cut = spliced.CutThrough(body.take, live, on_last, spooled=len(spooled), path=writer.path)
     got = bytearray()
@@ -163,6 +170,16 @@ def test_spooled_bytes_go_first_from_the_file(tmp_path: Path) -> None:
     assert hashlib.sha256(seen["upstream"]).digest() == hashlib.sha256(b"HEAD\r\n" + earlier + data).digest()
     assert seen["file_bytes"] == earlier + data
     assert seen["forwarded"] <= len(earlier) + SIZE - 1
+
+
+def test_the_body_is_hashed_spooled_bytes_first(tmp_path: Path, spool_writes: str) -> None:
+    """Rule 8 (direct: the spool thread hashes from its buffers) or pipe B's hash thread (page cache): either way
+    the hash holds the spooled bytes, read back from the file, then this append's."""
+    earlier, data = os.urandom(2 * 1024 * 1024 + 11), os.urandom(SIZE)
+    digest = hashlib.sha256()
+    seen = asyncio.run(_run(tmp_path, data, spooled=earlier, digest=digest))
+    assert seen["upstream"] == b"HEAD\r\n" + earlier + data
+    assert digest.hexdigest() == hashlib.sha256(earlier + data).hexdigest()
 
 
 def test_a_client_that_leaves_keeps_a_prefix_in_the_file(tmp_path: Path) -> None:
