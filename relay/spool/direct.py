@@ -30,13 +30,15 @@ after it is written (no hole), and `finish` raises it.
 Buffers. mmap'd (page-aligned), DEPTH per appender, from a pool the process keeps (at most POOL): a new mapping
 costs a page fault on every first touch, the very cost this module avoids.
 
-Where O_DIRECT is refused (tmpfs says EINVAL at open), `open_appender` returns None and the caller writes
-through the page cache as before.
+Where O_DIRECT is refused (older tmpfs says EINVAL at open), `open_appender` returns None and the caller writes
+through the page cache as before; where a direct write is refused (a device wanting a larger alignment), that
+block and all later ones go through the page cache, in order (`_write_block`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import queue
@@ -53,6 +55,7 @@ POOL = 8  # buffers kept for the next appender (about three appends in flight)
 _pool: list[mmap.mmap] = []
 _pool_lock = threading.Lock()
 _STOP = None
+_refused = False  # a direct write was refused with EINVAL (an alignment this module does not know): no more
 
 
 def _take_buffer() -> mmap.mmap:
@@ -74,7 +77,7 @@ def open_appender(path: str | os.PathLike[str], fd: int) -> DirectAppender | Non
     """An appender at the end of the data file `path`, whose ordinary descriptor is `fd` (positioned at the
     end); None where the file system refuses O_DIRECT."""
     flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
+    if not flag or _refused:
         return None
     try:
         direct_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
@@ -92,6 +95,7 @@ class DirectAppender:
         self.position = position  # where the next appended byte lands
         self.head = -position % ALIGN  # bytes still to write through `fd` before the first aligned offset
         self.error: OSError | None = None  # the I/O thread's, raised by the caller's next call
+        self.fallback = False  # the file system refused a direct write: the page cache from then on
         self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self.jobs: queue.SimpleQueue[tuple[mmap.mmap, int, int] | None] = queue.SimpleQueue()
         for _ in range(DEPTH):
@@ -110,11 +114,28 @@ class DirectAppender:
             buffer, size, offset = job
             try:
                 if self.error is None:
-                    os.pwrite(self.direct_fd, memoryview(buffer)[:size], offset)
+                    self._write_block(memoryview(buffer)[:size], offset)
             except OSError as exc:
                 self.error = exc
             finally:
                 self.free.put(buffer)
+
+    def _write_block(self, view: memoryview, offset: int) -> None:
+        """I/O thread. EINVAL says this file system wants another alignment than ALIGN: the block goes through
+        the ordinary descriptor (same bytes, same place, still in order), and so does everything after it, here
+        and in every later appender of this process (`open_appender` says None)."""
+        global _refused
+        if not self.fallback:
+            try:
+                os.pwrite(self.direct_fd, view, offset)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.fallback = _refused = True
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
 
     def _check(self) -> None:
         if self.error is not None:

@@ -115,6 +115,29 @@ def test_a_failed_write_leaves_a_prefix_and_nothing_after(tmp_path: Path) -> Non
     assert path.stat().st_size == direct.ALIGN  # the old 10 bytes and the head up to the first aligned offset
 
 
+def test_a_refused_direct_write_goes_through_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real EINVAL: the appender is told its position is aligned when it is not, so its first direct write is
+    misaligned. That block and the rest go through the ordinary descriptor, byte-exact, and later appenders of
+    the process are not opened (`_refused`)."""
+    monkeypatch.setattr(direct, "_refused", False)
+    path = tmp_path / "up.data"
+    existing, data = b"e" * 100, os.urandom(2 * direct.BLOCK + 333)
+    fd, appender = _open(path, existing)
+    appender.head = 0  # the lie
+    try:
+        appender.write(data)
+        assert appender.finish() == 100 + len(data)
+    finally:
+        os.close(fd)
+    assert appender.fallback and direct._refused
+    assert path.read_bytes() == existing + data
+    other = os.open(path, os.O_WRONLY)
+    try:
+        assert direct.open_appender(path, other) is None
+    finally:
+        os.close(other)
+
+
 def test_buffers_are_reused(tmp_path: Path) -> None:
     """A new mapping costs a page fault per page on first touch (the cost the module avoids): the next appender
     takes the buffers the last one gave back."""
