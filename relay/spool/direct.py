@@ -22,6 +22,11 @@ address aligned (ALIGN, the page size: a multiple of every logical block size Li
      through the ordinary descriptor. The file's size is then exactly what was appended (the durable offset,
      relay/spool/base.py), and the ordinary descriptor's position is left at the end.
 
+A disk slower than the client. The caller never waits on the disk for long: when every other buffer is queued
+behind the block the I/O thread takes, that block goes through the page cache (the appender's ordinary
+descriptor, at its place, still one write at a time in order), as the whole append did before, so the upload
+runs at the client's pace and the kernel writes those pages back later.
+
 Durability. One write at a time, in order: the file's size only ever grows over bytes already written, so a
 `kill -9` leaves a prefix of what was appended (relay/spool/disk.py "Durability"), as with the page cache. The
 caller's fsync then has only the tail and the file's size to write. A failed write stops the appender: nothing
@@ -96,6 +101,7 @@ class DirectAppender:
         self.head = -position % ALIGN  # bytes still to write through `fd` before the first aligned offset
         self.error: OSError | None = None  # the I/O thread's, raised by the caller's next call
         self.fallback = False  # the file system refused a direct write: the page cache from then on
+        self.cached = 0  # bytes of whole blocks written through the page cache (a slow disk, or `fallback`)
         self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self.jobs: queue.SimpleQueue[tuple[mmap.mmap, int, int] | None] = queue.SimpleQueue()
         for _ in range(DEPTH):
@@ -114,18 +120,22 @@ class DirectAppender:
             buffer, size, offset = job
             try:
                 if self.error is None:
-                    self._write_block(memoryview(buffer)[:size], offset)
+                    # Every other buffer is queued behind this one: the caller waits for the disk. This block
+                    # goes to the page cache instead (in order all the same), as the whole append used to.
+                    behind = self.jobs.qsize() >= DEPTH - 1
+                    self._write_block(memoryview(buffer)[:size], offset, direct=not behind)
             except OSError as exc:
                 self.error = exc
             finally:
                 self.free.put(buffer)
 
-    def _write_block(self, view: memoryview, offset: int) -> None:
-        """I/O thread. EINVAL says this file system wants another alignment than ALIGN: the block goes through
-        the ordinary descriptor (same bytes, same place, still in order), and so does everything after it, here
-        and in every later appender of this process (`open_appender` says None)."""
+    def _write_block(self, view: memoryview, offset: int, *, direct: bool = True) -> None:
+        """I/O thread: the block at `offset`, with O_DIRECT when `direct`. EINVAL says this file system wants
+        another alignment than ALIGN: the block goes through the ordinary descriptor (same bytes, same place,
+        still in order), and so does everything after it, here and in every later appender of this process
+        (`open_appender` says None)."""
         global _refused
-        if not self.fallback:
+        if direct and not self.fallback:
             try:
                 os.pwrite(self.direct_fd, view, offset)
                 return
@@ -133,6 +143,7 @@ class DirectAppender:
                 if exc.errno != errno.EINVAL:
                     raise
                 self.fallback = _refused = True
+        self.cached += len(view)
         done = 0
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], offset + done)

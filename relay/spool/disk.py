@@ -88,6 +88,7 @@ BATCH = 512 * 1024
 MAX_WRITE = 768 * 1024
 IOV_MAX = 1024  # Linux's limit on the buffers of one writev
 WRITEBACK = 4 * 1024 * 1024  # the kernel is asked to start writing every this many bytes (sync_file_range)
+SHRINK_STEP = 16 * 1024 * 1024  # a deleted data file is freed in steps of this size (`_shrink`)
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the relay's upload ids (relay/headers.py); never a path
 T = TypeVar("T")
 
@@ -397,6 +398,24 @@ class DiskWriter:
         return await self._worker.call(finish)
 
 
+def _shrink(path: Path) -> None:
+    """Free a data file's blocks from its end, SHRINK_STEP at a time, before it is unlinked. On ext4 mounted
+    with `discard` (this machine's root), freeing the blocks of a file written to the disk (direct writes, or
+    written back) holds the journal: every fsync on the file system, other uploads' 204s and creations among
+    them, waited up to 80 ms while a 1 GiB file was unlinked at once, and 10 ms in 16 MiB steps (same total)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # gone already, or not ours to shrink: the unlink says
+    try:
+        size = os.fstat(fd).st_size
+        while size > SHRINK_STEP:
+            size -= SHRINK_STEP
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 class DiskSpool:
     """The `Spool` on a local directory (relay/spool/base.py)."""
 
@@ -546,7 +565,10 @@ class DiskSpool:
 
     def _unlink(self, upload_id: str, suffixes: tuple[str, ...]) -> None:
         for suffix in suffixes:
-            self._path(upload_id, suffix).unlink(missing_ok=True)
+            path = self._path(upload_id, suffix)
+            if suffix == ".data":
+                _shrink(path)
+            path.unlink(missing_ok=True)
         self._fsync_root()
 
     async def list(self) -> list[str]:
