@@ -11,7 +11,9 @@ from relay.admin import create_admin_app
 from relay.bus import EventBus
 from relay.errors import NotFound
 from relay.metrics import RelayMetrics
-from relay.proxy import RelayContext, Upload, error_response, may_have_body
+from relay.proxy import Upload
+from relay.proxy_admission import error_response, may_have_body
+from relay.proxy_context import RelayContext
 from relay.resumable import ResumableEndpoints, open_resumable
 from relay.settings import Route, Settings
 from relay.state import open_state

@@ -27,28 +27,11 @@ import time
 from relay.core.events import Completed, ErrorInfo, Failed, Started
 from relay.errors import ClientDisconnected, DigestMismatch, RelayError, ShuttingDown, TooManyUploads, UploadIdInUse
 from relay.headers import forward_request_headers, forward_response_headers, header_value
-from relay.proxy_admission import (  # re-exported (this module's __all__ before the split; relay/app.py uses two)
-    check_token,
-    client_address,
-    cors_headers,
-    drain_body,
-    error_response,
-    may_have_body,
-)
+from relay.proxy_admission import drain_body, error_response, may_have_body
 from relay.proxy_body import BodyPump
-from relay.proxy_context import RelayContext  # re-exported: relay/app.py, relay/webhooks, resumable/appends.py use it
 from relay.upstream import UpstreamResponse
 
-__all__ = [
-    "RelayContext",
-    "Upload",
-    "check_token",
-    "client_address",
-    "cors_headers",
-    "drain_body",
-    "error_response",
-    "may_have_body",
-]
+__all__ = ["Upload"]
 
 
 class Upload(BodyPump):

@@ -64,7 +64,7 @@ from relay.errors import (
 )
 from relay.hashing import new_hash
 from relay.headers import header_value
-from relay.proxy import RelayContext
+from relay.proxy_context import RelayContext
 from relay.resumable import spliced
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond, tus_headers
 from relay.resumable.filehash import PrefixHashed, RunningHashes

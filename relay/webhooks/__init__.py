@@ -34,7 +34,7 @@ from relay.webhooks.endpoints import EVENT_TYPES, WebhookEndpoint, webhook_endpo
 from relay.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.proxy import RelayContext
+    from relay.proxy_context import RelayContext
     from relay.uploads import UploadRecord
     from relay.webhooks.deliverer import Deliverer
 
