@@ -285,11 +285,12 @@ class _SpoolPump(_Pump):
         return self.appender
 
     def _start_hashing(self, digest: RawHash, buffered: bytes) -> None:
-        """Rule 8: the spool thread hashes what it writes, where it writes directly (no pipe B, no hash thread;
-        the parent then frees the hash thread `_take` reserved). Otherwise the parent's hash thread; with spooled
-        bytes, it hashes those from the data file first (Rule 6)."""
+        """Rule 8: the spool thread hashes what it writes, where it writes directly (no pipe B, no hash thread:
+        the one `_take` reserved is given back). Otherwise the parent's hash thread; with spooled bytes, it
+        hashes those from the data file first (Rule 6)."""
         if self._direct_appender() is not None:
             self.spool_hash = digest
+            pipehash.release()  # the reservation `_take` made: no hash thread takes it (last: nothing raises after)
             return
         if not self.spooled:
             super()._start_hashing(digest, buffered)

@@ -75,7 +75,20 @@ def _give_back(buffer: mmap.mmap) -> None:
         if len(_pool) < POOL:
             _pool.append(buffer)
             return
-    buffer.close()
+    try:
+        buffer.close()
+    except BufferError:
+        pass  # a view of it lives on (an error's traceback): it is unmapped when the last one goes
+
+
+def _write_all_at(fd: int, view: memoryview, offset: int) -> None:
+    """All of `view` at `offset` through `fd`, however short each write; a write of nothing is an error."""
+    done = 0
+    while done < len(view):
+        count = os.pwrite(fd, view[done:], offset + done)
+        if count <= 0:
+            raise OSError(errno.EIO, "the spool's data file took no bytes")
+        done += count
 
 
 def open_appender(path: str | os.PathLike[str], fd: int) -> DirectAppender | None:
@@ -88,7 +101,11 @@ def open_appender(path: str | os.PathLike[str], fd: int) -> DirectAppender | Non
         direct_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
     except OSError:
         return None
-    return DirectAppender(fd, direct_fd, os.lseek(fd, 0, os.SEEK_CUR))
+    try:
+        return DirectAppender(fd, direct_fd, os.lseek(fd, 0, os.SEEK_CUR))
+    except BaseException:
+        os.close(direct_fd)
+        raise
 
 
 class DirectAppender:
@@ -123,9 +140,12 @@ class DirectAppender:
                     # Every other buffer is queued behind this one: the caller waits for the disk. This block
                     # goes to the page cache instead (in order all the same), as the whole append used to.
                     behind = self.jobs.qsize() >= DEPTH - 1
-                    self._write_block(memoryview(buffer)[:size], offset, direct=not behind)
-            except OSError as exc:
-                self.error = exc
+                    with memoryview(buffer)[:size] as view:
+                        self._write_block(view, offset, direct=not behind)
+            except BaseException as exc:  # the thread must go on: a caller may wait for a free buffer
+                # Kept without its traceback: the frames it holds hold views of the buffers (closing them fails).
+                error = exc if isinstance(exc, OSError) else OSError(errno.EIO, f"spool write failed: {exc!r}")
+                self.error = error.with_traceback(None)
             finally:
                 self.free.put(buffer)
 
@@ -137,16 +157,17 @@ class DirectAppender:
         global _refused
         if direct and not self.fallback:
             try:
-                os.pwrite(self.direct_fd, view, offset)
-                return
+                done = os.pwrite(self.direct_fd, view, offset)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self.fallback = _refused = True
+            else:
+                if done < len(view):  # a short write (POSIX allows it): the rest at its place, never a hole
+                    _write_all_at(self.fd, view[done:], offset + done)
+                return
         self.cached += len(view)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        _write_all_at(self.fd, view, offset)
 
     def _check(self) -> None:
         if self.error is not None:
@@ -169,9 +190,7 @@ class DirectAppender:
 
     def _write_head(self, data: memoryview) -> memoryview:
         count = min(self.head, len(data))
-        done = 0
-        while done < count:
-            done += os.pwrite(self.fd, data[done:count], self.position + done)
+        _write_all_at(self.fd, data[:count], self.position)
         self.position += count
         self.head -= count
         return data[count:]

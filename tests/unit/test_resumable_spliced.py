@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from relay import pipehash
 from relay.core.progress import ProgressPolicy
 from relay.errors import ClientDisconnected
 from relay.resumable import spliced, spliced_threads
@@ -180,6 +181,7 @@ def test_the_body_is_hashed_spooled_bytes_first(tmp_path: Path, spool_writes: st
     seen = asyncio.run(_run(tmp_path, data, spooled=earlier, digest=digest))
     assert seen["upstream"] == b"HEAD\r\n" + earlier + data
     assert digest.hexdigest() == hashlib.sha256(earlier + data).hexdigest()
+    assert pipehash.in_use() == 0  # the hash thread reserved for the body is free again, whoever hashed it
 
 
 def test_a_client_that_leaves_keeps_a_prefix_in_the_file(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ it does not, `open_appender` says None and the tests that need it skip.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import shutil
 import subprocess
@@ -168,6 +170,64 @@ def test_a_slow_disk_falls_back_to_the_page_cache_in_order(tmp_path: Path, monke
         os.close(fd)
     assert 0 < appender.cached < len(data)
     assert path.read_bytes() == data
+
+
+def test_a_short_direct_write_leaves_no_hole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POSIX lets a write take fewer bytes than asked: the rest goes at its place (through the page cache), the
+    next block after it; never zeros in the middle with the right size."""
+    real_pwrite = os.pwrite
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, b"")
+    direct_fd, shortened = appender.direct_fd, []
+
+    def short_once(target: int, data: Any, offset: int) -> int:
+        if target == direct_fd and not shortened:
+            shortened.append(offset)
+            return real_pwrite(target, memoryview(data)[: len(data) - 8192], offset)
+        return real_pwrite(target, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", short_once)
+    data = os.urandom(3 * direct.BLOCK + 100)
+    try:
+        for piece in _pieces(data, [direct.BLOCK // 2] * 6):
+            appender.write(piece)
+        appender.finish()
+    finally:
+        os.close(fd)
+    assert shortened and path.read_bytes() == data
+
+
+def test_a_write_error_is_raised_even_with_the_pool_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on a direct write while the pool is full: `finish` raises that OSError (not a BufferError from
+    unmapping a buffer some traceback still views), and the file holds what was written before it."""
+    real_pwrite = os.pwrite
+    path = tmp_path / "up.data"
+    fd, appender = _open(path, b"")
+    direct_fd, calls = appender.direct_fd, []
+
+    def full_disk(target: int, data: Any, offset: int) -> int:
+        if target == direct_fd:
+            calls.append(offset)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(target, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    # Full once this appender has its buffers (other appenders gave theirs back): its own are unmapped at close.
+    monkeypatch.setattr(direct, "_pool", [mmap.mmap(-1, 4096) for _ in range(direct.POOL)])
+    data = os.urandom(4 * direct.BLOCK)
+    try:
+        with pytest.raises(OSError) as raised:
+            for piece in _pieces(data, [direct.BLOCK // 2] * 8):
+                appender.write(piece)
+            appender.finish()
+        assert raised.value.errno == errno.ENOSPC
+        appender.close()
+    finally:
+        os.close(fd)
+    held = path.read_bytes()  # whole blocks up to the failed one (some through the page cache: the disk was
+    assert 0 < len(held) < len(data) and len(held) % direct.BLOCK == 0  # "behind"), nothing after it
+    assert held == data[: len(held)]
 
 
 def test_buffers_are_reused(tmp_path: Path) -> None:
