@@ -6,7 +6,7 @@ Why. A cut-through append (relay/resumable/spliced.py) writes the whole file int
 upstream, and the file is deleted as soon as the upstream has it: the page cache buys it nothing, and filling it
 costs a copy into pages the kernel must first find. On a virtual machine that hands freed memory back to its
 host, those pages are new to the guest each time, and that copy was 42 % of the relay's CPU in a 1 GiB
-one-append upload (`perf record`, benchmarks/prototypes/resumable_profile.py; the relay spent 1.2 to 2.0 CPU-s
+one-append upload (`perf record`, benchmarks/prototypes/resumable_profile.py; the relay spent 1.2 to 2.3 CPU-s
 against 0.5 for the plain upload, varying with the host). Here the bytes are read into a few buffers of the
 relay's own, reused, and go from them to the disk by DMA: the one copy left is out of the pipe (0.16 CPU-s/GiB).
 
