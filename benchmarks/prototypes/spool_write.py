@@ -33,7 +33,7 @@ best, 1.5x the thread's median CPU) and is slower on the wall clock. Blocking wr
 for 0.4 s (the fsync): every other upload would stall with it. A larger queue than 4 MiB buys nothing
 measurable and costs RSS. Earlier runs (3, 5 and 7 rounds) ranked the variants the same way; the
 spread between runs comes from the kernel's page-cache reclaim under the other jobs on this machine.
-Chosen: the writer thread with a 4 MiB queue (relay/spool/disk.py).
+Chosen: the writer thread with a 4 MiB queue (relay/spool/disk_writer.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 import aiofiles
 
 from relay.spool import DiskSpool
-from relay.spool.disk import MAX_QUEUED
+from relay.spool.disk_writer import MAX_QUEUED
 
 CHUNK = 256 * 1024
 

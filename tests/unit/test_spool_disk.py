@@ -28,7 +28,7 @@ from typing import TypeVar
 import pytest
 
 from relay.core.resumable import RECEIVING, create, recover
-from relay.spool import DiskSpool, Spool, SpoolError, disk
+from relay.spool import DiskSpool, Spool, SpoolError, disk_writer
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -90,7 +90,7 @@ def test_the_loop_keeps_running_while_the_spool_writes(tmp_path: Path) -> None:
     assert run(scenario, tmp_path) > 10
 
 
-@pytest.mark.parametrize("batch", [disk.BATCH, 1])
+@pytest.mark.parametrize("batch", [disk_writer.BATCH, 1])
 def test_batched_writes_of_two_uploads_at_once_stay_apart_and_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
@@ -98,7 +98,7 @@ def test_batched_writes_of_two_uploads_at_once_stay_apart_and_in_order(
     busy: two uploads written at once, in chunks of every size (bytes, memoryview, bytearray, some over
     MAX_WRITE), each come back byte-exact, and a commit returns every byte handed over before it. With a batch of
     1 byte every chunk is its own job, and the worker finds jobs of both uploads queued one after the other."""
-    monkeypatch.setattr(disk, "BATCH", batch)
+    monkeypatch.setattr(disk_writer, "BATCH", batch)
     rng = random.Random(11)
     pool = rng.randbytes(24 * 1024 * 1024)
     sizes = [rng.choice([1, 4096, 65536, 65536, 262144, 300000, 1 << 20, 3 << 20]) for _ in range(400)]
@@ -153,7 +153,7 @@ def test_a_mutable_chunk_changed_after_the_hand_over_is_stored_as_it_was(tmp_pat
     assert data[:1000] == b"a" * 1000 and data[1000:] == b"b" * 49000
 
 
-@pytest.mark.skipif(disk._fallocate is None, reason="no fallocate here")
+@pytest.mark.skipif(disk_writer._fallocate is None, reason="no fallocate here")
 def test_reserved_blocks_leave_the_size_the_durable_offset(tmp_path: Path) -> None:
     """`reserve` gives the append its blocks up front; the file's size stays what was written (recovery reads the
     offset from it), for a committed append and for a broken one that brought less than it announced."""
