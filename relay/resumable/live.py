@@ -1,7 +1,7 @@
 """One append's bytes, from the client into the spool: counted, capped, checksummed, reported.
 
 `LiveAppend.chunks()` reads the request body one ASGI message at a time, hands each chunk to the spool's
-writer (which returns at once: relay/spool/disk.py writes on its own thread) and yields it, so the same
+writer (which returns at once: relay/spool/disk_writer.py writes on its own thread) and yields it, so the same
 bytes can go upstream at the same time (cut-through, relay/resumable/forward.py). Used alone, `drain()`
 takes the whole body into the spool.
 

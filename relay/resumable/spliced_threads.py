@@ -81,7 +81,7 @@ def spool_thread(
     hashing: Hashing | None = None,
 ) -> int:
     """Pipe S (after `first`, the bytes the server had read) into the data file at its position until S ends;
-    returns the bytes written (Rule 3). `reserve` first gives the append its disk blocks (relay/spool/disk.py,
+    returns the bytes written (Rule 3). `reserve` first gives the append its disk blocks (relay/spool/disk_writer.py,
     "Reserved blocks"). With `appender`, direct writes (and the hash, `hashing`); without, the splice."""
     try:
         if appender is not None:
