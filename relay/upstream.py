@@ -1,4 +1,4 @@
-"""The upstream leg: HTTP/1.1 on a plain asyncio protocol, responses parsed by httptools.
+"""The upstream leg: HTTP/1.1 written by the relay, the pool of keep-alive connections, the answer's body.
 
 Why not httpx here. The relay's request is always the same shape: a head the relay has already
 validated, then body chunks that must leave unchanged and at once. httpx, httpcore, h11 and anyio cost
@@ -8,19 +8,20 @@ like a broken connection. So this module writes the request itself (it is a few 
 chunks, framed by Content-Length or chunked) and leaves the hard part, reading the response, to httptools:
 llhttp, the C parser uvicorn itself uses, which knows chunked bodies, 1xx, 204/304 and keep-alive rules.
 
+Two files. relay/upstream_connection.py is one connection: the asyncio Protocol that parses the answer
+as bytes arrive, its flow-control flags, the `Keep-Alive` reading and the measure of the upstream's
+progress (TCP_INFO). This file is the sender's side: `Upstream` (the pool, the request head, the body
+written or spliced, every wait and its timeout) and `UpstreamResponse` (the answer handed to relay.proxy).
+
 - Backpressure: the transport pauses the protocol above HIGH_WATER buffered bytes; the sender then waits
   until it drains, so at most HIGH_WATER bytes per upload sit in the relay on the upstream side.
 - Timeouts are idle timeouts (the contract's `--upstream-timeout`): no bytes taken by the upstream,
   while the transport is paused, and no bytes read (1xx answers and header bytes count), while a
   response is awaited, for that long gives UpstreamTimeout. A slow but moving transfer never times out:
-  what the upstream took is measured, not guessed from "the transport became writable" (on loopback the
-  kernel's send buffer is several MiB and wakes a writer only when much of it has drained, which at
-  1 MiB/s is seconds apart). When the idle deadline comes, the kernel is asked how far the upstream has
-  got (TCP_INFO: bytes it acknowledged plus the receive window it announced, i.e. how far it lets the
-  relay send); further than at the last sample is progress. This also sees an upstream that still reads
-  the body out of its own receive buffer after the relay's last write, as far as its kernel announces it
-  (window updates come when its free space doubles): the silent stretch left is the last part of its
-  receive buffer, about a second at 1 MiB/s on loopback here.
+  what the upstream took is measured (`upstream_progress`: bytes it acknowledged plus the window it
+  announced), not guessed from "the transport became writable" (on loopback the kernel's send buffer is
+  several MiB and wakes a writer only when much of it has drained, which at 1 MiB/s is seconds apart).
+  When the idle deadline comes, the measure is taken again; further than at the last sample is progress.
   Time spent waiting for the relay's own client (its next body chunk, or reading the response) is not
   the upstream's and never counts.
 - Full duplex: the response is parsed as it arrives, also while the body is still being sent. An early
@@ -44,229 +45,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 import ssl
-import struct
 import time
-from collections import deque
 from collections.abc import AsyncIterator
-from typing import cast
 from urllib.parse import unquote, urlsplit
 
-import httptools
-
 from relay.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from relay.upstream_connection import Connection, upstream_progress
 from relay.zerocopy import SplicedBody, UpstreamGone
 
 __all__ = ["Upstream", "UpstreamResponse"]
 
-HIGH_WATER = 256 * 1024  # transport write buffer before the sender waits
-READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the socket stops being read
-# Shorter than the idle keep-alive of common upstream servers (uvicorn, Node, Apache: 5 s). A connection
-# the upstream closes for idleness at the moment the relay reuses it would fail a request whose body is
-# already flowing and cannot be replayed; reusing only younger connections keeps clear of that moment.
-KEEPALIVE_EXPIRY = 4.0
-# A `Keep-Alive: timeout=N` from the upstream: the connection is dropped this long before N runs out.
-KEEPALIVE_MARGIN = 1.0
 MAX_IDLE = 64
-# struct tcp_info (linux/tcp.h): tcpi_bytes_acked (u64) and tcpi_snd_wnd (u32, the peer's window, Linux 5.19+).
-TCP_INFO_SIZE = 232
-TCPI_BYTES_ACKED = 120
-TCPI_SND_WND = 228
-
-
-def keepalive_expiry(headers: list[tuple[bytes, bytes]]) -> float:
-    """Seconds an idle connection may be reused, from the response's `Keep-Alive` header (RFC 2068 19.7.1).
-
-    `timeout=N` is the upstream's idle timeout: the relay stops reusing the connection KEEPALIVE_MARGIN s
-    before it, never later than KEEPALIVE_EXPIRY; `max=0` means no further request. Malformed parameters
-    are ignored (the default applies).
-    """
-    expiry = KEEPALIVE_EXPIRY
-    for name, value in headers:
-        if name.lower() != b"keep-alive":
-            continue
-        for param in value.split(b","):
-            key, _, raw = param.partition(b"=")
-            key, raw = key.strip().lower(), raw.strip().strip(b'"')
-            if not raw.isdigit():
-                continue
-            if key == b"timeout":
-                expiry = min(expiry, max(0.0, int(raw) - KEEPALIVE_MARGIN))
-            elif key == b"max" and int(raw) == 0:
-                expiry = 0.0
-    return expiry
-
-
-def upstream_progress(transport: asyncio.Transport) -> int:
-    """How far the upstream lets the relay send: bytes it acknowledged plus the window it announced.
-
-    It grows when the upstream takes bytes off the relay's send queue and when it reads what its own receive
-    buffer holds (its kernel announces the room). Where TCP_INFO is not there, fewer bytes waiting in the
-    transport is the measure (negated, so that larger is further, too).
-    """
-    sock = transport.get_extra_info("socket")
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE) if sock is not None else b""
-    except (OSError, ValueError, AttributeError):  # not a TCP socket, or already closed
-        raw = b""
-    if len(raw) < TCPI_BYTES_ACKED + 8:
-        return -transport.get_write_buffer_size()
-    (acked,) = struct.unpack_from("=Q", raw, TCPI_BYTES_ACKED)
-    window = struct.unpack_from("=I", raw, TCPI_SND_WND)[0] if len(raw) >= TCPI_SND_WND + 4 else 0
-    return int(acked + window)
-
-
-class _Connection(asyncio.Protocol):
-    """One upstream connection: writes with flow control, a response parsed as bytes arrive."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.in_use = False
-        self.idle_since = 0.0
-        self.lost = False
-        self.error: Exception | None = None
-        self.paused = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.head_only = False  # a response to HEAD: no body whatever its headers say
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False  # llhttp's verdict, taken when the message completes (it resets after)
-        self.expiry = KEEPALIVE_EXPIRY  # idle seconds this connection may still be reused after the response
-        self.until_close = False  # no Content-Length, not chunked: the body ends when the connection does
-        self.body: deque[bytes] = deque()
-        self.buffered = 0
-
-    # -- asyncio.Protocol ---------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not registered subclasses
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.in_use:  # bytes from an idle connection (a 408, garbage): never reuse it
-            self.fail(UpstreamFailed("the upstream sent bytes nobody asked for"))
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(UpstreamFailed("the upstream switched protocols; the relay speaks HTTP/1.1 only"))
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, UpstreamFailed) else None
-            self.fail(cause or UpstreamFailed(f"the upstream sent a malformed response: {exc}"))
-        self.wake()  # any byte is progress: header bytes and 1xx answers restart the idle timeout too
-
-    def eof_received(self) -> bool:
-        return False  # close our side too; a half-open upstream connection is of no use
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.head_done and not self.complete and self.until_close and exc is None and self.error is None:
-            self.complete = True
-        elif not self.complete and self.error is None:
-            detail = f": {exc}" if exc else ""
-            self.error = UpstreamFailed(f"the upstream closed the connection{detail}")
-        self.wake()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self.wake()
-
-    # -- httptools callbacks ------------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.complete:  # a second answer to one request: never relayed, never reused
-            raise UpstreamFailed("the upstream sent a response nobody asked for")
-        self._reset_response()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            return  # informational (100 Continue): the final answer follows
-        self.status = status
-        self.head_done = True
-        # Framing as llhttp reads it: chunked when it is the last transfer coding; any other transfer coding,
-        # or neither header, means the body runs until the connection closes.
-        codings = b",".join(value for name, value in self.headers if name.lower() == b"transfer-encoding")
-        if codings:
-            self.until_close = not codings.rstrip().lower().endswith(b"chunked")
-        else:
-            self.until_close = all(name.lower() != b"content-length" for name, _ in self.headers)
-        if self.head_only:
-            self.complete = True
-        self.wake()
-
-    def on_body(self, body: bytes) -> None:
-        if self.complete:  # a body after a HEAD answer: ignored; the connection is not reused
-            return
-        self.body.append(body)
-        self.buffered += len(body)
-        if self.buffered > READ_HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()
-        self.wake()
-
-    def on_message_complete(self) -> None:
-        if self.head_done:
-            self.complete = True
-            self.keep_alive = self.parser.should_keep_alive()
-            self.expiry = keepalive_expiry(self.headers)
-            self.idle_since = time.monotonic()  # the upstream's idle clock starts at its last byte
-            self.wake()
-
-    # -- used by the sender and the response ----------------------------------------------------------
-    def fail(self, error: Exception) -> None:
-        if self.error is None:
-            self.error = error
-        if self.transport is not None:
-            self.transport.abort()
-        self.wake()
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def wait(self, timeout: float, what: str) -> None:
-        """Wait for the next callback (bytes, drain, close); UpstreamTimeout after `timeout` s of nothing."""
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await self.waiter
-        except TimeoutError:
-            raise UpstreamTimeout(f"the upstream made no progress in {timeout:g} s ({what})") from None
-        finally:
-            self.waiter = None
-
-    def take_body(self) -> list[bytes]:
-        chunks = list(self.body)
-        self.body.clear()
-        self.buffered = 0
-        if self.transport is not None and not self.lost:
-            self.transport.resume_reading()
-        return chunks
-
-    def usable(self) -> bool:
-        """Still open as far as the relay knows (the upstream may have closed it while it sat idle)."""
-        return not self.lost and self.error is None and self.transport is not None and not self.transport.is_closing()
-
-    def reusable(self) -> bool:
-        return (
-            not self.lost
-            and self.error is None
-            and self.complete
-            and not self.head_only
-            and not self.body
-            and self.keep_alive
-        )
 
 
 class UpstreamResponse:
@@ -276,7 +66,7 @@ class UpstreamResponse:
     stopped sending, and the connection is not reused.
     """
 
-    def __init__(self, upstream: Upstream, conn: _Connection, *, early: bool) -> None:
+    def __init__(self, upstream: Upstream, conn: Connection, *, early: bool) -> None:
         self._upstream = upstream
         self._conn = conn
         self.status = conn.status
@@ -334,7 +124,7 @@ class Upstream:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             self._authorization = b"Basic " + base64.b64encode(userinfo)
         self._base_path = parts.path.rstrip("/").encode()
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
 
     async def send(
         self,
@@ -389,8 +179,8 @@ class Upstream:
         return b"".join(lines)
 
     async def _send_body(
-        self, conn: _Connection, head: bytes, body: AsyncIterator[bytes], *, chunked: bool
-    ) -> tuple[_Connection, bool]:
+        self, conn: Connection, head: bytes, body: AsyncIterator[bytes], *, chunked: bool
+    ) -> tuple[Connection, bool]:
         """Write the head and every chunk; return the connection used and whether an early answer stopped
         the body. On any error the connection is aborted (the upstream sees a short body) and it re-raises."""
         pending: bytes | None = head  # sent with the first chunk: one write for a small request
@@ -437,7 +227,7 @@ class Upstream:
             if aclose is not None:  # an early stop leaves the generator suspended: run its cleanup now
                 await aclose()
 
-    async def _send_spliced(self, conn: _Connection, head: bytes, body: SplicedBody) -> tuple[_Connection, bool | None]:
+    async def _send_spliced(self, conn: Connection, head: bytes, body: SplicedBody) -> tuple[Connection, bool | None]:
         """The zero-copy seam (relay/zerocopy.py): head and body spliced to the upstream socket on plain TCP.
 
         Returns the connection and whether an early answer stopped the body, or None when the body was not spliced
@@ -475,7 +265,7 @@ class Upstream:
             transport.abort()
             raise
 
-    async def _answer_after_reset(self, conn: _Connection, exc: UpstreamGone) -> bool:
+    async def _answer_after_reset(self, conn: Connection, exc: UpstreamGone) -> bool:
         """A write met a closed upstream socket: an answer it sent before closing may still be unread; read it
         (bounded by the upstream timeout), else the upstream failed mid-body."""
         try:
@@ -489,7 +279,7 @@ class Upstream:
             conn.transport.abort()
         raise conn.error or UpstreamFailed(f"the upstream closed the connection mid-body: {exc}")
 
-    async def _replace(self, stale: _Connection) -> _Connection:
+    async def _replace(self, stale: Connection) -> Connection:
         """A kept-alive connection the upstream closed before the relay wrote to it: open a new one."""
         if stale.transport is not None:
             stale.transport.abort()
@@ -497,7 +287,7 @@ class Upstream:
         conn.head_only = stale.head_only
         return conn
 
-    async def _wait_writable(self, conn: _Connection, transport: asyncio.Transport) -> bool:
+    async def _wait_writable(self, conn: Connection, transport: asyncio.Transport) -> bool:
         """Wait while the transport is paused; False when the upstream answered and then stopped reading.
 
         Progress is what the upstream takes (`upstream_progress`, sampled at each wake-up and when the
@@ -525,7 +315,7 @@ class Upstream:
                 mark, deadline = now_mark, loop.time() + self.timeout
         return True
 
-    async def _wait_answer(self, conn: _Connection) -> None:
+    async def _wait_answer(self, conn: Connection) -> None:
         """Wait for the next byte of the answer. Until the upstream has read the whole body (several MiB may
         still sit in the kernel's buffers), each idle period in which it took some of it is progress too."""
         transport = conn.transport
@@ -541,33 +331,33 @@ class Upstream:
                 mark = now_mark
 
     @staticmethod
-    def _refused(conn: _Connection) -> bool:
+    def _refused(conn: Connection) -> bool:
         return conn.head_done and conn.status >= 400
 
-    def _early_or_raise(self, conn: _Connection) -> bool:
+    def _early_or_raise(self, conn: Connection) -> bool:
         """The upstream stopped taking the body: relay its answer when it gave one, else fail."""
         if conn.head_done:
             return True
         raise conn.error or UpstreamFailed("the upstream closed the connection mid-body")
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self) -> Connection:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
             if conn.usable() and now - conn.idle_since < conn.expiry:
-                conn._reset_response()
+                conn.reset_response()
                 conn.in_use = True
                 return conn
             if conn.transport is not None:
                 conn.transport.abort()
         return await self._connect()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    _Connection,
+                    Connection,
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -587,7 +377,7 @@ class Upstream:
         conn.in_use = True
         return conn
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: Connection) -> None:
         """Back to the pool, after a whole request and a whole keep-alive response."""
         conn.in_use = False
         if conn.expiry <= 0:  # the upstream closes it at once, or takes no further request on it

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from relay.testing import start_relay
-from relay.upstream import KEEPALIVE_EXPIRY, keepalive_expiry
+from relay.upstream_connection import KEEPALIVE_EXPIRY, keepalive_expiry
 from tests.e2e.upstreams import RESPONSE_CHUNKED_SIZE, RESPONSE_CL_SIZE, SLOW_READ_RATE, response_bytes
 
 
