@@ -389,7 +389,7 @@ def test_delete_while_the_file_goes_upstream_waits_for_the_answer(tmp_path: Path
 
 FAILING_COMMIT = """
 import sys
-from relay.spool import disk
+from relay.spool import disk_writer
 from relay.spool.base import SpoolError
 
 async def commit(self, *, sync=True):
@@ -398,8 +398,8 @@ async def commit(self, *, sync=True):
         raise SpoolError("injected ENOSPC")
     return await ORIGINAL(self, sync=sync)
 
-ORIGINAL = disk.DiskWriter.commit
-disk.DiskWriter.commit = commit
+ORIGINAL = disk_writer.DiskWriter.commit
+disk_writer.DiskWriter.commit = commit
 from relay.cli import main
 sys.exit(main())
 """
