@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A plain raw body goes socket to socket through a pipe (relay/zerocopy.py). The append that completes a resumable
 upload must also land in the spool (relay/resumable/appends.py Rule 2: kept if the upstream fails). Here the same
-pump gets one more consumer: pipe A (filled from the client socket) is tee'd into pipe S, a thread splices S into
+pump gets one more consumer: pipe A (filled from the client socket) is tee'd into pipe S, a thread writes S into
 the upload's data file (relay/resumable/spliced_threads.py: with O_DIRECT, Rule 7), and A is
 spliced to the upstream socket (with sha256, A is also tee'd into pipe B for the hash thread, relay/pipehash.py).
 
@@ -37,9 +37,9 @@ Rules (the copying path's, relay/resumable/forward.py and live.py, kept here):
 7. The spool thread writes pipe S with O_DIRECT (relay/spool/direct.py: read into the relay's own reused
    buffers, then to the disk by DMA, past the page cache) where the file system allows it: this append's bytes
    are read back only if its upstream fails, and the file goes once the upload is delivered. Measured
-   (benchmarks/prototypes/resumable_profile.py, 1 GiB, `--digest none`, 5 interleaved reps): relay CPU
-   1.17 -> 0.89 s, time against the plain upload 1.31x -> 1.20x (median); the page-cache copy it avoids was
-   42 % of the relay's samples on a host that hands freed memory back. Elsewhere, the splice into the file.
+   (benchmarks/RESULTS.md run 13, 1 GiB, `--digest none`, 7 interleaved reps): time against the plain upload
+   2.01x -> 1.23x (median), relay CPU 2.34 -> 1.05 s; the page-cache copy it avoids was 42 % of the relay's
+   samples on a host that hands freed memory back. Elsewhere, the splice into the file.
    The thread lets pipe S gather half its size before each read: fewer wake-ups and GIL hand-overs.
 8. Where the spool thread writes directly, the bytes pass through its buffers anyway, and it hashes them there:
    no pipe B, no hash thread (`_start_hashing`). Rule 1's "in pipe B" then reads "in pipe S", and Rule 2 holds
