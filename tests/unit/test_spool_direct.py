@@ -238,6 +238,30 @@ def test_a_write_error_is_raised_even_with_the_pool_full(tmp_path: Path, monkeyp
     assert held == data[: len(held)]
 
 
+def test_at_most_max_active_appenders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each appender holds DEPTH MiB: past MAX_ACTIVE at once, None (the caller splices into the page cache);
+    one closing makes room for the next."""
+    monkeypatch.setattr(direct, "MAX_ACTIVE", 3)
+    opened = [_open(tmp_path / f"{n}.data") for n in range(3)]
+    path = tmp_path / "over.data"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert direct.open_appender(path, fd) is None
+        first_fd, first = opened.pop(0)
+        first.finish()
+        os.close(first_fd)
+        again = direct.open_appender(path, fd)
+        assert again is not None
+        again.finish()
+    finally:
+        os.close(fd)
+        for other_fd, appender in opened:
+            appender.close()
+            os.close(other_fd)
+    assert direct._active == 0
+
+
 def test_buffers_are_reused(tmp_path: Path) -> None:
     """A new mapping costs a page fault per page on first touch (the cost the module avoids): the next appender
     takes the buffers the last one gave back."""
