@@ -103,7 +103,10 @@ def test_a_relay_killed_mid_attempt_leaves_it_to_another(relays: Relays, receive
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_pending_deliveries_outlive_every_relay(relays: Relays, receivers: Callable[..., Receiver], sig: int) -> None:
     receiver = receivers()
-    backoff = {"RELAY_WEBHOOK_BACKOFF": "1,1,1,1,1,1"}
+    # Retries every second for 40 s: a relay told to stop keeps delivering while it drains (up to the 10 s the
+    # fixture waits for it), and with six retries the deliveries ran out of attempts before the new relays came
+    # (3 of 12 runs here: 7 attempts, state `failed`, the first relays' stops 10.4 s).
+    backoff = {"RELAY_WEBHOOK_BACKOFF": ",".join(["1"] * 40)}
     first = [hooked(relays, receiver, backoff) for _ in range(2)]
     ids = [upload(relay, f"p{n}.bin") for n, relay in enumerate(first)]
     wait_for(lambda: len([d for d in deliveries(first[0]) if d["attempts"] >= 1]) == 2, what="failed attempts")
