@@ -35,11 +35,12 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from relay.libc import libc_function
 
-__all__ = ["MAX_THREADS", "RawHash", "in_use", "release", "reserve", "start", "tee", "tee_supported"]
+__all__ = ["MAX_THREADS", "RawHash", "in_thread", "in_use", "release", "reserve", "start", "tee", "tee_supported"]
 
 MAX_THREADS = 16
 READ_SIZE = 256 * 1024  # one read takes what the pipe holds, up to this; under glibc's pinned mmap threshold
@@ -109,43 +110,40 @@ def release() -> None:
 def start(read_fd: int, digest: RawHash, first: bytes) -> asyncio.Future[int]:
     """Hash `first`, then everything read from `read_fd` until end of file, on a thread of its own (reserved). The
     future is done once the thread has left (it closes `read_fd`), with the number of bytes hashed."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = loop.create_future()
-    thread = threading.Thread(
-        target=_run, args=(loop, future, read_fd, digest, first), name="relay-pipehash", daemon=True
-    )
     try:
-        thread.start()
+        return in_thread(partial(_hash_pipe, read_fd, digest, first), "relay-pipehash")
     except BaseException:
         os.close(read_fd)  # the reservation stays the caller's to give back
         raise
-    return future
 
 
-def _run(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[int], read_fd: int, digest: RawHash, first: bytes
-) -> None:
-    try:
-        hashed = _hash_pipe(read_fd, digest, first)
-    except BaseException as exc:
-        _settle(loop, future, None, exc)
-    else:
-        _settle(loop, future, hashed, None)
+def in_thread(job: Callable[[], int], name: str) -> asyncio.Future[int]:
+    """Run `job` on a daemon thread of its own: never queued behind another body's thread while its pipe fills,
+    and never joined at exit (a thread blocked on a pipe must not hold the exit). The future settles on the loop
+    with what `job` returns or raises (relay/resumable/spliced.py runs its spool and hash threads with it too)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
 
-
-def _settle(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[int], hashed: int | None, error: BaseException | None
-) -> None:
-    def settle() -> None:
+    def settle(value: int | None, error: BaseException | None) -> None:
         if future.done():
             return
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(hashed or 0)
+            future.set_result(value or 0)
 
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(settle)
+    def run() -> None:
+        try:
+            value = job()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _hash_pipe(read_fd: int, digest: RawHash, first: bytes) -> int:

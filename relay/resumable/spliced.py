@@ -268,7 +268,7 @@ class _SpoolPump(_Pump):
             appender = self._direct_appender()
             hashing = None if self.spool_hash is None else (self.spool_hash, str(self.cut.path), self.spooled)
             job = partial(spliced_threads.spool_thread, read_fd, file_fd, buffered, reserve, appender, hashing)
-            self.spooling = spliced_threads.in_thread(job, "relay-spool-splice")
+            self.spooling = pipehash.in_thread(job, "relay-spool-splice")
             self.appender = None  # the thread's now: it finishes it
         except BaseException:
             os.close(read_fd)
@@ -303,7 +303,7 @@ class _SpoolPump(_Pump):
                 fcntl.fcntl(self.hash_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             path, spooled = str(self.cut.path), self.spooled
             job = partial(spliced_threads.hash_file_then_pipe, path, spooled, hash_read, digest, buffered)
-            self.hashing = spliced_threads.in_thread(job, "relay-pipehash")
+            self.hashing = pipehash.in_thread(job, "relay-pipehash")
         except BaseException:
             os.close(hash_read)
             raise

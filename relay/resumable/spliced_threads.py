@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 `spool_thread` moves pipe S into the data file until S ends, and returns the bytes it wrote. Two ways (Rule 7):
   - direct (`spool_direct`), where the file system takes O_DIRECT: S is read into relay/spool/direct.py's
-    reused buffers, which go to the disk past the page cache. Reading lets S gather first (`gather`): every read
+    reused buffers, which go to the disk past the page cache. Reading lets S gather first (`Gather`): every read
     wakes the thread and hands the GIL over twice. Since the bytes pass through the relay's memory anyway, a
     hashed body is hashed right there (Rule 8), from the buffer: no pipe B, no second thread reading a copy;
   - otherwise, splice(2) from S into the file (the kernel copies into the page cache; nothing passes through
@@ -17,14 +17,11 @@ Either hash first takes in the bytes of earlier appends (`resume_hash`): a Prefi
 from __future__ import annotations
 
 import array
-import asyncio
-import contextlib
 import errno
 import fcntl
 import os
 import select
 import termios
-import threading
 import time
 from collections.abc import Callable
 
@@ -34,7 +31,7 @@ from relay.resumable.filehash import PrefixHashed
 from relay.spool import direct
 from relay.zerocopy import PIPE_SIZE
 
-__all__ = ["DIRECT", "hash_file_then_pipe", "in_thread", "resume_hash", "spool_thread"]
+__all__ = ["DIRECT", "hash_file_then_pipe", "resume_hash", "spool_thread"]
 
 DIRECT = True  # Rule 7; tests and prototypes switch it off
 LOW_WATER = 512 * 1024  # pipe S bytes worth a read (half the pipe) ...
@@ -43,34 +40,6 @@ READ_SIZE = 1024 * 1024 - 64 * 1024  # under glibc's pinned mmap threshold (rela
 
 # What the direct spool thread hashes: the body's hash, the data file, and the spooled bytes before this append.
 Hashing = tuple[RawHash, str, int]
-
-
-def in_thread(job: Callable[[], int], name: str) -> asyncio.Future[int]:
-    """Run `job` on a daemon thread of its own, as relay/pipehash.py does: never queued behind another body's
-    thread while its pipe fills, and never joined at exit (a thread blocked on a pipe must not hold the exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = loop.create_future()
-
-    def settle(value: int | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value or 0)
-
-    def run() -> None:
-        try:
-            value = job()
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, value, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def spool_thread(
@@ -103,20 +72,26 @@ def spool_thread(
         os.close(read_fd)
 
 
-def gather(read_fd: int) -> None:
+class Gather:
     """Let pipe S gather LOW_WATER bytes (or wait GATHER_TRIES pauses) before the next read. Reading each tee as
     it came (about 4,000 reads per GiB) took time from the loop that moves the bytes (A/B, 1 GiB one append,
-    9 interleaved reps: 1.29x -> 1.17x a plain upload's time, median)."""
-    count = array.array("i", [0])
-    ended = select.poll()
-    ended.register(read_fd, select.POLLIN)
-    for _ in range(GATHER_TRIES):
-        fcntl.ioctl(read_fd, termios.FIONREAD, count, True)
-        if count[0] >= LOW_WATER:
-            return
-        if any(event & select.POLLHUP for _, event in ended.poll(0)):
-            return  # pipe S is closed: nothing more will come, and the last byte waits for this thread (Rule 2)
-        time.sleep(GATHER_PAUSE)
+    9 interleaved reps: 1.29x -> 1.17x a plain upload's time, median). Made once per spool thread: `wait` runs
+    before every read."""
+
+    def __init__(self, read_fd: int) -> None:
+        self.read_fd = read_fd
+        self.count = array.array("i", [0])
+        self.ended = select.poll()
+        self.ended.register(read_fd, select.POLLIN)
+
+    def wait(self) -> None:
+        for _ in range(GATHER_TRIES):
+            fcntl.ioctl(self.read_fd, termios.FIONREAD, self.count, True)
+            if self.count[0] >= LOW_WATER:
+                return
+            if any(event & select.POLLHUP for _, event in self.ended.poll(0)):
+                return  # pipe S is closed: nothing more will come, and the last byte waits for this thread (Rule 2)
+            time.sleep(GATHER_PAUSE)
 
 
 def spool_direct(
@@ -135,8 +110,9 @@ def spool_direct(
         appender.write(first)
         if update is not None and first:
             update(first)
+        gather = Gather(read_fd)
         while True:
-            gather(read_fd)
+            gather.wait()
             if not appender.fill_from(read_fd, update):
                 break
     finally:

@@ -194,19 +194,20 @@ def test_a_client_that_leaves_keeps_a_prefix_in_the_file(tmp_path: Path) -> None
 
 
 def test_the_spool_thread_does_not_wait_on_a_closed_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`gather` waits for pipe S to fill, but not once its writer is gone: the upload's last byte waits for the
+    """`Gather` waits for pipe S to fill, but not once its writer is gone: the upload's last byte waits for the
     spool thread (Rule 2), so a pause there would delay every cut-through's answer."""
     pauses: list[float] = []
     monkeypatch.setattr(spliced_threads.time, "sleep", pauses.append)
     read_fd, write_fd = os.pipe()
     try:
         os.write(write_fd, b"x" * 100)
-        spliced_threads.gather(read_fd)
+        gather = spliced_threads.Gather(read_fd)
+        gather.wait()
         assert len(pauses) == spliced_threads.GATHER_TRIES  # open and nearly empty: it waited
         pauses.clear()
         os.close(write_fd)
         write_fd = -1
-        spliced_threads.gather(read_fd)
+        gather.wait()
         assert pauses == []  # closed: the rest is read at once
     finally:
         os.close(read_fd)

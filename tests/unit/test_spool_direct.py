@@ -41,6 +41,16 @@ def _file_system(path: Path) -> str:
     return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True).stdout.strip()
 
 
+def _append(fd: int, appender: direct.DirectAppender, data: bytes, sizes: list[int]) -> None:
+    """`data` in pieces of `sizes` (the rest last), then `finish`; the ordinary descriptor closed either way."""
+    try:
+        for piece in _pieces(data, sizes):
+            appender.write(piece)
+        appender.finish()
+    finally:
+        os.close(fd)
+
+
 def _pieces(data: bytes, sizes: list[int]) -> list[bytes]:
     out, at = [], 0
     for size in sizes:
@@ -170,12 +180,7 @@ def test_a_slow_disk_falls_back_to_the_page_cache_in_order(tmp_path: Path, monke
 
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
     data = os.urandom(12 * direct.BLOCK + 99)
-    try:
-        for piece in _pieces(data, [direct.BLOCK // 3] * 40):
-            appender.write(piece)
-        appender.finish()
-    finally:
-        os.close(fd)
+    _append(fd, appender, data, [direct.BLOCK // 3] * 40)
     assert 0 < appender.cached < len(data)
     assert path.read_bytes() == data
 
@@ -196,12 +201,7 @@ def test_a_short_direct_write_leaves_no_hole(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(os, "pwrite", short_once)
     data = os.urandom(3 * direct.BLOCK + 100)
-    try:
-        for piece in _pieces(data, [direct.BLOCK // 2] * 6):
-            appender.write(piece)
-        appender.finish()
-    finally:
-        os.close(fd)
+    _append(fd, appender, data, [direct.BLOCK // 2] * 6)
     assert shortened and path.read_bytes() == data
 
 
