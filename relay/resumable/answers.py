@@ -3,6 +3,27 @@
 Refusals answered while the client may still be sending carry `Connection: close` and a bounded lingering
 drain, as for plain uploads (relay/proxy.py): closing with unread bytes would reset the connection and lose
 the answer.
+
+Counting. Every error the relay answers on the resumable path (status >= 400 with a `RelayError` behind it) is
+counted once in `relay_rejections_total{code}` (the contract: "errors answered by the relay, by code"); the
+resumable glue counts them here only. `respond` (a decision of the state machine: 404, 409, 413, 415, 460, a
+forward's 502/504 ...), `refuse` (an error raised by the glue) and `refuse_unparsed` (a request refused before it
+became a `Request`) all go through `_count`. The code is the decision's error's, the one the JSON body carries; a
+draft's problem document (application/problem+json) is counted under the code the relay uses for the same error
+elsewhere (`mismatching-upload-offset` is `offset_mismatch`). Not counted: an upstream's own answer relayed (even
+a 4xx, and its replay to a completing request sent again), and the answers of a background redelivery, which
+nobody reads (its `Request` has no `metrics`). One double count can remain outside the glue: with --redis and a
+cap set, a forward's made-up request (relay/resumable/forward.py) takes the caps' leases, and a refusal there is
+counted by relay/proxy.py's `Upload.refuse` before its 429 comes back to be answered (and counted) here.
+
+What a refusal leaves behind. A refused creation (413 from `Upload-Length`, 400 from a header that does not parse,
+429 at the cap ...) is counted, but today leaves no record in /_relay/uploads and no event: no upload exists (no
+`Location` was given). A plain upload refused from its headers instead gets a `rejected` record and a `failed`
+event (relay/proxy.py `refuse`), and the contract's `rejected` state ("refused from its headers") reads as
+covering a refused creation too, since the creation POST is the upload's first request under the id its answer
+carries; so a refused creation should get the same (and `relay_uploads_total{outcome="rejected"}`). Refusals of
+HEAD, PATCH and DELETE on an upload that exists (409, 415, 460 ...) are not the upload's end: it stays `receiving`
+and the client goes on, so they get no record or event of their own.
 """
 
 from __future__ import annotations
@@ -11,8 +32,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.core import resumable_decisions as decide
+from relay.core.limits import Limits
 from relay.core.resumable_decisions import Decision
-from relay.core.resumable_headers import ResumableRequest
+from relay.core.resumable_headers import Protocol, ResumableRequest
 from relay.errors import RelayError, TooManyUploads
 from relay.metrics import RelayMetrics
 from relay.proxy_admission import drain_body, may_have_body
@@ -24,6 +46,7 @@ __all__ = [
     "Request",
     "SpoolUnavailable",
     "refuse",
+    "refuse_unparsed",
     "respond",
     "tus_headers",
     "write_answer",
@@ -52,6 +75,7 @@ class Request:
     req: ResumableRequest
     cors: Headers
     client: str
+    metrics: RelayMetrics | None = None  # None: nobody reads the answers (a background redelivery), none is counted
     counted: bool = False
     body_read: bool = False  # the request body was read to its end: no lingering close needed
     lease: int | None = None  # with Redis: the token of the upload's lease this request holds
@@ -68,17 +92,46 @@ def tus_headers(request: Request) -> Headers:
     return [(b"upload-draft-interop-version", request.req.protocol.removeprefix("ietf-").encode())]
 
 
+def _count(metrics: RelayMetrics | None, decision: Decision) -> None:
+    """The one place an error answer of the resumable path is counted (see the module docstring)."""
+    if metrics is not None and decision.error is not None and (decision.status or 500) >= 400:
+        metrics.rejections.labels(code=decision.error.code).inc()
+
+
 async def respond(request: Request, decision: Decision) -> None:
-    unread = may_have_body(request.headers) and not request.body_read
-    status = decision.status or 500
-    await write_answer(request.send, status, [*decision.headers, *request.cors], decision.body, request.receive, unread)
+    """Write `decision`'s answer; an error answer is counted."""
+    await _answer(request.metrics, request, decision)
 
 
 async def refuse(metrics: RelayMetrics, request: Request, error: RelayError, *, upload_id: str | None = None) -> None:
+    """Refuse with `error` (counted), in the request's protocol."""
     decision = decide.decide_error(request.req.protocol, error, limits=request.route.limits, upload_id=upload_id)
     extra: Headers = [(b"retry-after", b"1")] if isinstance(error, TooManyUploads) else []
-    metrics.rejections.labels(code=error.code).inc()
-    await respond(request, replace(decision, headers=decision.headers + tuple(extra)))
+    await _answer(metrics, request, replace(decision, headers=decision.headers + tuple(extra)))
+
+
+async def refuse_unparsed(
+    metrics: RelayMetrics,
+    send: Send,
+    protocol: Protocol,
+    error: RelayError,
+    *,
+    limits: Limits,
+    cors: Headers,
+    receive: Receive | None = None,
+    unread: bool = False,
+) -> None:
+    """Refuse a request that did not become a `Request` (its headers did not parse, its token was wrong ...)."""
+    decision = decide.decide_error(protocol, error, limits=limits)
+    _count(metrics, decision)
+    await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+
+
+async def _answer(metrics: RelayMetrics | None, request: Request, decision: Decision) -> None:
+    _count(metrics, decision)
+    unread = may_have_body(request.headers) and not request.body_read
+    status = decision.status or 500
+    await write_answer(request.send, status, [*decision.headers, *request.cors], decision.body, request.receive, unread)
 
 
 async def write_answer(

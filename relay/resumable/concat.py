@@ -64,9 +64,7 @@ class FinalUploads:
                 settings=endpoints.core,
             )
             final = decision.upload
-            if final is None:
-                if decision.error is not None:
-                    endpoints.ctx.metrics.rejections.labels(code=decision.error.code).inc()
+            if final is None:  # refused: `respond` counts it
                 await respond(
                     request, replace(decision, headers=(*decision.headers, (b"X-Upload-ID", upload_id.encode())))
                 )

@@ -58,6 +58,7 @@ from relay.resumable.answers import (
     Request,
     SpoolUnavailable,
     refuse,
+    refuse_unparsed,
     respond,
     write_answer,
 )
@@ -132,10 +133,18 @@ class ResumableEndpoints:
         if upload_id and not valid_upload_id(upload_id):  # answered in the request's protocol all the same
             headers = scope["headers"]
             missing = NotFound("no such resumable upload")
-            decision = decide.decide_error(detect_protocol(headers) or "tus", missing, limits=route.limits)
             cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
-            unread = may_have_body(headers)
-            await write_answer(send, 404, [*decision.headers, *cors], decision.body, receive, unread)
+            protocol, unread = detect_protocol(headers) or "tus", may_have_body(headers)
+            await refuse_unparsed(
+                self.ctx.metrics,
+                send,
+                protocol,
+                missing,
+                limits=route.limits,
+                cors=cors,
+                receive=receive,
+                unread=unread,
+            )
             return
         request = await self._parse(route, scope, receive, send)
         if request is None:
@@ -206,8 +215,8 @@ class ResumableEndpoints:
         try:
             check_token(self.ctx.settings, headers)
         except RelayError as exc:
-            decision = decide.decide_error(detect_protocol(headers) or "tus", exc, limits=route.limits)
-            await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body)
+            protocol = detect_protocol(headers) or "tus"
+            await refuse_unparsed(self.ctx.metrics, send, protocol, exc, limits=route.limits, cors=cors)
             return True
         decision = decide.decide_options(detect_protocol(headers), route.limits)
         await write_answer(send, decision.status or 204, list(decision.headers) + cors, b"")
@@ -226,8 +235,9 @@ class ResumableEndpoints:
                 if interop is not None
                 else UnsupportedTusVersion("Tus-Resumable: 1.0.0 is required")
             )
-            decision = decide.decide_error("tus", error, limits=route.limits)
-            await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+            await refuse_unparsed(
+                self.ctx.metrics, send, "tus", error, limits=route.limits, cors=cors, receive=receive, unread=unread
+            )
             return None
         try:
             req = parse_request(scope["method"], headers, protocol)
@@ -237,11 +247,12 @@ class ResumableEndpoints:
             if has_dot_segment(raw_path):
                 raise BadRequest("the path has a '.' or '..' segment")
         except RelayError as exc:
-            decision = decide.decide_error(protocol, exc, limits=route.limits)
-            await write_answer(send, exc.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+            await refuse_unparsed(
+                self.ctx.metrics, send, protocol, exc, limits=route.limits, cors=cors, receive=receive, unread=unread
+            )
             return None
         client = client_address(self.ctx.settings, scope)
-        request = Request(scope, receive, send, route, req, cors, client)
+        request = Request(scope, receive, send, route, req, cors, client, self.ctx.metrics)
         request.send = _tracked(request, send)
         return request
 
