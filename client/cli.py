@@ -28,7 +28,7 @@ from client.progress import UploadView
 from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions
 from client.resumable_wire import metadata_header
 from client.sources import LocalFile, check_files
-from client.target import DEFAULT_RELAY, build_url, resolve_target
+from client.target import DEFAULT_RELAY, build_url, check_events_id, resolve_bench, resolve_target
 from client.upload import DEFAULT_FIELD
 from client.version import version
 
@@ -169,6 +169,8 @@ def upload_command(
     # Resolved here, once: a --to URL that contradicts --relay is a usage error before anything is sent.
     relay, to = resolve_target(to, relay)
     header_pairs = _pairs(header, ":", "--header")
+    if events:
+        check_events_id(header_pairs)
     form_pairs = _pairs(form, "=", "--form")
     query_pairs = _pairs(query, "=", "--query")
     err = Console(stderr=True)
@@ -282,6 +284,7 @@ def bench_command(
         nbytes = parse_size(size)
     except ValueError as exc:
         raise ArgumentError(f"--size: {exc}") from None
+    relay, to, direct = resolve_bench(relay, to, direct)  # a malformed URL is a usage error before any run
     result = asyncio.run(
         run_bench(
             size=nbytes,

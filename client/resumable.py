@@ -14,7 +14,9 @@ Theory of operation:
   gives one); a failure after which the relay's offset moved forward starts the count again, so a long upload
   over a flaky line is not given up for breaks it recovers from.
 * What is final: a 4xx other than those above, a 5xx the relay says came from the upstream (X-Upstream-Status:
-  the upstream's verdict, which sending again would only repeat) and 501/505/507.
+  the upstream's verdict, which sending again would only repeat) and 501/505/507; so is a creation answer whose
+  Location no request can go to (unparsable, not http(s), no host, a port out of 1-65535: client/target.py's
+  check), which is never remembered. A remembered URL that fails the same check is ignored (a new upload).
 * Across runs: the upload's URL is remembered (client/resume_store.py) from its creation until it completed,
   so a killed run resumes when started again. Ctrl-C cancels the task; the entry stays (cli.py says so).
 * The file is read in 1 MiB pieces on the client's reader thread (client/ranges.py), whatever `chunk_size`
@@ -50,7 +52,7 @@ from client.resumable_wire import (
 )
 from client.resume_store import ResumeKey, ResumeStore, StoredUpload, fingerprint
 from client.sources import Body, LocalFile, _in_reader
-from client.target import connect_failure, route_hint
+from client.target import connect_failure, route_hint, url_problem
 
 __all__ = ["DEFAULT_RESUMABLE_RETRIES", "ResumableOptions", "backoff", "upload_resumable"]
 
@@ -131,7 +133,8 @@ class _Upload:
             self.full_digest = await hash_range(path, 0, self.size)  # Repr-Digest precedes the bytes
         stored = self.options.store.load(self.key)
         if stored is not None and stored.protocol == self.dialect.name and stored.size == self.size:
-            self.url = stored.upload_url
+            # Only a hint: an entry naming a URL no request can go to (edited by hand) means a new upload.
+            self.url = stored.upload_url if url_problem(stored.upload_url) is None else None
         need_head = self.url is not None
         while self.done is None:
             try:
@@ -214,7 +217,7 @@ class _Upload:
         location = answer.headers.get("location")
         if not location:
             raise Final(protocol_error(answer, "the relay's creation answer has no Location"))
-        self.url = str(httpx.URL(self.options.url).join(location))
+        self.url = _upload_url(answer, self.options.url, location)
         self.created_here = True
         self._moved(offset_of(answer.headers) or 0)
         if self.key is not None:
@@ -334,6 +337,25 @@ class _Upload:
 
     def _seconds(self) -> float:
         return time.perf_counter() - self.first_byte_at if self.first_byte_at is not None else 0.0
+
+
+def _upload_url(answer: Answer, create_url: str, location: str) -> str:
+    """The upload's URL: `location` resolved against the creation URL, or Final when no request can go there.
+
+    A Location httpx cannot parse, with another scheme, no host or a port out of 1-65535 is the relay's
+    mistake: retrying would get the same answer, and it must not be remembered for the next run either.
+    """
+    try:
+        url = str(httpx.URL(create_url).join(location))
+    except (httpx.InvalidURL, ValueError) as exc:
+        problem: str | None = str(exc) or type(exc).__name__
+    else:
+        problem = url_problem(url)
+    if problem is not None:
+        raise Final(
+            protocol_error(answer, f"the relay's creation answer has an unusable Location {location!r}: {problem}")
+        )
+    return url
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
