@@ -21,6 +21,9 @@ Transition table (event: from -> to). Anything else raises IllegalTransition.
     complete          receiving  -> forwarding    requires offset == length
     forward-ok        forwarding -> completed     upstream_status recorded
     forward-error     forwarding -> forwarding    error recorded; the same completing request may retry
+    answered          appending  -> completed     the upstream answered the completing append's cut-through
+                      before the file was complete: that answer was the client's and is final, as for a plain
+                      upload (upstream_status recorded; offset = what had come in; the data is deleted)
     expire            receiving, forwarding -> failed (code expired)
     terminate         receiving, forwarding -> failed (code terminated)
     invalidate        appending  -> failed         (code inconsistent_upload_length)
@@ -70,6 +73,7 @@ from relay.core.resumable_headers import (
 )
 
 __all__ = [
+    "ANSWERED",
     "APPEND_BEGIN",
     "APPEND_BREAK",
     "APPEND_COMMIT",
@@ -109,7 +113,7 @@ STATES = frozenset({RECEIVING, APPENDING, FORWARDING, COMPLETED, FAILED})
 CREATE, APPEND_BEGIN, APPEND_COMMIT, APPEND_BREAK = "create", "append-begin", "append-commit", "append-break"
 APPEND_DISCARD, LENGTH_SET, COMPLETE = "append-discard", "length-set", "complete"
 FORWARD_OK, FORWARD_ERROR, EXPIRE, TERMINATE = "forward-ok", "forward-error", "expire", "terminate"
-INVALIDATE, LOSE = "invalidate", "lose"
+INVALIDATE, LOSE, ANSWERED = "invalidate", "lose", "answered"
 
 TRANSITIONS: Mapping[tuple[str | None, str], str] = {
     (None, CREATE): RECEIVING,
@@ -122,6 +126,7 @@ TRANSITIONS: Mapping[tuple[str | None, str], str] = {
     (RECEIVING, COMPLETE): FORWARDING,
     (FORWARDING, FORWARD_OK): COMPLETED,
     (FORWARDING, FORWARD_ERROR): FORWARDING,
+    (APPENDING, ANSWERED): COMPLETED,
     (RECEIVING, EXPIRE): FAILED,
     (FORWARDING, EXPIRE): FAILED,
     (RECEIVING, TERMINATE): FAILED,
@@ -243,13 +248,13 @@ def apply(
         if writer is None:
             raise IllegalTransition(upload.state, event, "an append needs a writer")
         return replace(upload, state=new, writer=writer, append_start=upload.offset, append_checksum=checksum)
-    if event in (APPEND_COMMIT, APPEND_BREAK, APPEND_DISCARD):
+    if event in (APPEND_COMMIT, APPEND_BREAK, APPEND_DISCARD, ANSWERED):
         _check_writer(upload, event, writer)
         start = upload.append_start if upload.append_start is not None else upload.offset
         end = start if event == APPEND_DISCARD else offset
         if end is None or end < start or (upload.length is not None and end > upload.length):  # Rule 2
             raise IllegalTransition(upload.state, event, f"offset {end} outside [{start}, {upload.length}]")
-        return replace(
+        ended = replace(
             upload,
             state=new,
             offset=end,
@@ -258,6 +263,7 @@ def apply(
             append_checksum=False,
             expires_at=now + upload.expiry,
         )
+        return replace(ended, upstream_status=upstream_status, error=None) if event == ANSWERED else ended
     if event == LENGTH_SET:
         if upload.length is not None or length is None or length < upload.offset:  # Rule 3
             raise IllegalTransition(upload.state, event, f"length {length} (known: {upload.length})")

@@ -36,6 +36,10 @@ Rules:
    (relay/resumable/filehash.py), so the completing forward hashes only what the spool did not hold yet instead
    of the whole file again. That hash is this process's shortcut: whenever it may not cover exactly the spooled
    bytes, the forward re-hashes.
+9. An upstream that answers a cut-through before the file is complete (an early 413, 401 or 503) has answered the
+   upload: the client gets that answer, as for a plain upload, and the upload ends `completed` with its status
+   (the core's `answered`), whatever of the body came; its bytes are deleted. `on_last` does nothing then, though
+   the proxy's lingering drain may read the rest of the body: no `forwarding` state the upstream will never answer.
 """
 
 from __future__ import annotations
@@ -226,7 +230,7 @@ class Appends:
             await live.drain()
         except Overflow:
             return None
-        except (ClientDisconnected, ClientTimeout) as exc:
+        except (ClientDisconnected, ClientTimeout, SpoolUnavailable) as exc:
             return exc
         finally:
             watch.close()
@@ -263,8 +267,15 @@ class Appends:
         record = decision.upload
         keep = record is not None and record.state != core.FAILED and record.offset == live.offset
         try:
-            if keep:
-                await (live.writer.commit() if ended else live.writer.abort())
+            if keep and ended:
+                await live.writer.commit()
+            elif keep:
+                durable = await live.writer.abort()
+                if record is not None and durable < record.offset:  # the writer failed first: keep what is there
+                    start = upload.append_start if upload.append_start is not None else upload.offset
+                    record = core.apply(
+                        upload, core.APPEND_BREAK, now=time.time(), writer=upload.writer, offset=max(durable, start)
+                    )
             else:
                 await live.writer.discard()
         except (SpoolError, OSError) as exc:
@@ -275,7 +286,7 @@ class Appends:
         if record is not None:
             await self.store.save(record)
             if record.concat is None and record.state in (core.RECEIVING, core.FORWARDING):
-                self.hashes.appended(record.id, record.offset)  # Rule 8
+                self.hashes.appended(record)  # Rule 8
             if record.state == core.RECEIVING:
                 self._emitter(record)(Interrupted(record.id, record.offset, record.length, time.time(), record.offset))
         if decision.action == "delete" and record is not None:
@@ -287,7 +298,7 @@ class Appends:
             await self.forward(request, record)
         elif failure is None and decision.action != "none":
             await respond(request, replace(decision, upload=None))
-        elif isinstance(failure, ClientTimeout):
+        elif isinstance(failure, ClientTimeout | SpoolUnavailable):
             await respond(request, decide.decide_error(request.req.protocol, failure, limits=request.route.limits))
         return decision
 
@@ -298,9 +309,12 @@ class Appends:
     ) -> None:
         """The completing append, forwarded while it arrives (see the module docstring)."""
         committed: list[ResumableUpload] = []
+        early: list[int] = []  # the upstream's status, when it answered before the file was complete (Rule 9)
         lock = self.store.forward_lock(upload.id, request.lease)
 
         async def on_last() -> None:
+            if early:  # the proxy's lingering drain read the rest of the body: the upload ends as answered
+                return
             self.store.hold(upload.id, upload.writer)
             ok = live.checksum_ok
             if ok is False:
@@ -337,11 +351,16 @@ class Appends:
             committed.append(decision.upload)
             self.store.release(upload.id)
 
-        seed = await self.hashes.take(upload.id, upload.append_start or 0)  # Rule 8
-        forward = self._forwarder(request, upload, live=live, on_last=on_last, committed=committed, seed=seed)
+        seed = await self.hashes.take(upload, upload.append_start or 0)  # Rule 8
+        forward = self._forwarder(
+            request, upload, live=live, on_last=on_last, committed=committed, seed=seed, early=early
+        )
         try:
             await self._run(forward)
             request.body_read = live.ended
+            if early and not committed:
+                await self._end_answered(upload, live, early[0])
+                return
             if committed:
                 await self._after_forward(request, committed[0], forward)
                 return
@@ -359,7 +378,9 @@ class Appends:
             await self._end_append(request, upload, live, location, answer=False)
             await respond(request, replace(error.decision, upload=None))
             return
-        failure: RelayError | None = error if isinstance(error, ClientDisconnected | ClientTimeout) else None
+        failure: RelayError | None = (
+            error if isinstance(error, ClientDisconnected | ClientTimeout | SpoolUnavailable) else None
+        )
         if isinstance(error, _RETRYABLE) and not live.ended and not live.overflow:
             failure = await self._take_body(live)
             request.body_read = live.ended
@@ -377,8 +398,22 @@ class Appends:
                 return
         if failure is None and decision.action not in ("none", "forward"):
             await respond(request, replace(decision, upload=None))
-        elif isinstance(failure, ClientTimeout):
+        elif isinstance(failure, ClientTimeout | SpoolUnavailable):
             await respond(request, decide.decide_error(request.req.protocol, failure, limits=request.route.limits))
+
+    async def _end_answered(self, upload: ResumableUpload, live: LiveAppend, status: int) -> None:
+        """Rule 9: the upstream's early answer ends the upload `completed` with its status; nothing is kept."""
+        if live.splice is not None:
+            await live.splice.close()
+        self.store.hold(upload.id, upload.writer)
+        ended = core.apply(
+            upload, core.ANSWERED, now=time.time(), writer=upload.writer, offset=live.offset, upstream_status=status
+        )
+        with contextlib.suppress(SpoolError, OSError):  # the bytes go either way: delete_data_soon below
+            await live.writer.discard()
+        await self.store.save(ended)
+        self.store.delete_data_soon(upload.id)
+        self.ctx.metrics.resumable.labels(event="completed").inc()
 
     async def forward(self, request: Request, upload: ResumableUpload) -> None:
         """Every byte is in the spool: send the file upstream, answer with what came of it (Rule 4)."""
@@ -391,7 +426,7 @@ class Appends:
                 await respond(request, replace(again, upload=None))
                 return
             upload = current or upload
-            seed = await self.hashes.take(upload.id, upload.length or 0)  # Rule 8
+            seed = await self.hashes.take(upload, upload.length or 0)  # Rule 8
             forward = self._forwarder(request, upload, live=None, on_last=None, committed=[upload], seed=seed)
             await self._run(forward)
             await self._after_forward(request, upload, forward)
@@ -414,6 +449,7 @@ class Appends:
         on_last: Callable[[], Awaitable[None]] | None,
         committed: list[ResumableUpload],
         seed: PrefixHashed | None,
+        early: list[int] | None = None,
     ) -> ForwardUpload:
         route = self._routes.get(upload.route, request.route)
         frame = framing(upload.metadata, route=route, upload_id=upload.id)
@@ -447,17 +483,19 @@ class Appends:
         scope = ForwardUpload.scope_for(
             request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
         )
-        send = answer_translator(request.send, self._completion(request, committed))
+        send = answer_translator(request.send, self._completion(request, committed, early))
         forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut, seed=seed)
         forward.file_index = frame.parts_before
         forward.upload_id = upload.id
         return forward
 
     def _completion(
-        self, request: Request, committed: list[ResumableUpload]
+        self, request: Request, committed: list[ResumableUpload], early: list[int] | None = None
     ) -> Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]]:
         async def on_start(status: int, headers: Headers) -> tuple[int, Headers, bool]:
-            if not committed:  # the upstream refused before the file was complete: its answer, as it is
+            if not committed:  # the upstream answered before the file was complete: its answer, as it is (Rule 9)
+                if early is not None:
+                    early.append(status)
                 return status, headers + tus_headers(request) + request.cors, True
             upload = committed[0]
             sha256 = header_value(headers, b"x-upload-sha256")

@@ -26,6 +26,9 @@ Rules:
    A hash that ends elsewhere, or whose read failed, gives None: the forward hashes the spool as before.
 4. Bounded: at most MAX_UPLOADS hashes are kept (the oldest go first; a dropped one costs a re-hash) and a job
    reads READ_SIZE bytes at a time.
+5. A hash belongs to one upload, not to its id: the table is keyed by the id and the upload's creation time, so
+   an upload that reuses the id of one that expired, was terminated or was delivered (X-Upload-ID) never
+   continues the old file's hash. The entries of uploads that ended just age out (Rule 4).
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.hashing import continue_hash, direct_hash
+
+if TYPE_CHECKING:
+    from relay.core.resumable import ResumableUpload
 
 __all__ = ["MAX_UPLOADS", "PrefixHashed", "RunningHashes"]
 
@@ -64,30 +70,33 @@ class _Running:
 
 
 class RunningHashes:
-    """Upload id -> its running sha256, for uploads whose completing forward may come to this relay."""
+    """(upload id, creation time) -> its running sha256, for uploads whose completing forward may come here."""
 
     def __init__(self, enabled: bool, path_of: Callable[[str], Path] | None) -> None:
         self.enabled = enabled and path_of is not None  # `--digest none`, or a spool without local files
         self._path_of = path_of
-        self._table: OrderedDict[str, _Running] = OrderedDict()
+        self._table: OrderedDict[tuple[str, float], _Running] = OrderedDict()
 
-    def appended(self, upload_id: str, offset: int) -> None:
+    def appended(self, upload: ResumableUpload) -> None:
         """Rules 1-2: the upload's first `offset` bytes are final; hash what the hash does not cover yet."""
         if not self.enabled or self._path_of is None:
             return
-        running = self._table.pop(upload_id, None)
+        upload_id, offset = upload.id, upload.offset
+        key = (upload_id, upload.created_at)  # Rule 5
+        running = self._table.pop(key, None)
         if running is None or running.broken or running.target > offset:  # > : never, unless the spool shrank
             running = _Running()
-        self._table[upload_id] = running
+        self._table[key] = running
         while len(self._table) > MAX_UPLOADS:  # Rule 4
             self._table.popitem(last=False)
         if offset > running.target:
             running.done = _worker().submit(running, self._path_of(upload_id), running.target, offset)
             running.target = offset
 
-    async def take(self, upload_id: str, spooled: int) -> PrefixHashed | None:
+    async def take(self, upload: ResumableUpload, spooled: int) -> PrefixHashed | None:
         """Rule 3: the completing forward's head start, or None."""
-        running = self._table.pop(upload_id, None)
+        upload_id = upload.id
+        running = self._table.pop((upload_id, upload.created_at), None)
         if running is None or not spooled or running.target != spooled:
             return None
         if running.done is not None:
@@ -96,9 +105,6 @@ class RunningHashes:
             return None
         log.debug("resumable %s: sha256 of the %d spooled bytes carried over from its appends", upload_id, spooled)
         return PrefixHashed(continue_hash(running.digest), spooled)  # the rest hashed off the loop
-
-    def drop(self, upload_id: str) -> None:
-        self._table.pop(upload_id, None)
 
 
 def _hash_range(running: _Running, path: Path, start: int, end: int) -> None:

@@ -24,6 +24,9 @@ Rules:
 6. A spliced cut-through (relay/resumable/spliced.py) moves the body without `receive`: it reports what the kernel
    moved (`count_spliced`) and, once its spool thread has ended, what the data file holds (`spliced_into_file`);
    a rest left by a failed upstream is taken by `drain` through the same pump.
+7. A spool that fails to write (a full disk, EIO) ends the append with SpoolUnavailable (503, a RelayError, so
+   inside a cut-through it aborts the upstream request like any refusal); the append then keeps only what the
+   data file durably holds (relay/resumable/appends.py `_end_append`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from relay.core.events import Progress
 from relay.core.progress import ProgressPolicy, ProgressTicker
 from relay.core.resumable_headers import Checksum
 from relay.errors import ClientDisconnected, ClientTimeout, PayloadTooLarge
-from relay.spool.base import SpoolWriter
+from relay.resumable.answers import SpoolUnavailable
+from relay.spool.base import SpoolError, SpoolWriter
 from relay.types import Receive
 
 __all__ = ["LiveAppend", "Overflow"]
@@ -178,7 +182,10 @@ class LiveAppend:
     async def _take(self, chunk: bytes) -> None:
         if not chunk:
             return
-        await self.writer.write(chunk)
+        try:
+            await self.writer.write(chunk)
+        except (SpoolError, OSError) as exc:  # Rule 7
+            raise SpoolUnavailable(f"the spool could not store the upload: {exc}") from exc
         self._spooled(len(chunk))
         if self._hash is not None:
             self._hash.update(chunk)

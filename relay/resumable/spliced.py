@@ -66,6 +66,7 @@ from relay.core.splicing import SPLICE_MIN
 from relay.errors import ClientTimeout, UpstreamTimeout
 from relay.pipehash import RawHash
 from relay.resumable import spliced_threads
+from relay.resumable.answers import SpoolUnavailable
 from relay.resumable.live import LiveAppend
 from relay.spool import direct
 from relay.zerocopy import FLAGS, PIPE_SIZE, TEE_FLAGS, ClientSocket, SplicedBody, UpstreamGone, _Pump
@@ -380,7 +381,11 @@ class _SpoolPump(_Pump):
         """Rule 2: every byte is in the file; let the append be decided, then let the last byte go."""
         self._close_spool_pipe()
         assert self.spooling is not None
-        await asyncio.shield(self.spooling)  # an OSError (disk full) aborts the forward
+        try:
+            await asyncio.shield(self.spooling)
+        except OSError:  # a full disk: the forward is aborted, the client gets 503
+            self._raise_spool_error()
+            raise
         self.cut.live.spliced_into_file(None)
         self.counted = True
         if self.cut.on_last is not None:
@@ -416,10 +421,12 @@ class _SpoolPump(_Pump):
         return moved
 
     def _raise_spool_error(self) -> None:
+        """A spool thread that failed (a full disk, EIO) ends the append as on the copying path: SpoolUnavailable,
+        a RelayError, so the upstream request is aborted and the client gets 503 (relay/resumable/live.py Rule 7)."""
         if self.spooling is not None and self.spooling.done() and not self.spooling.cancelled():
             error = self.spooling.exception()
             if error is not None:
-                raise error
+                raise SpoolUnavailable(f"the spool could not store the upload: {error}") from error
 
     def _drain(self) -> bool:
         count = self.ready if self.released else min(self.ready, self.length - 1 - self.sent - self.buffered)

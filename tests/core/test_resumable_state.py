@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from relay.core.events import ErrorInfo
 from relay.core.limits import Limits
 from relay.core.resumable import (
+    ANSWERED,
     APPEND_BEGIN,
     APPEND_BREAK,
     APPEND_COMMIT,
@@ -178,6 +179,16 @@ def test_complete_forward_and_terminal_states() -> None:
 def test_expire_and_terminate(event: str, code: str, state: str) -> None:
     upload = apply(new_upload(state=state), event, now=NOW)
     assert upload.state == FAILED and upload.error is not None and upload.error.code == code
+
+
+def test_answered_ends_an_append_completed_with_what_came() -> None:
+    upload = apply(new_upload(offset=10), APPEND_BEGIN, now=NOW, writer="w")
+    done = apply(upload, ANSWERED, now=NOW, writer="w", offset=60, upstream_status=413)
+    assert (done.state, done.offset, done.upstream_status, done.writer, done.error) == (COMPLETED, 60, 413, None, None)
+    with pytest.raises(StaleWriter):
+        apply(upload, ANSWERED, now=NOW, writer="old", offset=60, upstream_status=413)
+    with pytest.raises(IllegalTransition):
+        apply(upload, ANSWERED, now=NOW, writer="w", offset=9, upstream_status=413)  # below the append's start
 
 
 def test_invalidate_fails_the_upload() -> None:

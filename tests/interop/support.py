@@ -231,7 +231,8 @@ def sink_answer(response: httpx.Response) -> dict[str, Any]:
 class TinyUpstream:
     """A one-purpose upstream on a thread: reads each request (head, then `read_limit` body bytes at most),
     then answers `status` with `body` after `delay` seconds or, with `die=True`, closes without answering.
-    Records what it read."""
+    With `linger`, it goes on reading (and dropping) the body for that many seconds after answering, as nginx
+    and uvicorn do, so that an early answer reaches the client. Records what it read."""
 
     def __init__(
         self,
@@ -241,10 +242,12 @@ class TinyUpstream:
         read_limit: int | None = None,
         die: bool = False,
         delay: float = 0.0,
+        linger: float = 0.0,
     ) -> None:
         import threading
 
         self.status, self.body, self.read_limit, self.die, self.delay = status, body, read_limit, die, delay
+        self.linger = linger
         self.requests: list[tuple[bytes, bytes]] = []  # (head, the body bytes read)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -295,7 +298,18 @@ class TinyUpstream:
                     f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n".encode()
                     + self.body
                 )
+                self._linger(conn)
             except OSError:
+                return
+
+    def _linger(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + self.linger
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            try:
+                if not conn.recv(65536):
+                    return
+            except TimeoutError:
                 return
 
     def close(self) -> None:
