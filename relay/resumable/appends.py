@@ -544,8 +544,22 @@ class Appends:
             return
         decision = decide.decide_forward_end(request.req, current, now=time.time(), error=error)
         if decision.upload is not None:
-            with contextlib.suppress(SpoolError, OSError):  # a cut-through committed without fsync (Rule 5)
-                await self.store.spool.sync(upload.id)
+            try:
+                await self.store.spool.sync(upload.id)  # a cut-through committed without fsync (Rule 5)
+            except (SpoolError, OSError) as exc:
+                await self._lose(request, current, exc)
+                return
             await self.store.save(decision.upload)
         if not isinstance(error, ClientDisconnected):
             await respond(request, replace(decision, upload=None))
+
+    async def _lose(self, request: Request, upload: ResumableUpload, exc: Exception) -> None:
+        """The file could not be made durable (an fsync that fails has lost the bytes: Linux drops the dirty pages
+        it could not write): the upload ends `failed` (data_lost) rather than offer bytes it may not have."""
+        info = ErrorInfo("data_lost", f"the spool could not make the upload durable: {exc}")
+        await self.store.save(core.apply(upload, core.LOSE, now=time.time(), error=info))
+        with contextlib.suppress(SpoolError, OSError):
+            await self.store.spool.delete_data(upload.id)
+        await respond(
+            request, decide.decide_error(request.req.protocol, SpoolUnavailable(str(exc)), limits=request.route.limits)
+        )

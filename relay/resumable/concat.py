@@ -48,10 +48,11 @@ class FinalUploads:
         store = endpoints.store
         leases: list[tuple[str, int | None]] = []
         try:
-            partials: list[ResumableUpload | None] = []
             for part_id in concat.ids:  # Rule 1 of the store: no append open on it any more, anywhere
                 leases.append((part_id, await store.begin(part_id, take=True)))
-                partials.append(store.get(part_id))
+            # Read after the last await (Rule 4): while a later one settled, an append may have begun on an earlier
+            # one; seen `appending` it is refused (not finished) rather than claimed under that append's feet.
+            partials: list[ResumableUpload | None] = [store.get(part_id) for part_id in concat.ids]
             decision = core_concat.decide_final(
                 request.req,
                 concat,
