@@ -1,4 +1,5 @@
-"""Serving: uvicorn configured for the relay, the 431 guard, the embedded sample upstream, malloc tuning.
+"""Serving: uvicorn configured for the relay, the 431 guard, body bytes kept past a client's close, the embedded
+sample upstream, malloc tuning.
 
 uvicorn runs with uvloop and httptools (about twice the body throughput of asyncio + h11 here), without
 `proxy_headers` (it would trust X-Forwarded-For from 127.0.0.1 and let a local client spoof its address),
@@ -16,15 +17,16 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from relay.accesslog import quiet_lifecycle
 from relay.headers import new_upload_id
-from relay.types import ASGIApp, Receive, Scope, Send
+from relay.types import ASGIApp, Message, Receive, Scope, Send
 from relay.zerocopy import ClientSocket
 
 __all__ = [
     "HeaderLimitProtocol",
+    "KeptBodyReceive",
     "bind_socket",
     "loop_factory",
     "serve",
@@ -44,14 +46,50 @@ TAKE_BODY = "relay.take_body"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
 
+class KeptBodyReceive:
+    """The `receive` of one request cycle: uvicorn's, except that body bytes read before the client closed the
+    connection still reach the app, as an `http.request` (`more_body` True) ahead of the `http.disconnect`.
+
+    uvicorn's `receive()` answers `http.disconnect` as soon as the connection is gone and leaves what the cycle's
+    `body` holds unread. A client that sends its head and part of a body in one write and closes at once would
+    lose those bytes whenever the app was busy before its first `receive()` (a resumable append looks up its
+    upload and takes its lease first), while the contract keeps what an interrupted append delivered.
+    `more_body` stays True even when the whole body was read: the client left without waiting for the answer,
+    so the request still ends with `http.disconnect` as before, and a plain upload cut short is still a failed
+    upload.
+
+    `cut_short` is set by `HeaderLimitProtocol.connection_lost`, only when the peer closed a cycle the relay had
+    not ended itself (`relay.abort` and the forced quit mark the cycle disconnected first: no bytes for them).
+    It wraps the cycle's own `receive` rather than subclassing the cycle: relay/tuning.py may have swapped
+    uvicorn's cycle class for its no-copy one, whose `body` is a list of chunks.
+    """
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+        self.receive = cycle.receive
+        self.cut_short = False
+
+    async def __call__(self) -> Message:
+        message = cast(Message, await self.receive())
+        cycle = self.cycle
+        if message["type"] != "http.disconnect" or not self.cut_short or not cycle.body:
+            return message
+        # As uvicorn's receive() takes a body (bytes() of the no-copy buffer's single chunk is that chunk).
+        body = bytes(cycle.body)
+        cycle.body = bytearray()
+        return {"type": "http.request", "body": body, "more_body": True}
+
+
 class HeaderLimitProtocol(HttpToolsProtocol):
     """httptools with a header-size cap (431 past it; httptools has none), a header-read timeout (408; uvicorn
-    has none, so a client trickling header bytes would hold a connection forever) and the raw request target.
+    has none, so a client trickling header bytes would hold a connection forever), the raw request target, and
+    the body bytes read before a client closed handed to the app before `http.disconnect` (KeptBodyReceive).
     """
 
     max_header_bytes = MAX_HEADER_BYTES
     header_timeout = DEFAULT_HEADER_TIMEOUT
     _header_timer: asyncio.TimerHandle | None = None
+    _kept_body: KeptBodyReceive | None = None  # the current cycle's
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,6 +97,11 @@ class HeaderLimitProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        # The current cycle only (a pipelined one queued behind it never starts now), with bytes left unread, not
+        # answered and not ended by the relay (relay.abort, the forced quit: they mark it disconnected first).
+        cycle, kept = self.cycle, self._kept_body
+        if kept is not None and kept.cycle is cycle and cycle.body:
+            kept.cut_short = not cycle.disconnected and not cycle.response_complete
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -128,7 +171,12 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         if self.url.startswith(b"/"):
             extensions[RAW_TARGET] = self.url.split(b"#", 1)[0]
         cast(Any, self.scope)["extensions"] = extensions
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a new request (an upgrade makes none)
+            # Its task has been created but has not run: run_asgi looks `receive` up on the cycle when it does.
+            self._kept_body = KeptBodyReceive(self.cycle)
+            self.cycle.receive = self._kept_body  # type: ignore[method-assign,assignment]
 
     def _send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Write an interim (1xx) response now, ahead of the final one; False when it cannot be sent.
