@@ -2,7 +2,8 @@
 
 - store.py: every upload's state, one writer each, recovery after a restart, expiry.
 - endpoints.py: the requests: creation on routed paths, HEAD/PATCH/DELETE/OPTIONS under the prefix.
-- appends.py: an append into the spool, the completing one forwarded as it arrives (cut-through), retries.
+- appends.py: an append into the spool, ended as its decision says (the completing one by completion.py).
+- completion.py: the completing append forwarded as it arrives (cut-through), or the whole file from the spool.
 - live.py: one append's bytes from the client into the spool.
 - forward.py: the finished file upstream, along a plain upload's path (and cut-through).
 - answers.py: the request as the handlers see it, and how answers are written.

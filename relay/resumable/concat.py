@@ -8,7 +8,7 @@ The protocol decisions (parsing `Upload-Concat`, which partial uploads a final u
    relay is seen as Redis holds it, and its bytes are read from the shared spool), then the core decides.
 2. The final upload is created (`receiving`, every byte in: it is counted and recorded like any creation),
    its partial uploads are claimed (saved with `final` set), their leases given back, and the upload goes
-   `forwarding` and upstream along the ordinary completion path (relay/resumable/appends.py `forward`),
+   `forwarding` and upstream along the ordinary completion path (relay/resumable/completion.py `forward`),
    whose body reads the partial uploads' spooled bytes one after the other (forward.py `FileBody` sources).
    The final POST is answered when the upstream has answered, as a completing append is.
 3. What becomes of the partial uploads when the final upload ends (delivered, terminated, expired) is the

@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 Each request is parsed (relay.core.resumable_headers), admitted like a plain upload (token, caps, upload id,
 CORS), then decided by a pure function of relay.core.resumable; this module only does what the decision
-names: answer, append, forward, delete. Appends and forwards are relay/resumable/appends.py's: an append
+names: answer, append, forward, delete. Appends are relay/resumable/appends.py's, forwards completion.py's: an append
 streams the body into the spool, and the append that completes the upload goes upstream at the same time
 (cut-through); a finished upload whose forward failed is forwarded again from the spool.
 

@@ -112,7 +112,7 @@ class LiveAppend:
         """The body's chunks, each already handed to the spool, for a forward that sends them upstream as well
         (cut-through); the same iterator every call (Rule 3).
 
-        Such an append is made durable only if the upstream fails (relay/resumable/appends.py Rule 5), so the
+        Such an append is made durable only if the upstream fails (relay/resumable/completion.py Rule 2), so the
         spool is told not to hurry its bytes to the disk (Rule 5 below)."""
         self._urge(False)
         return self._shared()

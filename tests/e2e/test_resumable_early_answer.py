@@ -1,4 +1,4 @@
-"""An upstream that answers the completing append before the file is complete (relay/resumable/appends.py Rule 9).
+"""An upstream that answers the completing append before the file is complete (relay/resumable/completion.py Rule 6).
 
 The upstream (tests/interop/support.py `TinyUpstream` with `linger`) reads 256 KiB of the body, answers 503 and
 goes on reading for a while, as nginx and uvicorn do, so its early answer reaches the client. That answer is the

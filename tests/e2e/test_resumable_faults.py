@@ -234,7 +234,7 @@ def test_terminated_and_expired_leave_no_data(make_stack: Callable[..., Stack]) 
 def test_relay_killed_while_the_upstream_thinks_delivers_after_the_restart(tmp_path: Path) -> None:
     """Every byte is in and the upstream has the whole file but has not answered when the relay is killed: after
     the restart the upload is finished (`forwarding`, noted relay_restarted) and the relay delivers it again by
-    itself; the client never sent its bytes twice (appends.py Rule 5, core recover)."""
+    itself; the client never sent its bytes twice (completion.py Rule 2, core recover)."""
     upstream = TinyUpstream(status=200, body=b"thinking", delay=30)  # takes the body, then answers too late
     spool = tmp_path / "spool"
     relay = start_relay("--spool", str(spool), upstream=upstream.url)
