@@ -2,7 +2,8 @@
 
 Click runs with standalone_mode=False so that every error, click's own included, is rendered here as a single
 `relay-upload: error: ...` line: no usage block, no traceback. Exit codes: 0 ok, 1 HTTP error or sha256
-mismatch, 2 bad arguments or files, 3 network.
+mismatch, 2 bad arguments or files, 3 network. A --header that cannot be sent (a name that is not a token, a
+control character in the value) is a bad argument; a non-ASCII value goes as UTF-8 bytes, as curl sends it.
 
 This module is the arguments: the two click commands (upload, bench), their checks, and `run`. How the requests
 run is client/cli_runs.py (plain and resumable uploads); what is printed, client/cli_output.py.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -57,6 +59,29 @@ Examples:
   relay-upload bench --size 1GiB --runs 5 --direct http://127.0.0.1:8001
   relay-upload bench --size 100MB --multipart --concurrency 4 --json
 """
+
+
+# RFC 9110 5.1 and 5.5: a field name is a token; a value must not hold CR, LF or NUL, and the other controls
+# (all but HTAB) are refused too, as h11 and the relay's httptools would refuse them after a connection was made.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
+    """--header 'K: V' pairs that can be sent: a bad one is a usage error here, not a traceback or a network error."""
+    pairs = _pairs(values, ":", "--header")
+    for name, value in pairs:
+        if not _TOKEN.fullmatch(name):
+            raise ArgumentError(f"--header {name!r}: a header name is letters, digits and !#$%&'*+-.^_`|~ only")
+        if _CONTROL.search(value):
+            raise ArgumentError(f"--header {name!r}: its value holds a control character ({value!r})")
+    return pairs
+
+
+def _wire_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    """Values as UTF-8 bytes, as curl sends them: httpx encodes a str header value as ASCII and raises on
+    anything else. (The resumable client needs no such step: httpx.Headers' item assignment encodes UTF-8.)"""
+    return [(name, value.encode("utf-8")) for name, value in pairs]
 
 
 def _pairs(values: Sequence[str], sep: str, option: str) -> list[tuple[str, str]]:
@@ -168,7 +193,7 @@ def upload_command(
         raise ArgumentError("--digest reads the file before sending it: standard input cannot be read twice")
     # Resolved here, once: a --to URL that contradicts --relay is a usage error before anything is sent.
     relay, to = resolve_target(to, relay)
-    header_pairs = _pairs(header, ":", "--header")
+    header_pairs = _header_pairs(header)
     if events:
         check_events_id(header_pairs)
     form_pairs = _pairs(form, "=", "--form")
@@ -203,7 +228,7 @@ def upload_command(
         "field": field,
         "form": form_pairs,
         "query": query_pairs,
-        "headers": header_pairs,
+        "headers": _wire_headers(header_pairs),
         "raw": raw,
         "method": method.upper(),
         "events": events,
