@@ -54,9 +54,12 @@ class KeptBodyReceive:
     `body` holds unread. A client that sends its head and part of a body in one write and closes at once would
     lose those bytes whenever the app was busy before its first `receive()` (a resumable append looks up its
     upload and takes its lease first), while the contract keeps what an interrupted append delivered.
-    `more_body` stays True even when the whole body was read: the client left without waiting for the answer,
-    so the request still ends with `http.disconnect` as before, and a plain upload cut short is still a failed
-    upload.
+    `more_body` is the cycle's own: True while part of the body is missing (the request then ends with
+    `http.disconnect`, as before: a plain upload cut short is still a failed upload, an append keeps its part), and
+    False when the whole body was read before the close. Such a request is complete and is handled as one (only
+    its answer has nowhere to go): above all a resumable append that brought the last byte completes the upload
+    and forwards it. Handed on as a broken append instead, it left the upload `receiving` with every byte in,
+    which HEAD reports as done to a client that then never sends the completing request again.
 
     `cut_short` is set by `HeaderLimitProtocol.connection_lost`, only when the peer closed a cycle the relay had
     not ended itself (`relay.abort` and the forced quit mark the cycle disconnected first: no bytes for them).
@@ -77,7 +80,7 @@ class KeptBodyReceive:
         # As uvicorn's receive() takes a body (bytes() of the no-copy buffer's single chunk is that chunk).
         body = bytes(cycle.body)
         cycle.body = bytearray()
-        return {"type": "http.request", "body": body, "more_body": True}
+        return {"type": "http.request", "body": body, "more_body": bool(cycle.more_body)}
 
 
 class HeaderLimitProtocol(HttpToolsProtocol):

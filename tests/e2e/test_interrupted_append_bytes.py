@@ -108,6 +108,22 @@ def test_the_upload_then_completes_byte_exact(stack: Stack) -> None:
     assert last.headers["x-upload-sha256"] == sha256(data)
 
 
+@pytest.mark.parametrize("size", [6, 60_000])
+def test_a_completing_append_sent_whole_then_closed_is_delivered(stack: Stack, size: int) -> None:
+    """The whole body arrived before the close: the request is complete, so the upload completes and is forwarded
+    (its answer has nowhere to go). Handed on as a broken append it stayed `receiving` with every byte in: HEAD
+    said done, and no client would send the completing request again."""
+    assert stack.relay is not None
+    for _ in range(RUNS):
+        data = os.urandom(size)
+        with stack.client() as client:
+            location = tus_create(client, "/upload/interrupted/sent-whole.bin", size).headers["location"]
+        raw_request(stack.relay.port, tus_patch_head(location, size), data).close()  # head and body, then close
+        record = wait_for(functools.partial(finished, stack, location.rsplit("/", 1)[1]), timeout=10)
+        assert (record["state"], record["upstream_status"]) == ("completed", 200), record
+        assert sha256(data) in stack.stored_hashes()
+
+
 @pytest.mark.parametrize("size", [6, 65_536])
 def test_a_plain_upload_cut_short_still_fails(stack: Stack, size: int) -> None:
     """Nothing changes for a plain upload but that the app sees the bytes before the disconnect: it fails
@@ -125,6 +141,12 @@ def test_a_plain_upload_cut_short_still_fails(stack: Stack, size: int) -> None:
         assert record["bytes"] in (0, size)
         assert not (stack.store / upload_id).exists()
     assert stack.partial_files() == []
+
+
+def finished(stack: Stack, upload_id: str) -> dict[str, Any] | None:
+    """A resumable upload's record once it is completed or failed; None before."""
+    record = stack.record(upload_id)
+    return record if record["state"] in ("completed", "failed") else None
 
 
 def ended(stack: Stack, upload_id: str) -> dict[str, Any] | None:
