@@ -22,6 +22,8 @@ Rules:
 6. tus concatenation (relay/core/concat.py): `Upload-Concat: partial` creates an upload that is never
    forwarded on its own and not shown in the registry (`note` skips it); `Upload-Concat: final;...` is
    relay/resumable/concat.py's; HEAD of either carries `Upload-Concat`.
+7. On a routed path, a resumable request that is not a creation POST, or any on a route without POST, gets 405
+   with `Allow` naming what that URL takes: the route's methods and OPTIONS (`_routed_allow`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class ResumableEndpoints:
         if request is None:
             return
         if request.req.method != "POST" or "POST" not in route.methods:
-            await respond(request, decide.method_not_allowed(request.req.protocol, "POST, OPTIONS"))
+            await respond(request, decide.method_not_allowed(request.req.protocol, _routed_allow(route)))
             return
         await self._create(request, upload_id)
 
@@ -490,6 +492,13 @@ def _tracked(request: Request, send: Send) -> Send:
         await send(message)
 
     return sending
+
+
+def _routed_allow(route: Route) -> str:
+    """`Allow` for a routed path: what the URL takes, the route's methods (plain uploads; creation if POST is one)
+    and OPTIONS (discovery). Never a fixed "POST": on a route without it, that names the very method refused."""
+    methods = [*route.methods, *(["OPTIONS"] if "OPTIONS" not in route.methods else [])]
+    return ", ".join(methods)
 
 
 def _with_header(send: Send, header: bytes, value: bytes) -> Send:
