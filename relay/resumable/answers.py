@@ -16,28 +16,30 @@ nobody reads (its `Request` has no `metrics`). One double count can remain outsi
 cap set, a forward's made-up request (relay/resumable/forward.py) takes the caps' leases, and a refusal there is
 counted by relay/proxy.py's `Upload.refuse` before its 429 comes back to be answered (and counted) here.
 
-What a refusal leaves behind. A refused creation (413 from `Upload-Length`, 400 from a header that does not parse,
-429 at the cap ...) is counted, but today leaves no record in /_relay/uploads and no event: no upload exists (no
-`Location` was given). A plain upload refused from its headers instead gets a `rejected` record and a `failed`
-event (relay/proxy.py `refuse`), and the contract's `rejected` state ("refused from its headers") reads as
-covering a refused creation too, since the creation POST is the upload's first request under the id its answer
-carries; so a refused creation should get the same (and `relay_uploads_total{outcome="rejected"}`). Refusals of
-HEAD, PATCH and DELETE on an upload that exists (409, 415, 460 ...) are not the upload's end: it stays `receiving`
-and the client goes on, so they get no record or event of their own.
+What a refusal leaves behind. A creation refused before any upload existed (413 from `Upload-Length`, 400 from a
+header that does not parse, 429 at a cap, 507 ...) is recorded as a plain upload refused from its headers is
+(relay/proxy.py `refuse`): under the id its answer carries (X-Upload-ID), a `started` and a `failed` event with
+`rejected`, so /_relay/uploads shows it `rejected`, and `relay_uploads_total{outcome="rejected"}`
+(`note_refused_creation`). Not a 409 `upload_id_in_use`: that id is another upload's, whose record stays as it is.
+Refusals of HEAD, PATCH and DELETE on an upload that exists (409, 415, 460 ...) are not the upload's end: it stays
+`receiving` and the client goes on, so they get no record or event of their own.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.core import resumable_decisions as decide
+from relay.core.events import ErrorInfo, Failed, Started
 from relay.core.limits import Limits
 from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import Protocol, ResumableRequest
-from relay.errors import RelayError, TooManyUploads
+from relay.errors import RelayError, TooManyUploads, UploadIdInUse
 from relay.metrics import RelayMetrics
 from relay.proxy_admission import drain_body, may_have_body
+from relay.proxy_context import RelayContext
 from relay.settings import Route
 from relay.types import Receive, Scope, Send
 
@@ -45,6 +47,7 @@ __all__ = [
     "TUS_EXPOSED",
     "Request",
     "SpoolUnavailable",
+    "note_refused_creation",
     "refuse",
     "refuse_unparsed",
     "respond",
@@ -80,6 +83,7 @@ class Request:
     body_read: bool = False  # the request body was read to its end: no lingering close needed
     lease: int | None = None  # with Redis: the token of the upload's lease this request holds
     answered: bool = False  # the response has started: a late refusal can no longer be written
+    refusal: RelayError | None = None  # the error this request was answered with, if any
 
     @property
     def headers(self) -> Headers:
@@ -127,8 +131,23 @@ async def refuse_unparsed(
     await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
 
 
+def note_refused_creation(ctx: RelayContext, request: Request, upload_id: str) -> None:
+    """A creation refused before any upload existed: a `rejected` record and a `failed` event, as for a plain
+    upload refused from its headers (see the module docstring)."""
+    error = request.refusal
+    if error is None or isinstance(error, UploadIdInUse):
+        return
+    now, total = time.time(), request.req.upload_length
+    path = request.scope["path"]
+    ctx.emit(Started(upload_id, 0, total, now, request.route.prefix, "POST", path, request.client))
+    ctx.emit(Failed(upload_id, 0, total, now, ErrorInfo(error.code, error.message), rejected=True))
+    ctx.metrics.uploads.labels(outcome="rejected").inc()
+
+
 async def _answer(metrics: RelayMetrics | None, request: Request, decision: Decision) -> None:
     _count(metrics, decision)
+    if decision.error is not None and (decision.status or 500) >= 400:
+        request.refusal = decision.error
     unread = may_have_body(request.headers) and not request.body_read
     status = decision.status or 500
     await write_answer(request.send, status, [*decision.headers, *request.cors], decision.body, request.receive, unread)

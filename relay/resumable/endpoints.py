@@ -59,6 +59,7 @@ from relay.resumable.answers import (
     TUS_EXPOSED,
     Request,
     SpoolUnavailable,
+    note_refused_creation,
     refuse,
     refuse_unparsed,
     respond,
@@ -120,6 +121,8 @@ class ResumableEndpoints:
             await respond(request, decide.method_not_allowed(request.req.protocol, _routed_allow(route)))
             return
         await self._create(request, upload_id)
+        if self.store.get(upload_id) is None:  # refused before any upload existed: recorded as `rejected`
+            note_refused_creation(self.ctx, request, upload_id)
 
     async def prefixed(self, scope: Scope, receive: Receive, send: Send) -> None:
         """HEAD, PATCH, DELETE and OPTIONS on `<resumable-prefix><id>`."""

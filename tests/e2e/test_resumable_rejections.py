@@ -163,3 +163,25 @@ def test_a_wrong_tus_version_counts_once(client: httpx.Client) -> None:
     answer = client.post("/upload/v.bin", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "5"})
     assert answer.status_code == 412, answer.text
     assert moved(before, rejections(client)) == {"unsupported_version": 1}
+
+
+def test_a_refused_creation_is_recorded_rejected(client: httpx.Client) -> None:
+    """As a plain upload refused from its headers: a `rejected` record under the answer's X-Upload-ID, with the
+    error, and relay_uploads_total{outcome="rejected"} (relay/resumable/answers.py `note_refused_creation`)."""
+    text = client.get("/_relay/metrics").text
+    before = metric(text, "relay_uploads_total", outcome="rejected")
+    answer = tus_create(client, "/upload/refused.bin", 11)
+    assert answer.status_code == 413, answer.text
+    record = client.get(f"/_relay/uploads/{answer.headers['x-upload-id']}").json()
+    assert (record["state"], record["error"]["code"], record["total"]) == ("rejected", "file_too_large", 11)
+    after = metric(client.get("/_relay/metrics").text, "relay_uploads_total", outcome="rejected")
+    assert after == before + 1
+
+
+def test_an_id_in_use_leaves_that_uploads_record_alone(client: httpx.Client) -> None:
+    first = client.post("/upload/mine.bin", headers={**TUS, "Upload-Length": "5", "X-Upload-ID": "taken-id"})
+    assert first.status_code == 201, first.text
+    again = client.post("/upload/mine.bin", headers={**TUS, "Upload-Length": "5", "X-Upload-ID": "taken-id"})
+    assert again.status_code == 409, again.text
+    record = client.get("/_relay/uploads/taken-id").json()
+    assert (record["state"], record["error"]) == ("receiving", None)
