@@ -54,7 +54,7 @@ class Upload(BodyPump):
             self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key, chosen=self.id_chosen)
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
-            self.ctx.metrics.rejections.labels(code=exc.code).inc()
+            self.count_rejection(exc)
             await self.answer(exc, unread_body=may_have_body(self.headers))
             return
         except RelayError as exc:
@@ -94,10 +94,13 @@ class Upload(BodyPump):
             )
         )
         self.emit(Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True))
-        self.ctx.metrics.rejections.labels(code=exc.code).inc()
+        self.count_rejection(exc)
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
         await self.answer(exc, extra=extra, unread_body=may_have_body(self.headers))
+
+    def count_rejection(self, exc: RelayError) -> None:
+        self.ctx.metrics.rejections.labels(code=exc.code).inc()
 
     def begin(self) -> None:
         self.ctx.in_flight += 1

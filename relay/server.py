@@ -71,15 +71,21 @@ class KeptBodyReceive:
         self.cycle = cycle
         self.receive = cycle.receive
         self.cut_short = False
+        self.ended = False  # the app has had the body's last message (`more_body` False)
 
     async def __call__(self) -> Message:
         message = cast(Message, await self.receive())
         cycle = self.cycle
-        if message["type"] != "http.disconnect" or not self.cut_short or not cycle.body:
+        if message["type"] == "http.request":
+            self.ended = self.ended or not message.get("more_body", False)
             return message
-        # As uvicorn's receive() takes a body (bytes() of the no-copy buffer's single chunk is that chunk).
+        if not self.cut_short or self.ended or not (cycle.body or not cycle.more_body):
+            return message
+        # As uvicorn's receive() takes a body (bytes() of the no-copy buffer's single chunk is that chunk). A body
+        # that ended with nothing left unread (an empty one, a chunked one's last chunk) still gets its last message.
         body = bytes(cycle.body)
         cycle.body = bytearray()
+        self.ended = not cycle.more_body
         return {"type": "http.request", "body": body, "more_body": bool(cycle.more_body)}
 
 
@@ -103,7 +109,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         # The current cycle only (a pipelined one queued behind it never starts now), with bytes left unread, not
         # answered and not ended by the relay (relay.abort, the forced quit: they mark it disconnected first).
         cycle, kept = self.cycle, self._kept_body
-        if kept is not None and kept.cycle is cycle and cycle.body:
+        if kept is not None and kept.cycle is cycle and (cycle.body or not cycle.more_body):
             kept.cut_short = not cycle.disconnected and not cycle.response_complete
         super().connection_lost(exc)
 

@@ -12,9 +12,9 @@ became a `Request`) all go through `_count`. The code is the decision's error's,
 draft's problem document (application/problem+json) is counted under the code the relay uses for the same error
 elsewhere (`mismatching-upload-offset` is `offset_mismatch`). Not counted: an upstream's own answer relayed (even
 a 4xx, and its replay to a completing request sent again), and the answers of a background redelivery, which
-nobody reads (its `Request` has no `metrics`). One double count can remain outside the glue: with --redis and a
-cap set, a forward's made-up request (relay/resumable/forward.py) takes the caps' leases, and a refusal there is
-counted by relay/proxy.py's `Upload.refuse` before its 429 comes back to be answered (and counted) here.
+nobody reads (its `Request` has no `metrics`). A forward's made-up request (relay/resumable/forward.py) takes the
+id's and the caps' leases with --redis; a refusal there (409, 429) is not counted by relay/proxy.py but comes back
+here to be answered, and counted, once.
 
 What a refusal leaves behind. A creation refused before any upload existed (413 from `Upload-Length`, 400 from a
 header that does not parse, 429 at a cap, 507 ...) is recorded as a plain upload refused from its headers is

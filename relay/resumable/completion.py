@@ -31,8 +31,11 @@ Rules:
    forward re-hashes.
 6. An upstream that answers a cut-through before the file is complete (an early 413, 401 or 503) has answered the
    upload: the client gets that answer, as for a plain upload, and the upload ends `completed` with its status
-   (the core's `answered`), whatever of the body came; its bytes are deleted. `on_last` does nothing then, though
-   the proxy's lingering drain may read the rest of the body: no `forwarding` state the upstream will never answer.
+   (the core's `answered`) at the offset it had reached when the upstream answered (also in its `completed` event);
+   its bytes are deleted. `on_last` does nothing then, though the proxy's lingering drain may read the rest of the
+   body: no `forwarding` state the upstream will never answer. From the answer on, the append cannot be superseded
+   (a tus client's HEAD right after the error waits out the drain, at most LINGER_SECONDS): ended as an ordinary
+   break, it would leave the upload `receiving` while its record says `completed`.
 """
 
 from __future__ import annotations
@@ -99,8 +102,15 @@ class Completion:
         """The completing append, forwarded while it arrives (see the module docstring). Returns the forward if it
         ended before the file was complete (its `error` says why: the append's to end), else None: answered."""
         committed: list[ResumableUpload] = []
-        early: list[int] = []  # the upstream's status, when it answered before the file was complete (Rule 6)
+        early: list[int] = []  # the upstream's status and the offset then, when it answered early (Rule 6)
         lock = self.store.forward_lock(upload.id, request.lease)
+
+        def answered_early(status: int) -> None:
+            # From here a newer request of the upload waits for this append's end (at most the lingering drain),
+            # rather than cancel it: the end is `answered`, never an ordinary break.
+            self.store.hold(upload.id, upload.writer)
+            early.extend((status, live.offset))
+            forward.length = live.offset  # what its `completed` event reports
 
         async def on_last() -> None:
             if early:  # the proxy's lingering drain read the rest of the body: the upload ends as answered
@@ -143,13 +153,13 @@ class Completion:
 
         seed = await self.hashes.take(upload, upload.append_start or 0)  # Rule 5
         forward = self._forwarder(
-            request, upload, live=live, on_last=on_last, committed=committed, seed=seed, early=early
+            request, upload, live=live, on_last=on_last, committed=committed, seed=seed, on_early=answered_early
         )
         try:
             await self._run(forward)
             request.body_read = live.ended
             if early and not committed:
-                await self._end_answered(upload, live, early[0])
+                await self._end_answered(upload, live, status=early[0], offset=early[1])
                 return None
             if committed:
                 await self._after_forward(request, committed[0], forward)
@@ -159,13 +169,14 @@ class Completion:
                 await lock.release()
         return forward
 
-    async def _end_answered(self, upload: ResumableUpload, live: LiveAppend, status: int) -> None:
-        """Rule 6: the upstream's early answer ends the upload `completed` with its status; nothing is kept."""
+    async def _end_answered(self, upload: ResumableUpload, live: LiveAppend, *, status: int, offset: int) -> None:
+        """Rule 6: the upstream's early answer ends the upload `completed` with its status, at the offset it had
+        reached when the upstream answered; nothing is kept."""
         if live.splice is not None:
             await live.splice.close()
         self.store.hold(upload.id, upload.writer)
         ended = core.apply(
-            upload, core.ANSWERED, now=time.time(), writer=upload.writer, offset=live.offset, upstream_status=status
+            upload, core.ANSWERED, now=time.time(), writer=upload.writer, offset=offset, upstream_status=status
         )
         with contextlib.suppress(SpoolError, OSError):  # the bytes go either way: delete_data_soon below
             await live.writer.discard()
@@ -207,7 +218,7 @@ class Completion:
         on_last: Callable[[], Awaitable[None]] | None,
         committed: list[ResumableUpload],
         seed: PrefixHashed | None,
-        early: list[int] | None = None,
+        on_early: Callable[[int], None] | None = None,
     ) -> ForwardUpload:
         route = self._routes.get(upload.route, request.route)
         frame = framing(upload.metadata, route=route, upload_id=upload.id)
@@ -241,19 +252,19 @@ class Completion:
         scope = ForwardUpload.scope_for(
             request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
         )
-        send = answer_translator(request.send, self._completion(request, committed, early))
+        send = answer_translator(request.send, self._completion(request, committed, on_early))
         forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut, seed=seed)
         forward.file_index = frame.parts_before
         forward.upload_id = upload.id
         return forward
 
     def _completion(
-        self, request: Request, committed: list[ResumableUpload], early: list[int] | None = None
+        self, request: Request, committed: list[ResumableUpload], on_early: Callable[[int], None] | None = None
     ) -> Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]]:
         async def on_start(status: int, headers: Headers) -> tuple[int, Headers, bool]:
             if not committed:  # the upstream answered before the file was complete: its answer, as it is (Rule 6)
-                if early is not None:
-                    early.append(status)
+                if on_early is not None:
+                    on_early(status)
                 return status, headers + tus_headers(request) + request.cors, True
             upload = committed[0]
             sha256 = header_value(headers, b"x-upload-sha256")

@@ -259,6 +259,12 @@ class ForwardUpload(Upload):
     def begin(self) -> None:  # counted on the real request
         pass
 
+    def count_rejection(self, exc: RelayError) -> None:
+        pass  # a refusal at its head (the id's or a cap's lease) is answered, and counted, by the resumable glue
+
+    async def refuse(self, exc: RelayError) -> None:
+        self.error = exc  # no `rejected` record of its own: the resumable upload's answer says what came of it
+
     def end(self) -> None:
         pass
 

@@ -124,6 +124,32 @@ def test_a_completing_append_sent_whole_then_closed_is_delivered(stack: Stack, s
         assert sha256(data) in stack.stored_hashes()
 
 
+@pytest.mark.parametrize("version", [6, 8])
+def test_an_empty_completing_append_sent_then_closed_is_delivered(stack: Stack, version: int) -> None:
+    """IETF: the last request may carry no byte (`Upload-Complete: ?1`, Content-Length 0). Sent and closed at once,
+    nothing is left unread, yet the body did end: the app must get that end, not only `http.disconnect` (which
+    left the upload `receiving` with every byte in)."""
+    assert stack.relay is not None
+    draft = {"Upload-Draft-Interop-Version": str(version)}
+    for _ in range(RUNS):
+        data = os.urandom(1000)
+        with stack.client() as client:
+            created = client.post(
+                "/upload/interrupted/empty-last.bin", headers={**draft, "Upload-Complete": "?0"}, content=data
+            )
+        assert created.status_code == 201, created.text
+        location = created.headers["location"]
+        head = (
+            f"PATCH {location} HTTP/1.1\nHost: relay\nUpload-Draft-Interop-Version: {version}\n"
+            f"Upload-Offset: {len(data)}\nUpload-Complete: ?1\nContent-Type: application/partial-upload\n"
+            "Content-Length: 0\n"
+        )
+        raw_request(stack.relay.port, head, b"").close()
+        record = wait_for(functools.partial(finished, stack, location.rsplit("/", 1)[1]), timeout=10)
+        assert (record["state"], record["upstream_status"]) == ("completed", 200), record
+        assert sha256(data) in stack.stored_hashes()
+
+
 @pytest.mark.parametrize("size", [6, 65_536])
 def test_a_plain_upload_cut_short_still_fails(stack: Stack, size: int) -> None:
     """Nothing changes for a plain upload but that the app sees the bytes before the disconnect: it fails

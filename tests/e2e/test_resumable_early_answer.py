@@ -19,7 +19,17 @@ from pathlib import Path
 import pytest
 
 from relay.testing import start_relay
-from tests.interop.support import Stack, TinyUpstream, tus_create, tus_head, tus_patch, wait_for
+from tests.interop.support import (
+    OCTETS,
+    Stack,
+    TinyUpstream,
+    raw_request,
+    read_interim,
+    tus_create,
+    tus_head,
+    tus_patch,
+    wait_for,
+)
 
 MiB = 1024 * 1024
 
@@ -64,6 +74,45 @@ def test_an_early_upstream_answer_ends_the_upload(tmp_path: Path, forward: str) 
         time.sleep(2.0)  # a restart that took the upload for undelivered would forward it again at once
         assert len(upstream.requests) == 1
         assert info(stack, upload_id)["state"] == "completed" and stack.spool_data() == []
+    finally:
+        stack.stop()
+        upstream.close()
+
+
+def test_an_early_answer_holds_while_the_client_is_still_there(tmp_path: Path) -> None:
+    """The client sent part of the body, got the early 503 and, as a tus client does, asks HEAD on a new connection
+    while its first one is still open: that HEAD waits for the append's end (the lingering drain) instead of
+    superseding it, so the upload ends `answered`, not as an ordinary break that left it `receiving` under a
+    `completed` record (a reviewer's reproduction). The record's bytes are the offset reached, not the length."""
+    upstream = TinyUpstream(status=503, read_limit=256 * 1024, linger=10.0)
+    stack = Stack(tmp_path, ())
+    stack.relay = start_relay("--spool", str(stack.spool), upstream=upstream.url)
+    stack.started.append(stack.relay)
+    try:
+        length = 4 * MiB
+        with stack.client() as client:
+            location = tus_create(client, "/upload/held.bin", length).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        head = (
+            f"PATCH {location} HTTP/1.1\nHost: relay\nTus-Resumable: 1.0.0\nUpload-Offset: 0\n"
+            f"Content-Type: {OCTETS}\nContent-Length: {length}\n"
+        )
+        sock = raw_request(stack.relay.port, head, os.urandom(MiB))
+        try:
+            time.sleep(0.5)
+            sock.sendall(os.urandom(64 * 1024))  # the relay notices the upstream's answer between two chunks
+            status, _ = read_interim(sock, timeout=10)
+            assert status == 503
+            with stack.client() as client:
+                offset = tus_head(client, location).headers["upload-offset"]
+            ended = info(stack, upload_id)
+            assert (ended["state"], ended["upstream_status"], str(ended["offset"])) == ("completed", 503, offset)
+            record = stack.record(upload_id)
+            assert (record["state"], record["bytes"], record["offset"]) == ("completed", int(offset), int(offset))
+        finally:
+            sock.close()
+        wait_for(lambda: stack.spool_data() == [], 5)
+        assert len(upstream.requests) == 1
     finally:
         stack.stop()
         upstream.close()
