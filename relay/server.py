@@ -17,16 +17,16 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.accesslog import quiet_lifecycle
 from relay.headers import new_upload_id
-from relay.types import ASGIApp, Message, Receive, Scope, Send
+from relay.keptbody import KeptBodyReceive
+from relay.types import ASGIApp, Receive, Scope, Send
 from relay.zerocopy import ClientSocket
 
 __all__ = [
     "HeaderLimitProtocol",
-    "KeptBodyReceive",
     "bind_socket",
     "loop_factory",
     "serve",
@@ -44,49 +44,6 @@ INTERIM = "relay.send_interim"
 # scope["extensions"] key: take_body(scope) -> ClientSocket | None hands the client socket over for a spliced body.
 TAKE_BODY = "relay.take_body"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
-
-
-class KeptBodyReceive:
-    """The `receive` of one request cycle: uvicorn's, except that body bytes read before the client closed the
-    connection still reach the app, as an `http.request` (`more_body` True) ahead of the `http.disconnect`.
-
-    uvicorn's `receive()` answers `http.disconnect` as soon as the connection is gone and leaves what the cycle's
-    `body` holds unread. A client that sends its head and part of a body in one write and closes at once would
-    lose those bytes whenever the app was busy before its first `receive()` (a resumable append looks up its
-    upload and takes its lease first), while the contract keeps what an interrupted append delivered.
-    `more_body` is the cycle's own: True while part of the body is missing (the request then ends with
-    `http.disconnect`, as before: a plain upload cut short is still a failed upload, an append keeps its part), and
-    False when the whole body was read before the close. Such a request is complete and is handled as one (only
-    its answer has nowhere to go): above all a resumable append that brought the last byte completes the upload
-    and forwards it. Handed on as a broken append instead, it left the upload `receiving` with every byte in,
-    which HEAD reports as done to a client that then never sends the completing request again.
-
-    `cut_short` is set by `HeaderLimitProtocol.connection_lost`, only when the peer closed a cycle the relay had
-    not ended itself (`relay.abort` and the forced quit mark the cycle disconnected first: no bytes for them).
-    It wraps the cycle's own `receive` rather than subclassing the cycle: relay/tuning.py may have swapped
-    uvicorn's cycle class for its no-copy one, whose `body` is a list of chunks.
-    """
-
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self.cycle = cycle
-        self.receive = cycle.receive
-        self.cut_short = False
-        self.ended = False  # the app has had the body's last message (`more_body` False)
-
-    async def __call__(self) -> Message:
-        message = cast(Message, await self.receive())
-        cycle = self.cycle
-        if message["type"] == "http.request":
-            self.ended = self.ended or not message.get("more_body", False)
-            return message
-        if not self.cut_short or self.ended or not (cycle.body or not cycle.more_body):
-            return message
-        # As uvicorn's receive() takes a body (bytes() of the no-copy buffer's single chunk is that chunk). A body
-        # that ended with nothing left unread (an empty one, a chunked one's last chunk) still gets its last message.
-        body = bytes(cycle.body)
-        cycle.body = bytearray()
-        self.ended = not cycle.more_body
-        return {"type": "http.request", "body": body, "more_body": bool(cycle.more_body)}
 
 
 class HeaderLimitProtocol(HttpToolsProtocol):
