@@ -2,6 +2,7 @@
 
 - store.py: every upload's state, one writer each, recovery after a restart, expiry.
 - endpoints.py: the requests: creation on routed paths, HEAD/PATCH/DELETE/OPTIONS under the prefix.
+- admission.py: each request parsed and admitted (token, CORS, the caps) before the handlers see it.
 - appends.py: an append into the spool, ended as its decision says (the completing one by completion.py).
 - completion.py: the completing append forwarded as it arrives (cut-through), or the whole file from the spool.
 - live.py: one append's bytes from the client into the spool.

@@ -3,26 +3,26 @@ PATCH, DELETE and OPTIONS under the resumable prefix.
 
 Theory of operation
 -------------------
-Each request is parsed (relay.core.resumable_headers), admitted like a plain upload (token, caps, upload id,
-CORS), then decided by a pure function of relay.core.resumable; this module only does what the decision
-names: answer, append, forward, delete. Appends are relay/resumable/appends.py's, forwards completion.py's: an append
-streams the body into the spool, and the append that completes the upload goes upstream at the same time
-(cut-through); a finished upload whose forward failed is forwarded again from the spool.
+Each request is parsed and admitted like a plain upload (token, CORS; the caps for requests that bring bytes:
+relay/resumable/admission.py; the upload id here), then decided by a pure function of relay.core.resumable;
+this module only does what the decision names: answer, append, forward, delete. Appends are
+relay/resumable/appends.py's, forwards completion.py's: an append streams the body into the spool, and the append
+that completes the upload goes upstream at the same time (cut-through); a finished upload whose forward failed is
+forwarded again from the spool.
 
 Rules:
 1. One writer: HEAD, PATCH and DELETE first end an open append of the same upload (`store.settle`); DELETE
    also waits for a forward under way (the store's Rule 5).
 2. Every answer under the prefix carries `X-Upload-ID` when the path names a valid id.
-3. `--token` applies to every request, discovery included, except CORS preflights.
-4. Refusals answered before the body was read carry `Connection: close` and a bounded lingering drain,
+3. Refusals answered before the body was read carry `Connection: close` and a bounded lingering drain,
    as for plain uploads.
-5. Every answer to a creation that created the upload carries its `Location`, also when the same request
+4. Every answer to a creation that created the upload carries its `Location`, also when the same request
    completed it (clients need it: tus-js-client fails a creation answer without one) or failed upstream
    (so the client can retry the completion).
-6. tus concatenation (relay/core/concat.py): `Upload-Concat: partial` creates an upload that is never
+5. tus concatenation (relay/core/concat.py): `Upload-Concat: partial` creates an upload that is never
    forwarded on its own and not shown in the registry (`note` skips it); `Upload-Concat: final;...` is
    relay/resumable/concat.py's; HEAD of either carries `Upload-Concat`.
-7. On a routed path, a resumable request that is not a creation POST, or any on a route without POST, gets 405
+6. On a routed path, a resumable request that is not a creation POST, or any on a route without POST, gets 405
    with `Allow` naming what that URL takes: the route's methods and OPTIONS (`_routed_allow`).
 """
 
@@ -35,16 +35,11 @@ from dataclasses import replace
 
 from relay.core import resumable as core, resumable_decisions as decide
 from relay.core.concat import FINAL, PARTIAL, concat_header, parse_concat
-from relay.core.digests import request_digests
 from relay.core.events import ErrorInfo, Failed, ResumableNote, Started
 from relay.core.multipart import _part_headers as part_headers
 from relay.core.resumable import ResumableSettings, ResumableUpload
 from relay.core.resumable_decisions import Decision
-from relay.core.resumable_headers import (
-    UnsupportedTusVersion,
-    detect_protocol,
-    parse_request,
-)
+from relay.core.resumable_headers import detect_protocol
 from relay.errors import (
     BadRequest,
     NotFound,
@@ -52,9 +47,10 @@ from relay.errors import (
     TooManyUploads,
     UploadIdInUse,
 )
-from relay.headers import has_dot_segment, header_value, new_upload_id, valid_upload_id
-from relay.proxy_admission import check_token, client_address, cors_headers, may_have_body
+from relay.headers import header_value, new_upload_id, valid_upload_id
+from relay.proxy_admission import cors_headers, may_have_body
 from relay.proxy_context import RelayContext
+from relay.resumable.admission import admit_body, options, parse, release_body, with_header
 from relay.resumable.answers import (
     TUS_EXPOSED,
     Request,
@@ -63,7 +59,6 @@ from relay.resumable.answers import (
     refuse,
     refuse_unparsed,
     respond,
-    write_answer,
 )
 from relay.resumable.appends import Appends
 from relay.resumable.concat import FinalUploads
@@ -72,16 +67,13 @@ from relay.resumable.store import ResumableStore
 from relay.resumable.unavailable import StateUnavailable
 from relay.settings import Route
 from relay.spool.base import SpoolError
-from relay.types import Message, Receive, Scope, Send
+from relay.types import Receive, Scope, Send
 
 __all__ = ["ResumableEndpoints", "disposition_filename"]
 
-Headers = list[tuple[bytes, bytes]]
-TUS_METHODS = b"POST, HEAD, PATCH, DELETE, OPTIONS"
-
 
 class ResumableEndpoints:
-    """Routing, admission and the request handlers of resumable uploads."""
+    """Routing and the request handlers of resumable uploads (parsing and admission: admission.py)."""
 
     def __init__(self, ctx: RelayContext, store: ResumableStore) -> None:
         self.ctx = ctx
@@ -111,10 +103,10 @@ class ResumableEndpoints:
         # uploads): the client's valid id, else the one drawn now, which a creation then uses.
         given = header_value(scope["headers"], b"x-upload-id")
         upload_id = given.decode("ascii") if given is not None and valid_upload_id(given) else new_upload_id()
-        send = _with_header(send, b"x-upload-id", upload_id.encode())
-        if await self._options(route, scope, send, routed=True):
+        send = with_header(send, b"x-upload-id", upload_id.encode())
+        if await options(self.ctx, route, scope, send, routed=True):
             return
-        request = await self._parse(route, scope, receive, send)
+        request = await parse(self.ctx, route, scope, receive, send)
         if request is None:
             return
         if request.req.method != "POST" or "POST" not in route.methods:
@@ -132,8 +124,8 @@ class ResumableEndpoints:
         route = self._routes.get(upload.route) if upload is not None else None
         route = route or self.ctx.settings.routes[0]
         if valid_upload_id(upload_id):
-            send = _with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
-        if await self._options(route, scope, send):
+            send = with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
+        if await options(self.ctx, route, scope, send):
             return
         if upload_id and not valid_upload_id(upload_id):  # answered in the request's protocol all the same
             headers = scope["headers"]
@@ -151,7 +143,7 @@ class ResumableEndpoints:
                 unread=unread,
             )
             return
-        request = await self._parse(route, scope, receive, send)
+        request = await parse(self.ctx, route, scope, receive, send)
         if request is None:
             return
         if not upload_id:  # the prefix itself is only for discovery (OPTIONS, answered above): another path
@@ -180,7 +172,7 @@ class ResumableEndpoints:
         if req.method == "HEAD":
             decision = decide.decide_head(req, upload, now=now, limits=limits)
             concat = concat_header(upload, self.prefix) if upload is not None and req.protocol == "tus" else None
-            if concat is not None and decision.status == 200:  # Rule 6
+            if concat is not None and decision.status == 200:  # Rule 5
                 decision = replace(decision, headers=(*decision.headers, concat))
             await respond(request, decision)
             if upload is not None:
@@ -193,96 +185,6 @@ class ResumableEndpoints:
             writer = uuid.uuid4().hex
             decision = decide.decide_append_begin(req, upload, writer=writer, now=now, limits=limits)
             await self._act(request, decision)
-
-    # -- parsing and admission --------------------------------------------------------------------------------
-
-    async def _options(self, route: Route, scope: Scope, send: Send, *, routed: bool = False) -> bool:
-        if scope["method"] != "OPTIONS":
-            return False
-        headers = scope["headers"]
-        cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
-        if header_value(headers, b"access-control-request-method") is not None:  # a preflight: no token
-            out = [(b"content-length", b"0"), *cors]
-            if cors:
-                requested = header_value(headers, b"access-control-request-headers") or b"Content-Type"
-                methods = TUS_METHODS
-                if routed:  # the route's own methods too: its plain uploads are preflighted here as well
-                    extra = [m for m in route.methods if m.encode() not in TUS_METHODS.split(b", ")]
-                    methods = b", ".join([*(m.encode() for m in extra), TUS_METHODS])
-                out += [
-                    (b"access-control-allow-methods", methods),
-                    (b"access-control-allow-headers", requested),
-                    (b"access-control-max-age", b"600"),
-                ]
-            await send({"type": "http.response.start", "status": 204, "headers": out})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return True
-        try:
-            check_token(self.ctx.settings, headers)
-        except RelayError as exc:
-            protocol = detect_protocol(headers) or "tus"
-            await refuse_unparsed(self.ctx.metrics, send, protocol, exc, limits=route.limits, cors=cors)
-            return True
-        decision = decide.decide_options(detect_protocol(headers), route.limits)
-        await write_answer(send, decision.status or 204, list(decision.headers) + cors, b"")
-        return True
-
-    async def _parse(self, route: Route, scope: Scope, receive: Receive, send: Send) -> Request | None:
-        """Parse and admit; on refusal, answer and return None."""
-        headers = scope["headers"]
-        cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
-        protocol = detect_protocol(headers)
-        unread = may_have_body(headers)
-        if protocol is None:
-            interop = header_value(headers, b"upload-draft-interop-version")
-            error: RelayError = (
-                BadRequest(f"Upload-Draft-Interop-Version {interop.decode('latin-1')} is not supported (6 or 8)")
-                if interop is not None
-                else UnsupportedTusVersion("Tus-Resumable: 1.0.0 is required")
-            )
-            await refuse_unparsed(
-                self.ctx.metrics, send, "tus", error, limits=route.limits, cors=cors, receive=receive, unread=unread
-            )
-            return None
-        try:
-            req = parse_request(scope["method"], headers, protocol)
-            check_token(self.ctx.settings, headers)
-            request_digests(headers)  # RFC 9530 fields: bad syntax is a 400 before anything is created or read
-            raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-            if has_dot_segment(raw_path):
-                raise BadRequest("the path has a '.' or '..' segment")
-        except RelayError as exc:
-            await refuse_unparsed(
-                self.ctx.metrics, send, protocol, exc, limits=route.limits, cors=cors, receive=receive, unread=unread
-            )
-            return None
-        client = client_address(self.ctx.settings, scope)
-        request = Request(scope, receive, send, route, req, cors, client, self.ctx.metrics)
-        request.send = _tracked(request, send)
-        return request
-
-    def _admit_body(self, request: Request) -> None:
-        """Caps count requests that bring bytes, as plain uploads do; counted until `_release`."""
-        settings, ctx = self.ctx.settings, self.ctx
-        if settings.max_concurrent_uploads is not None and ctx.in_flight >= settings.max_concurrent_uploads:
-            raise TooManyUploads(f"{settings.max_concurrent_uploads} uploads are in progress; try again shortly")
-        per_client = settings.max_uploads_per_client
-        if per_client is not None and ctx.per_client.get(request.client, 0) >= per_client:
-            raise TooManyUploads(f"{per_client} uploads from {request.client} are in progress; try again shortly")
-        ctx.in_flight += 1
-        ctx.per_client[request.client] = ctx.per_client.get(request.client, 0) + 1
-        ctx.metrics.in_flight.inc()
-        request.counted = True
-
-    def _release(self, request: Request) -> None:
-        if not request.counted:
-            return
-        request.counted = False
-        self.ctx.in_flight -= 1
-        left = self.ctx.per_client.pop(request.client, 1) - 1
-        if left:
-            self.ctx.per_client[request.client] = left
-        self.ctx.metrics.in_flight.dec()
 
     # -- creation -------------------------------------------------------------------------------------------
 
@@ -310,7 +212,7 @@ class ResumableEndpoints:
         except RelayError as exc:
             await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
             return
-        if concat is not None and concat.kind == FINAL:  # Rule 6
+        if concat is not None and concat.kind == FINAL:  # Rule 5
             await self.finals.create(request, upload_id, concat, target)
             return
         try:
@@ -338,7 +240,7 @@ class ResumableEndpoints:
         )
         if decision.action == "append":  # the caps first: a refused body must not leave an upload behind
             try:
-                self._admit_body(request)
+                admit_body(self.ctx, request)
             except RelayError as exc:
                 await refuse(self.ctx.metrics, request, exc)
                 return
@@ -348,7 +250,7 @@ class ResumableEndpoints:
             if not request.answered:
                 await refuse(self.ctx.metrics, request, exc, upload_id=upload_id)
         finally:
-            self._release(request)
+            release_body(self.ctx, request)
             await self.store.let_go(upload_id, request.lease)
 
     async def refuse(self, request: Request, error: RelayError, *, upload_id: str | None = None) -> None:
@@ -385,7 +287,7 @@ class ResumableEndpoints:
                 error = SpoolUnavailable(f"the spool could not create the upload: {exc}")
                 await refuse(self.ctx.metrics, request, error)
                 return
-            if fresh.concat != PARTIAL:  # Rule 6: the final upload is the one users see
+            if fresh.concat != PARTIAL:  # Rule 5: the final upload is the one users see
                 self.ctx.emit(
                     Started(
                         upload_id,
@@ -402,8 +304,8 @@ class ResumableEndpoints:
             self.store.record(replace(fresh, state=core.RECEIVING, writer=None, append_start=None))
             if decision.action == "append" and self.store.shared is not None:  # creation-with-upload appends
                 request.lease = await self.store.begin(upload_id, take=True)
-            # Rule 5: whatever the answer (a completion, the upstream's own, a 502), it says where the upload is
-            request.send = _with_header(request.send, b"location", (self.prefix + upload_id).encode())
+            # Rule 4: whatever the answer (a completion, the upstream's own, a 502), it says where the upload is
+            request.send = with_header(request.send, b"location", (self.prefix + upload_id).encode())
         if before_act is not None:
             await before_act()
         await self._act(request, decision, location=self.prefix + upload_id)
@@ -414,14 +316,14 @@ class ResumableEndpoints:
         if decision.action == "append":
             try:
                 if not request.counted:  # a creation was admitted before the upload was created
-                    self._admit_body(request)
+                    admit_body(self.ctx, request)
             except RelayError as exc:
                 await refuse(self.ctx.metrics, request, exc, upload_id=decision.upload.id if decision.upload else None)
                 return
             try:
                 await self.appends.append(request, decision, location)
             finally:
-                self._release(request)
+                release_body(self.ctx, request)
         elif decision.action == "forward" and decision.upload is not None:
             await self.store.save(decision.upload)
             await self.appends.forward(request, decision.upload)
@@ -453,7 +355,7 @@ class ResumableEndpoints:
 
     def note(self, upload: ResumableUpload) -> None:
         """What the registry keeps of an upload as it moves (the store calls this on every change)."""
-        if upload.state == core.COMPLETED or upload.concat == PARTIAL:  # Rule 6: partial uploads are not shown
+        if upload.state == core.COMPLETED or upload.concat == PARTIAL:  # Rule 5: partial uploads are not shown
             return
         now = time.time()
         if upload.state == core.FAILED:
@@ -486,35 +388,11 @@ class ResumableEndpoints:
         )
 
 
-def _tracked(request: Request, send: Send) -> Send:
-    """`send` that notes on `request` when its response has started."""
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            request.answered = True
-        await send(message)
-
-    return sending
-
-
 def _routed_allow(route: Route) -> str:
     """`Allow` for a routed path: what the URL takes, the route's methods (plain uploads; creation if POST is one)
     and OPTIONS (discovery). Never a fixed "POST": on a route without it, that names the very method refused."""
     methods = [*route.methods, *(["OPTIONS"] if "OPTIONS" not in route.methods else [])]
     return ", ".join(methods)
-
-
-def _with_header(send: Send, header: bytes, value: bytes) -> Send:
-    """`send` with `header` (lowercase) added to a response start that lacks it."""
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", []))
-            if not any(name.lower() == header for name, _ in headers):
-                message = {**message, "headers": [*headers, (header, value)]}
-        await send(message)
-
-    return sending
 
 
 def disposition_filename(value: bytes) -> str | None:
