@@ -40,6 +40,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from relay.cancel import cancel_and_wait
 from relay.core import resumable as core
 from relay.core.resumable import ResumableUpload
 from relay.resumable.unavailable import Seen, StateUnavailable
@@ -181,11 +182,7 @@ class RedisUploads:
                 await self._listening.wait()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)  # a single cancel() can be lost in redis-py (relay/cancel.py)
         # Leases still held are not given back: they run out, and whoever takes the upload next recovers it
         # from the spool's durable bytes (an append cut by the stop keeps what it got).
 

@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.bus import Subscription
+from relay.cancel import cancel_and_wait
 from relay.core.events import Event, Failed, ResumableNote
 from relay.state.base import FeedEntry
 from relay.state.codec import decode_record
@@ -218,11 +219,7 @@ class RedisState:
         """Write what is still queued (bounded), give back the leases, say goodbye, close."""
         for member in list(self.leases.held):
             self.leases.give_back(member)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)  # a single cancel() can be lost in redis-py (relay/cancel.py)
         if self.link.is_up:
             with contextlib.suppress(*ERRORS):
                 await self.flusher.flush_once(timeout=STOP_TIMEOUT)

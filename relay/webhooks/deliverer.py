@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay import __version__
 from relay.bus import Subscription
+from relay.cancel import cancel_and_wait
 from relay.core.events import Completed, Event, Failed
 from relay.webhooks.base import BACKOFF, DELIVERED, FAILED, PENDING, Delivery, OutboxStore, delivery_id
 from relay.webhooks.endpoints import WebhookEndpoint
@@ -132,9 +133,8 @@ class Deliverer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer, 10)
         running = [*self._sending.values(), *([dispatcher] if dispatcher else [])]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await cancel_and_wait(running)  # not cancel() + gather: a cancel can be lost in redis-py (relay/cancel.py)
+        await cancel_and_wait(list(self._sending.values()))  # attempts a dispatcher that lost a cancel had started
         with contextlib.suppress(Exception):
             await self.outbox.release(list(self._attempting.values()))
         await self.outbox.close()
