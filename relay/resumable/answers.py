@@ -66,6 +66,11 @@ TUS_EXPOSED = (
 class SpoolUnavailable(RelayError):
     status_code, code, default_message = 503, "spool_unavailable", "the spool could not store the upload"
 
+    @classmethod
+    def storing(cls, exc: BaseException) -> SpoolUnavailable:
+        """A write into the spool failed (a full disk, EIO): the append's answer."""
+        return cls(f"the spool could not store the upload: {exc}")
+
 
 @dataclass
 class Request:

@@ -102,18 +102,19 @@ class Completion:
         """The completing append, forwarded while it arrives (see the module docstring). Returns the forward if it
         ended before the file was complete (its `error` says why: the append's to end), else None: answered."""
         committed: list[ResumableUpload] = []
-        early: list[int] = []  # the upstream's status and the offset then, when it answered early (Rule 6)
+        early: tuple[int, int] | None = None  # the upstream's status and the offset then, if it answered early (Rule 6)
         lock = self.store.forward_lock(upload.id, request.lease)
 
         def answered_early(status: int) -> None:
             # From here a newer request of the upload waits for this append's end (at most the lingering drain),
             # rather than cancel it: the end is `answered`, never an ordinary break.
+            nonlocal early
             self.store.hold(upload.id, upload.writer)
-            early.extend((status, live.offset))
+            early = (status, live.offset)
             forward.length = live.offset  # what its `completed` event reports
 
         async def on_last() -> None:
-            if early:  # the proxy's lingering drain read the rest of the body: the upload ends as answered
+            if early is not None:  # the proxy's lingering drain read the rest of the body: the upload ends as answered
                 return
             self.store.hold(upload.id, upload.writer)
             ok = live.checksum_ok
@@ -139,7 +140,7 @@ class Completion:
                 await live.writer.commit(sync=False)
             except (SpoolError, OSError) as exc:  # a disk error: answered 503, the lock not left held
                 await lock.release()
-                raise SpoolUnavailable(f"the spool could not store the upload: {exc}") from exc
+                raise SpoolUnavailable.storing(exc) from exc
             except BaseException:
                 await lock.release()
                 raise
@@ -158,7 +159,7 @@ class Completion:
         try:
             await self._run(forward)
             request.body_read = live.ended
-            if early and not committed:
+            if early is not None and not committed:
                 await self._end_answered(upload, live, status=early[0], offset=early[1])
                 return None
             if committed:

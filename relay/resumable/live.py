@@ -185,7 +185,7 @@ class LiveAppend:
         try:
             await self.writer.write(chunk)
         except (SpoolError, OSError) as exc:  # Rule 7
-            raise SpoolUnavailable(f"the spool could not store the upload: {exc}") from exc
+            raise SpoolUnavailable.storing(exc) from exc
         self._spooled(len(chunk))
         if self._hash is not None:
             self._hash.update(chunk)

@@ -426,7 +426,7 @@ class _SpoolPump(_Pump):
         if self.spooling is not None and self.spooling.done() and not self.spooling.cancelled():
             error = self.spooling.exception()
             if error is not None:
-                raise SpoolUnavailable(f"the spool could not store the upload: {error}") from error
+                raise SpoolUnavailable.storing(error) from error
 
     def _drain(self) -> bool:
         count = self.ready if self.released else min(self.ready, self.length - 1 - self.sent - self.buffered)
