@@ -55,12 +55,17 @@ tus concatenation (relay/core/concat.py) adds no state: a partial upload (`conca
 upload that never takes `complete` (it stays `receiving` with every byte in, also through `recover`); a final
 upload (`concat="final"`) is created with its offset at its length and takes `complete` at once.
 
+A completed upload keeps the upstream's answer when the client got it as it was (a tus non-2xx, any IETF answer):
+its headers and its body, if small (`answer_headers`, `answer_body`), so that the completing request sent again
+gets the same answer (relay/core/resumable_completion.py: `keep_answer`, `_replay`).
+
 The decisions on each request are in relay/core/resumable_decisions.py.
 The expiry sweeper asks `sweep`; a restart runs `recover` on every listed upload.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -187,12 +192,16 @@ class ResumableUpload:
     parts: tuple[str, ...] = ()
     part_lengths: tuple[int, ...] = ()
     final: str | None = None
+    # The upstream's answer as the client got it, for a replay (see the module docstring); body None: not kept.
+    answer_headers: tuple[tuple[str, str], ...] = ()
+    answer_body: bytes | None = None
 
     def to_json(self) -> str:
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["target"] = self.target.decode("latin-1")  # latin-1 maps bytes 1:1 onto code points
         data["metadata"] = dict(self.metadata)
         data["error"] = None if self.error is None else {"code": self.error.code, "message": self.error.message}
+        data["answer_body"] = None if self.answer_body is None else base64.b64encode(self.answer_body).decode()
         return json.dumps({"v": 1, **data}, sort_keys=True)
 
     @classmethod
@@ -203,6 +212,9 @@ class ResumableUpload:
         data["target"] = data["target"].encode("latin-1")
         data["parts"] = tuple(data.get("parts", ()))  # JSON has lists; equality needs the tuples back
         data["part_lengths"] = tuple(data.get("part_lengths", ()))
+        data["answer_headers"] = tuple((name, value) for name, value in data.get("answer_headers", ()))
+        body = data.get("answer_body")
+        data["answer_body"] = None if body is None else base64.b64decode(body)
         if data["error"] is not None:
             data["error"] = ErrorInfo(**data["error"])
         upload = cls(**data)

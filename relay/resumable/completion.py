@@ -41,6 +41,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -49,6 +50,7 @@ from relay.core import resumable as core, resumable_decisions as decide
 from relay.core.digests import DigestChecker, request_digests
 from relay.core.events import ErrorInfo
 from relay.core.resumable import ResumableUpload
+from relay.core.resumable_completion import ANSWER_BODY_CAP, keep_answer
 from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import ChecksumMismatch
 from relay.errors import ClientDisconnected, DigestMismatch, RelayError
@@ -58,13 +60,16 @@ from relay.proxy_context import RelayContext
 from relay.resumable import spliced
 from relay.resumable.answers import Request, SpoolUnavailable, respond, tus_headers
 from relay.resumable.filehash import PrefixHashed, RunningHashes
-from relay.resumable.forward import FileBody, ForwardUpload, answer_translator, framing
+from relay.resumable.forward import AnswerTranslator, FileBody, ForwardUpload, framing
 from relay.resumable.live import LiveAppend
 from relay.resumable.store import ResumableStore
+from relay.resumable.unavailable import StateUnavailable
 from relay.settings import Route
 from relay.spool.base import SpoolError
 
 __all__ = ["Completion", "Refused"]
+
+log = logging.getLogger("relay.resumable")
 
 Headers = list[tuple[bytes, bytes]]
 # Headers of the completing request that the forward carries on (the rest describe the append, not the file);
@@ -160,7 +165,7 @@ class Completion:
             await self._run(forward)
             request.body_read = live.ended
             if early is not None and not committed:
-                await self._end_answered(upload, live, status=early[0], offset=early[1])
+                await self._end_answered(upload, live, forward, status=early[0], offset=early[1])
                 return None
             if committed:
                 await self._after_forward(request, committed[0], forward)
@@ -170,7 +175,9 @@ class Completion:
                 await lock.release()
         return forward
 
-    async def _end_answered(self, upload: ResumableUpload, live: LiveAppend, *, status: int, offset: int) -> None:
+    async def _end_answered(
+        self, upload: ResumableUpload, live: LiveAppend, forward: ForwardUpload, *, status: int, offset: int
+    ) -> None:
         """Rule 6: the upstream's early answer ends the upload `completed` with its status, at the offset it had
         reached when the upstream answered; nothing is kept."""
         if live.splice is not None:
@@ -179,6 +186,8 @@ class Completion:
         ended = core.apply(
             upload, core.ANSWERED, now=time.time(), writer=upload.writer, offset=offset, upstream_status=status
         )
+        if forward.translator is not None and forward.translator.passed is not None:  # for the replay
+            ended = keep_answer(ended, *forward.translator.passed)
         with contextlib.suppress(SpoolError, OSError):  # the bytes go either way: delete_data_soon below
             await live.writer.discard()
         await self.store.save(ended)
@@ -253,8 +262,14 @@ class Completion:
         scope = ForwardUpload.scope_for(
             request.scope, target=upload.target, frame=frame, length=length, forwarded=forwarded
         )
-        send = answer_translator(request.send, self._completion(request, committed, on_early))
+        send = AnswerTranslator(
+            request.send,
+            self._completion(request, committed, on_early),
+            cap=ANSWER_BODY_CAP,
+            on_end=self._keeper(committed),
+        )
         forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut, seed=seed)
+        forward.translator = send
         forward.file_index = frame.parts_before
         forward.upload_id = upload.id
         return forward
@@ -291,6 +306,23 @@ class Completion:
             return status, [(n, v) for n, v in headers if n.lower() not in names] + ours, True
 
         return on_start
+
+    def _keeper(self, committed: list[ResumableUpload]) -> Callable[[Headers, bytes], Awaitable[None]]:
+        """Where the upstream's answer, passed on to the client as it was, is kept with the completed upload (the
+        core's `keep_answer`), before its body goes out, so that the completing request sent again gets it too.
+        Best effort: without it the replay has the status and the upload's headers. An early answer (Rule 6) is
+        kept by `_end_answered`, with the upload's end."""
+
+        async def keep(headers: Headers, body: bytes) -> None:
+            current = self.store.get(committed[0].id) if committed else None
+            if current is None or current.state != core.COMPLETED:
+                return
+            try:
+                await self.store.save(keep_answer(current, headers, body))
+            except (SpoolError, OSError, StateUnavailable) as exc:
+                log.warning("could not keep the upstream's answer to upload %s: %s", current.id, exc)
+
+        return keep
 
     async def reject_file(self, request: Request, upload: ResumableUpload, error: DigestMismatch) -> None:
         """The whole file does not match its Repr-Digest: the upload ends `failed` (digest_mismatch), its data

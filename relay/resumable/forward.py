@@ -25,7 +25,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from relay.core.digests import DigestChecker
 from relay.core.events import Completed, Event, Part
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from relay.resumable.filehash import PrefixHashed
     from relay.resumable.spliced import CutThrough
 
-__all__ = ["FileBody", "ForwardUpload", "Framing", "framing"]
+__all__ = ["AnswerTranslator", "FileBody", "ForwardUpload", "Framing", "framing"]
 
 Headers = list[tuple[bytes, bytes]]
 NO_LIMITS = Limits(max_body_size=None, max_file_size=None, max_files=None)  # checked at creation already
@@ -205,6 +205,7 @@ class ForwardUpload(Upload):
         self.cut = cut  # the completing append may be spliced into the spool and upstream (spliced.py)
         self.seed = seed  # the sha256 of the spooled bytes, hashed by the appends (relay/resumable/filehash.py)
         self.file_index = 0  # which of the inspector's hashes is the file's (Framing.parts_before)
+        self.translator: AnswerTranslator | None = None  # the made-up request's `send`, when it keeps the answer
         self._hashes_made = 0
 
     def outgoing(self) -> AsyncIterator[bytes]:
@@ -293,19 +294,55 @@ class ForwardUpload(Upload):
         return self.single_file_digest() if self.inspector is not None and self.body_done else None
 
 
-def answer_translator(send: Send, on_start: Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]]) -> Send:
+class AnswerTranslator:
     """A `send` that lets `on_start` turn the upstream's answer into the resumable one (status, headers, and
-    whether its body goes to the client)."""
-    state: dict[str, Any] = {"keep": True}
+    whether its body goes to the client).
 
-    async def translated(message: Message) -> None:
+    An answer passed on is kept for the completing request sent again (the core's `keep_answer`): its body is held
+    back until it has ended, `on_end` (which records it) runs, and only then does the body go out, so that a client
+    that has the answer can have it again, even after a crash. A body over `cap` bytes is not kept: what was held
+    goes out at once and the rest streams. `passed` is the upstream's headers and its body (None: not kept)."""
+
+    def __init__(
+        self,
+        send: Send,
+        on_start: Callable[[int, Headers], Awaitable[tuple[int, Headers, bool]]],
+        *,
+        cap: int,
+        on_end: Callable[[Headers, bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        self.send, self.on_start, self.on_end, self.cap = send, on_start, on_end, cap
+        self.keep = True
+        self.passed: tuple[Headers, bytes | None] | None = None
+        self._headers: Headers = []
+        self._held: bytearray | None = bytearray()  # None: over the cap, streaming
+
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            status, headers, keep = await on_start(message["status"], list(message.get("headers", [])))
-            state["keep"] = keep
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-        elif state["keep"]:
-            await send(message)
+            self._headers = list(message.get("headers", []))
+            status, headers, self.keep = await self.on_start(message["status"], list(self._headers))
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        elif self.keep:
+            await self._pass(message)
         elif not message.get("more_body", False):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    return translated
+    async def _pass(self, message: Message) -> None:
+        more = bool(message.get("more_body", False))
+        if self._held is None:
+            if not more:
+                self.passed = (self._headers, None)
+            await self.send(message)
+            return
+        self._held += message.get("body", b"")
+        if len(self._held) > self.cap:  # too large to keep: the replay goes without it
+            held, self._held = bytes(self._held), None
+            if not more:
+                self.passed = (self._headers, None)
+            await self.send({"type": "http.response.body", "body": held, "more_body": more})
+        elif not more:
+            body = bytes(self._held)
+            self.passed = (self._headers, body)
+            if self.on_end is not None:
+                await self.on_end(self._headers, body)
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})

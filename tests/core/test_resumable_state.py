@@ -207,6 +207,8 @@ def test_invalidate_fails_the_upload() -> None:
     state=st.sampled_from(sorted(STATES)),
     protocol=st.sampled_from(PROTOCOLS),
     error=st.none() | st.builds(ErrorInfo, st.text(), st.text()),
+    answer_headers=st.lists(st.tuples(st.text(min_size=1), st.text())).map(tuple),
+    answer_body=st.none() | st.binary(),
 )
 def test_json_round_trip(
     offset: int,
@@ -216,11 +218,21 @@ def test_json_round_trip(
     state: str,
     protocol: Protocol,
     error: ErrorInfo | None,
+    answer_headers: tuple[tuple[str, str], ...],
+    answer_body: bytes | None,
 ) -> None:
     upload = new_upload(
         length=length, protocol=protocol, offset=offset, metadata=metadata, target=target, state=state, error=error
     )
+    upload = replace(upload, answer_headers=answer_headers, answer_body=answer_body)
     assert ResumableUpload.from_json(upload.to_json()) == upload
+
+
+def test_an_info_document_from_before_kept_answers_reads_as_none_kept() -> None:
+    data = json.loads(new_upload().to_json())
+    del data["answer_headers"], data["answer_body"]
+    upload = ResumableUpload.from_json(json.dumps(data))
+    assert (upload.answer_headers, upload.answer_body) == ((), None)
 
 
 def test_from_json_refuses_unknown_versions_and_states() -> None:

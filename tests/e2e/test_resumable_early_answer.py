@@ -63,7 +63,8 @@ def test_an_early_upstream_answer_ends_the_upload(tmp_path: Path, forward: str) 
             offset = tus_head(client, location).headers["upload-offset"]
             assert offset == str(ended["offset"])
             again = tus_patch(client, location, int(offset), b"")
-            assert again.status_code == 503  # the completion's answer, replayed
+            assert (again.status_code, again.content) == (503, b"upstream says no")  # the completion's answer, replayed
+            assert again.headers["x-tiny"] == "yes"
         stack.relay.stop(signal.SIGKILL)
         stack.relay = start_relay(
             "--spool", str(stack.spool), "--config", str(config), "--port", str(stack.relay.port), upstream=upstream.url
