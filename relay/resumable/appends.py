@@ -49,7 +49,7 @@ from relay.errors import (
 )
 from relay.proxy_context import RelayContext
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond
-from relay.resumable.completion import Completion, Refused
+from relay.resumable.completion import Completion, Refused, with_file_digest
 from relay.resumable.filehash import RunningHashes
 from relay.resumable.live import LiveAppend, Overflow
 from relay.resumable.store import OpenAppend, ResumableStore
@@ -242,6 +242,9 @@ class Appends:
             )
             record = core.apply(upload, core.APPEND_DISCARD, now=time.time(), writer=upload.writer)
         if record is not None:
+            if decision.action == "forward":
+                record = with_file_digest(record, request.scope["headers"])  # completion.py Rule 7
+                decision = replace(decision, upload=record)
             await self.store.save(record)
             if record.concat is None and record.state in (core.RECEIVING, core.FORWARDING):
                 self.hashes.appended(record)  # Rule 6

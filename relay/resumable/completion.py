@@ -36,6 +36,9 @@ Rules:
    body: no `forwarding` state the upstream will never answer. From the answer on, the append cannot be superseded
    (a tus client's HEAD right after the error waits out the drain, at most LINGER_SECONDS): ended as an ordinary
    break, it would leave the upload `receiving` while its record says `completed`.
+7. The `Repr-Digest` of the request that completes the upload is recorded with it (`with_file_digest`, all of its
+   lines) before its forward, like the creation's: a forward that fails and is retried (the completing request
+   again without it, a redelivery, a restart) still checks it. A Repr-Digest on an append in between is not used.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from relay.resumable.unavailable import StateUnavailable
 from relay.settings import Route
 from relay.spool.base import SpoolError
 
-__all__ = ["Completion", "Refused"]
+__all__ = ["Completion", "Refused", "repr_digest_of", "with_file_digest"]
 
 log = logging.getLogger("relay.resumable")
 
@@ -85,11 +88,24 @@ class Refused(RelayError):
         super().__init__("the append was refused")
 
 
+def repr_digest_of(headers: Headers) -> str | None:
+    """A request's `Repr-Digest`, its lines joined (RFC 9110 5.3: several lines of a list field are one list)."""
+    values = [value for name, value in headers if name == b"repr-digest"]
+    return b", ".join(values).decode("latin-1") if values else None
+
+
+def with_file_digest(upload: ResumableUpload, headers: Headers) -> ResumableUpload:
+    """`upload` with the completing request's Repr-Digest recorded (Rule 7), if it carries one."""
+    given = repr_digest_of(headers)
+    return upload if given is None else replace(upload, repr_digest=given)
+
+
 def _file_digests(request: Request, upload: ResumableUpload) -> DigestChecker | None:
-    """The whole file's Repr-Digest: the completing request's, else the creation's (RFC 9530; contract)."""
-    given = header_value(request.scope["headers"], b"repr-digest")
-    value = given if given is not None else (upload.repr_digest or "").encode("latin-1")
-    return request_digests([(b"repr-digest", value)], hasher=new_hash) if value else None  # hashed off the loop
+    """The whole file's Repr-Digest: the completing request's, else the one recorded (Rule 7; RFC 9530)."""
+    value = repr_digest_of(request.scope["headers"]) or upload.repr_digest
+    if not value:
+        return None
+    return request_digests([(b"repr-digest", value.encode("latin-1"))], hasher=new_hash)  # hashed off the loop
 
 
 class Completion:
@@ -138,6 +154,7 @@ class Completion:
             )
             if decision.action != "forward" or decision.upload is None:
                 raise Refused(decision)
+            forwarding = with_file_digest(decision.upload, request.scope["headers"])  # Rule 7
             await lock.acquire()  # free: no forward runs while the upload is appending (Rule 1)
             # No fsync on this path (Rule 2): these bytes are needed again only if the upstream fails, and then
             # they are made durable, and the upload recorded, before anything is answered (_after_forward).
@@ -150,11 +167,11 @@ class Completion:
                 await lock.release()
                 raise
             try:  # with Redis, every relay sees `forwarding` (HEAD shows the full offset) before the last bytes go
-                await self.store.mark(decision.upload)
+                await self.store.mark(forwarding)
             except BaseException:
                 await lock.release()
                 raise
-            committed.append(decision.upload)
+            committed.append(forwarding)
             self.store.release(upload.id)
 
         seed = await self.hashes.take(upload, upload.append_start or 0)  # Rule 5

@@ -61,6 +61,7 @@ from relay.resumable.answers import (
     respond,
 )
 from relay.resumable.appends import Appends
+from relay.resumable.completion import with_file_digest
 from relay.resumable.concat import FinalUploads
 from relay.resumable.redeliver import Redelivery
 from relay.resumable.store import ResumableStore
@@ -267,9 +268,8 @@ class ResumableEndpoints:
         """Create the upload `decision` names (refusing when the id, the cap or the spool says no), then do
         what the decision says; `before_act` runs in between (a final upload claims its partial ones)."""
         scope = request.scope
-        given = header_value(scope["headers"], b"repr-digest")
-        if decision.upload is not None and given is not None:  # checked over the whole file before it goes up
-            decision = replace(decision, upload=replace(decision.upload, repr_digest=given.decode("latin-1")))
+        if decision.upload is not None:  # checked over the whole file before it goes up
+            decision = replace(decision, upload=with_file_digest(decision.upload, scope["headers"]))
         if decision.upload is not None:
             fresh = decision.upload
             try:
@@ -325,7 +325,7 @@ class ResumableEndpoints:
             finally:
                 release_body(self.ctx, request)
         elif decision.action == "forward" and decision.upload is not None:
-            await self.store.save(decision.upload)
+            await self.store.save(with_file_digest(decision.upload, request.scope["headers"]))  # completion.py Rule 7
             await self.appends.forward(request, decision.upload)
         else:
             if decision.upload is not None:

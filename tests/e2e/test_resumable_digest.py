@@ -67,3 +67,52 @@ def test_a_malformed_digest_is_400_before_anything_is_created(make_stack: Callab
         refused = tus_create(client, "/upload/m.bin", 10, headers={"Repr-Digest": "sha-256=not-a-byte-sequence"})
     assert refused.status_code == 400
     assert stack.spool_data() == []
+
+
+@pytest.mark.parametrize("retry", ["patch", "head"])
+def test_a_last_append_digest_is_still_checked_when_the_forward_is_retried(
+    make_stack: Callable[..., Stack], retry: str
+) -> None:
+    """The completing append's Repr-Digest is recorded with the upload (completion.py Rule 7): when the upstream
+    was down, the retry (the empty completing PATCH, which carries no digest, or the redelivery a HEAD sets off)
+    still finds the mismatch. Before the fix the retry delivered the file and recorded it `completed`."""
+    stack = make_stack()
+    assert stack.sink is not None
+    data = os.urandom(600_000)
+    wrong = repr_digest(data[:-1] + bytes([data[-1] ^ 1]))
+    with stack.client() as client:
+        location = tus_create(client, "/upload/retry.bin", len(data)).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        stack.sink.stop()
+        assert tus_patch(client, location, 0, data, headers={"Repr-Digest": wrong}).status_code == 502
+        stack.start_sink()
+        if retry == "patch":
+            refused = tus_patch(client, location, len(data), b"")
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "digest_mismatch"
+        else:
+            assert tus_head(client, location).status_code == 200  # sets the redelivery off
+            wait_for(lambda: stack.record(upload_id)["state"] == "failed", 10)
+    record = stack.record(upload_id)
+    assert record["state"] == "failed" and record["error"]["code"] == "digest_mismatch"
+    assert stack.stored_hashes() == [] and stack.partial_files() == []
+    wait_for(lambda: stack.spool_data() == [], 5)
+
+
+def test_a_digest_on_several_header_lines_is_one_list(make_stack: Callable[..., Stack]) -> None:
+    """RFC 9110 5.3: two Repr-Digest lines are one list; the second line's wrong sha-512 is checked too."""
+    stack = make_stack()
+    data = os.urandom(300_000)
+    wrong = repr_digest(data[:-1] + bytes([data[-1] ^ 1]), "sha-512")
+    headers = [
+        ("Tus-Resumable", "1.0.0"),
+        ("Upload-Length", str(len(data))),
+        ("Repr-Digest", repr_digest(data)),
+        ("Repr-Digest", wrong),
+    ]
+    with stack.client() as client:
+        location = client.post("/upload/lines.bin", headers=headers).headers["location"]
+        refused = tus_patch(client, location, 0, data)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "digest_mismatch"
+    assert stack.stored_hashes() == []
