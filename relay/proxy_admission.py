@@ -228,9 +228,11 @@ class Admission:
             hasher=self.new_body_hash,
             progress=settings.progress,
         )
-        # A raw body's sha256 is the inspector's anyway: the checker then never hashes sha-256 a second time.
+        # The answer's Repr-Digest is sha-256 whatever the client gave (the contract), so sha-256 is always
+        # computed. A raw body's sha256 is the inspector's anyway: the checker then never hashes it a second time;
+        # a multipart body (the inspector hashes parts) or `--digest none` has it hashed by the checker, off the loop.
         shared = ("sha-256",) if settings.digest and not self.inspector.is_multipart else ()
-        self.digests = request_digests(self.headers, hasher=new_hash, precomputed=shared)
+        self.digests = request_digests(self.headers, hasher=new_hash, precomputed=shared, reported=("sha-256",))
 
     def new_body_hash(self) -> Hash:
         self.body_hash = HASHER()

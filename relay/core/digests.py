@@ -6,6 +6,7 @@ The glue calls `request_digests(headers)` while it decides from the headers; it 
 case: no digest field, nothing more is done per chunk) or a `DigestChecker`. The glue then hands the checker
 every body chunk (`update`) and calls `verify()` once the body is complete and before its last held-back
 bytes leave for the upstream, so a body whose digest does not match never reaches the upstream complete.
+After `verify()` (whether it raised or not), `repr_digest()` is the `Repr-Digest` of what was received.
 
 Rules:
 
@@ -21,7 +22,12 @@ Rules:
 5. One hash per algorithm, fed once whatever the number of fields naming it. A caller that computes a
    whole-body sha-256 anyway (the inspector hashes a raw body) names it in `precomputed` and passes the
    digest to `verify`: the body is not hashed twice.
-6. `hasher(name)` builds the hash objects (hashlib's names: "sha256", "sha512"); the relay passes one
+6. `reported` names algorithms to compute even when no field gives them: the relay's answers to a plain upload
+   carry `Repr-Digest: sha-256` whatever the client sent (a sha-512 alone included), so the proxy asks for
+   sha-256 here; that is computed once too (or taken from `precomputed`). `repr_digest()` prefers sha-256 and
+   falls back to sha-512 only for a caller that did not ask for sha-256. No checker is made for a request
+   without a known digest: `reported` alone never makes one.
+7. `hasher(name)` builds the hash objects (hashlib's names: "sha256", "sha512"); the relay passes one
    that hashes large chunks on a worker thread (relay/hashing.py). Only `update` and `hexdigest` are used.
 """
 
@@ -68,9 +74,10 @@ class DigestChecker:
         *,
         hasher: Callable[[str], Hash] = hashlib.new,
         precomputed: Collection[str] = (),
+        reported: Collection[str] = (),
     ) -> None:
         self.expected = expected
-        algorithms = dict.fromkeys(item.algorithm for item in expected)
+        algorithms = dict.fromkeys([*(item.algorithm for item in expected), *reported])  # Rules 5, 6
         self._hashes = {alg: hasher(ALGORITHMS[alg][0]) for alg in algorithms if alg not in precomputed}
         self.actual: dict[str, bytes] = {}  # filled by verify()
 
@@ -88,7 +95,7 @@ class DigestChecker:
                 raise DigestMismatch(f"the body does not match its {item.field} ({item.algorithm})")
 
     def repr_digest(self) -> bytes | None:
-        """`Repr-Digest` of what was received, after a successful verify(): sha-256 when computed, else sha-512."""
+        """`Repr-Digest` of what was received, after verify(): sha-256 when computed, else sha-512 (Rule 6)."""
         for algorithm in ALGORITHMS:
             if algorithm in self.actual:
                 return format_digest(algorithm, self.actual[algorithm])
@@ -104,8 +111,11 @@ def request_digests(
     *,
     hasher: Callable[[str], Hash] = hashlib.new,
     precomputed: Collection[str] = (),
+    reported: Collection[str] = (),
 ) -> DigestChecker | None:
-    """A checker for the digests the request's headers announce, or None when they announce none we know."""
+    """A checker for the digests the request's headers announce, or None when they announce none we know.
+
+    `reported`: algorithms the caller answers with (Rule 6), hashed too when the request has a known digest."""
     expected: list[Expected] = []
     encoded = any(key == b"content-encoding" and value.strip().lower() != b"identity" for key, value in headers)
     for name in FIELDS:
@@ -117,7 +127,9 @@ def request_digests(
             if algorithm not in ALGORITHMS:
                 continue  # Rule 2: unknown algorithms are ignored
             expected.append(Expected(field, algorithm, _digest_value(field, algorithm, value)))
-    return DigestChecker(expected, hasher=hasher, precomputed=precomputed) if expected else None
+    if not expected:
+        return None
+    return DigestChecker(expected, hasher=hasher, precomputed=precomputed, reported=reported)
 
 
 def _digest_value(field: str, algorithm: str, value: object) -> bytes:

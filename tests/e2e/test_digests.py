@@ -157,7 +157,23 @@ def test_sha512_only_with_part_hashing_off(store: Path) -> None:
         relay.stop()
         sink.stop()
     assert ok.status_code == 200
-    assert ok.headers["repr-digest"] == field("sha-512", DATA)
+    # No part hashing, yet the answer is sha-256 as the contract says: the checker hashed it besides sha-512.
+    assert ok.headers["repr-digest"] == field("sha-256", DATA)
+
+
+@pytest.mark.parametrize("header", ["content-digest", "repr-digest"])
+def test_multipart_sha512_only_answers_sha256(relay: RunningServer, store: Path, header: str) -> None:
+    """The inspector hashes a multipart body's parts, not the body: the sha-256 answered is the checker's."""
+    body = multipart_body([("file", "m512.bin", DATA[:100_000])], {"note": "x"}, boundary=BOUNDARY)
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}", header: field("sha-512", body)}
+    ok = httpx.post(f"{relay.url}/upload/m512", content=body, headers=headers)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["repr-digest"] == field("sha-256", body)
+    received = flipped(body, len(body) // 2)
+    bad = httpx.post(f"{relay.url}/upload/m512-bad", content=received, headers=headers)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "digest_mismatch"
+    assert bad.headers["repr-digest"] == field("sha-256", received)  # what the relay received
+    assert [path.name for path in stored(store, 1)] == ["m512.bin"]
 
 
 def test_unknown_algorithm_is_ignored(relay: RunningServer, store: Path) -> None:
