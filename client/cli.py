@@ -2,7 +2,8 @@
 
 Click runs with standalone_mode=False so that every error, click's own included, is rendered here as a single
 `relay-upload: error: ...` line: no usage block, no traceback. Exit codes: 0 ok, 1 HTTP error or sha256
-mismatch, 2 bad arguments or files, 3 network. A --header that cannot be sent (a name that is not a token, a
+mismatch, 2 bad arguments or files, 3 network, 130 Ctrl-C (one line, and with --json still one object per request:
+status null, error "interrupted"). A --header that cannot be sent (a name that is not a token, a
 control character in the value) is a bad argument; a non-ASCII value goes as UTF-8 bytes, as curl sends it.
 
 This module is the arguments: the two click commands (upload, bench), their checks, and `run`. How the requests
@@ -23,10 +24,11 @@ import click
 from rich.console import Console
 
 from client.bench import DEFAULT_BENCH_PATH, parse_size, run_bench
-from client.cli_output import PROG, fail, print_bench, report_outcomes
+from client.cli_output import PROG, fail, print_bench, print_interrupted, report_outcomes
 from client.cli_runs import resumable_all, upload_all
 from client.errors import ArgumentError, UploadError
 from client.progress import UploadView
+from client.results import UploadResult
 from client.resumable import DEFAULT_RESUMABLE_RETRIES, ResumableOptions
 from client.resumable_wire import metadata_header
 from client.sources import LocalFile, check_files
@@ -214,10 +216,14 @@ def upload_command(
             digest=digest,
             retries=DEFAULT_RESUMABLE_RETRIES if retries is None else retries,
         )
+        interrupted: dict[int, UploadResult] = {}
         try:
             plain = not quiet and not as_json
-            outcomes = asyncio.run(resumable_all(local, settings, jobs=jobs, view=view, plain=plain))
+            run_all = resumable_all(local, settings, jobs=jobs, view=view, plain=plain, interrupted=interrupted)
+            outcomes = asyncio.run(run_all)
         except KeyboardInterrupt:
+            if as_json:
+                print_interrupted([[f] for f in local], interrupted, protocol=settings.protocol)
             # The uploads stay on the relay and in the resume store: the same command goes on from there.
             command = shlex.join([PROG, *(click.get_current_context().obj or [])])
             fail(f"interrupted; the upload can be resumed: run the same command again: {command}")
@@ -236,7 +242,17 @@ def upload_command(
         "token": token,
         "retries": retries or 0,
     }
-    outcomes = asyncio.run(upload_all(local, to, options, each=each, jobs=jobs, view=view, digest=digest))
+    interrupted = {}
+    try:
+        outcomes = asyncio.run(
+            upload_all(local, to, options, each=each, jobs=jobs, view=view, digest=digest, interrupted=interrupted)
+        )
+    except KeyboardInterrupt:
+        # Caught here, not left to click: click would print an empty line before its Abort.
+        if as_json:
+            print_interrupted([[f] for f in local] if each else [local], interrupted)
+        fail("interrupted")
+        return 130
     return report_outcomes(outcomes, as_json=as_json, quiet=quiet)
 
 

@@ -3,7 +3,9 @@
 Every error is one `relay-upload: error: ...` line on stderr (a filename with a newline cannot break it). A run
 reports every request: JSON lines on stdout with --json, else a summary table (not with --quiet), then one error
 line per failed request; its exit code is the worst request's (1 for an HTTP error or a sha256 mismatch, 3 for
-the network), as client/cli.py's docstring lists.
+the network), as client/cli.py's docstring lists. A run interrupted by Ctrl-C still prints, with --json, one
+object per request: status null, error "interrupted", and what was known when it stopped (bytes sent, the
+upload's URL for a resumable upload that had one).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from rich.table import Table
 from client.bench import BenchResult
 from client.errors import UploadError
 from client.report import render_summary, result_line
-from client.results import FileResult, UploadResult, error_summary
+from client.results import FileResult, ResumableInfo, UploadResult, error_summary
 from client.sources import LocalFile
 
-__all__ = ["PROG", "Outcome", "fail", "print_bench", "report_outcomes"]
+__all__ = ["PROG", "Outcome", "fail", "print_bench", "print_interrupted", "report_outcomes"]
 
 PROG = "relay-upload"
 
@@ -61,6 +63,24 @@ def report_outcomes(outcomes: list[tuple[list[LocalFile], Outcome]], *, as_json:
         fail(prefix + error_summary(result))
         code = max(code, outcome.exit_code if isinstance(outcome, UploadError) else 1)
     return code
+
+
+def print_interrupted(
+    groups: list[list[LocalFile]], interrupted: dict[int, UploadResult], *, protocol: str | None = None
+) -> None:
+    """--json after Ctrl-C: an object for every request, started (`interrupted`, by index) or not.
+
+    `protocol`: the resumable protocol, so that a resumable upload that had not started still says
+    `"resumable": true` (with no upload_url: this run never learnt one).
+    """
+    for index, group in enumerate(groups):
+        result = interrupted.get(index)
+        if result is None:
+            files = [FileResult(f.path, f.size, None) for f in group]
+            result = UploadResult(None, None, 0, 0.0, files, None, error="interrupted", attempts=0)
+            result.resumable = ResumableInfo(protocol) if protocol is not None else None
+        sys.stdout.write(result_line(result) + "\n")
+    sys.stdout.flush()
 
 
 def print_bench(console: Console, result: BenchResult, concurrency: int) -> None:

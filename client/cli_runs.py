@@ -4,7 +4,8 @@ Both run `jobs` requests at once on one httpx client and give back (files, Outco
 requests included, for client/cli_output.py to report. A live display (UploadView) gets one progress row per
 file, rewound before a retry, and the notes of retries and resumptions; without it, resumable uploads' warnings
 become stderr lines (not with --json or --quiet). `--digest` on a plain upload reads the files once before sending
-them, hashing the body exactly as it will be framed (RFC 9530 Repr-Digest).
+them, hashing the body exactly as it will be framed (RFC 9530 Repr-Digest). Cancelled by Ctrl-C, each request
+that had started leaves how far it got in `interrupted`, so --json can still print one object per request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from client.cli_output import PROG, Outcome
 from client.errors import UploadError
 from client.progress import RequestProgress, UploadView
 from client.ranges import hash_range
+from client.results import UploadResult
 from client.resumable import ResumableOptions, upload_resumable
 from client.resumable_wire import repr_field
 from client.retry import RetryDecision
@@ -31,18 +33,30 @@ __all__ = ["resumable_all", "upload_all"]
 
 
 async def resumable_all(
-    files: list[LocalFile], settings: ResumableOptions, *, jobs: int, view: UploadView | None, plain: bool
+    files: list[LocalFile],
+    settings: ResumableOptions,
+    *,
+    jobs: int,
+    view: UploadView | None,
+    plain: bool,
+    interrupted: dict[int, UploadResult] | None = None,
 ) -> list[tuple[list[LocalFile], Outcome]]:
-    """Each file its own resumable upload, `jobs` at once (as --each -j for plain uploads)."""
+    """Each file its own resumable upload, `jobs` at once (as --each -j for plain uploads).
+
+    Cancelled (Ctrl-C), each upload that had started leaves how far it got in `interrupted`, by file index.
+    """
     tasks = view.add_files(files) if view else []
     gate = asyncio.Semaphore(jobs)
 
     async def one(index: int, file: LocalFile, client: httpx.AsyncClient) -> Outcome:
         observer = view.request(tasks[index : index + 1]) if view is not None else None
         note, warn = _resumable_notes(view, file.path if len(files) > 1 else "", plain=plain)
+        keep = _keeper(interrupted, index)
         async with gate:
             try:
-                return await upload_resumable(file, settings, client=client, observer=observer, note=note, warn=warn)
+                return await upload_resumable(
+                    file, settings, client=client, observer=observer, note=note, warn=warn, interrupted=keep
+                )
             except UploadError as exc:
                 return exc
             finally:
@@ -57,6 +71,17 @@ async def resumable_all(
             with view:
                 outcomes = await asyncio.gather(*(one(i, f, client) for i, f in enumerate(files)))
     return [([f], outcome) for f, outcome in zip(files, outcomes, strict=True)]
+
+
+def _keeper(interrupted: dict[int, UploadResult] | None, index: int) -> Callable[[UploadResult], None] | None:
+    """Where request `index` leaves its result when it is cancelled."""
+    if interrupted is None:
+        return None
+
+    def keep(result: UploadResult) -> None:
+        interrupted[index] = result
+
+    return keep
 
 
 def _resumable_notes(
@@ -124,7 +149,12 @@ async def upload_all(
     jobs: int,
     view: UploadView | None,
     digest: bool = False,
+    interrupted: dict[int, UploadResult] | None = None,
 ) -> list[tuple[list[LocalFile], Outcome]]:
+    """Each group of files one request (all files, or one each with `each`), `jobs` at once.
+
+    Cancelled (Ctrl-C), each request that had started leaves how far it got in `interrupted`, by group index.
+    """
     tasks = view.add_files(files) if view else []
     groups = [[f] for f in files] if each else [files]
     limits = httpx.Limits(max_connections=jobs * 2 + 2)
@@ -133,11 +163,14 @@ async def upload_all(
     async def one(index: int, group: list[LocalFile], client: httpx.AsyncClient) -> Outcome:
         observer = view.request(tasks[index : index + 1] if each else tasks) if view is not None else None
         on_retry = _retry_note(view, observer, group[0].path if each else "")
+        keep = _keeper(interrupted, index)
         async with gate:
             try:
                 paths = [f.path for f in group]
                 own = await _with_digest(group, options) if digest else options
-                return await upload_async(paths, to, client=client, observer=observer, on_retry=on_retry, **own)
+                return await upload_async(
+                    paths, to, client=client, observer=observer, on_retry=on_retry, interrupted=keep, **own
+                )
             except UploadError as exc:
                 return exc
             finally:

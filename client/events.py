@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import httpx
@@ -49,6 +50,11 @@ def describe_http_error(status: int, response: Any) -> str:
     error = response.get("error") if isinstance(response, dict) else None
     if isinstance(error, dict):
         return f"HTTP {status} {error.get('code', '')}: {error.get('message', '')}".strip()
+    if response is None:  # no body (a HEAD's answer, say): the status's reason phrase, not "null"
+        try:
+            return f"HTTP {status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            return f"HTTP {status}"
     text = response if isinstance(response, str) else json.dumps(response)
     text = " ".join(text.split())[:200]
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"

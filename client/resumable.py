@@ -9,16 +9,21 @@ Theory of operation:
 * The relay's offset is the truth. After anything goes wrong (a broken connection, a 5xx, a 409 offset
   mismatch, a 460 checksum mismatch, a 429) the client asks HEAD where the relay stands and goes on from
   there; the bytes a broken append delivered are kept by the relay, so nothing is sent twice that arrived.
-  A 404 or 410 for the upload's URL (expired, or a relay that lost it) starts a new upload from 0, saying so.
+  A 404 or 410 for the upload's URL (expired, or a relay that lost it) starts a new upload from 0, saying so;
+  so does any other 4xx but 401, 407 and 429 to the first HEAD of a remembered URL (not an upload, or not
+  ours: it was a hint; missing credentials are this run's, and a later run with them resumes).
 * Retries: up to `retries` failures in a row, waiting 0.5 s doubling up to 10 s (a 429's Retry-After when it
   gives one); a failure after which the relay's offset moved forward starts the count again, so a long upload
-  over a flaky line is not given up for breaks it recovers from.
+  over a flaky line is not given up for breaks it recovers from. Spent on an HTTP answer (a 5xx, a 429), that
+  answer is the result ("gave up after N retries"); spent on the network, NetworkError with the partial result.
 * What is final: a 4xx other than those above, a 5xx the relay says came from the upstream (X-Upstream-Status:
   the upstream's verdict, which sending again would only repeat) and 501/505/507; so is a creation answer whose
   Location no request can go to (unparsable, not http(s), no host, a port out of 1-65535: client/target.py's
   check), which is never remembered. A remembered URL that fails the same check is ignored (a new upload).
 * Across runs: the upload's URL is remembered (client/resume_store.py) from its creation until it completed,
-  so a killed run resumes when started again. Ctrl-C cancels the task; the entry stays (cli.py says so).
+  so a killed run resumes when started again. Ctrl-C cancels the task; the entry stays (cli.py says so) and
+  `interrupted` hears how far the upload got (for --json). A file that cannot be read any more (deleted, shrunk)
+  ends the upload with FileError carrying the partial result; its entry, which names bytes that are no more, goes.
 * The file is read in 1 MiB pieces on the client's reader thread (client/ranges.py), whatever `chunk_size`
   is, and hashed in order on the way; its sha256 is compared with the relay's X-Upload-Sha256 at the end.
 """
@@ -97,6 +102,7 @@ class _Upload:
         observer: ResumableObserver,
         note: Note,
         warn: Note,
+        interrupted: Callable[[UploadResult], None],
     ) -> None:
         self.client = client
         self.file = file
@@ -106,6 +112,7 @@ class _Upload:
         self.observer = observer
         self.note = note  # retries and resumptions: for the live display
         self.warn = warn  # a new upload where one was expected: worth a line even without a display
+        self.interrupted = interrupted  # hears how far a cancelled (Ctrl-C) upload got, for --json
         self.key: ResumeKey | None = None
         self.url: str | None = None
         self.upload_id: str | None = None
@@ -124,6 +131,20 @@ class _Upload:
     # --- the loop ----------------------------------------------------------------------------------------------
 
     async def run(self) -> UploadResult:
+        try:
+            return await self._run()
+        except FileError as exc:
+            # The file went away or changed: the remembered entry names bytes that are no more (its key, the
+            # file's size and mtime, will not match again), but the result says how far the upload got.
+            if self.key is not None:
+                self.options.store.remove(self.key)
+            exc.result = self._partial_result(str(exc))
+            raise
+        except asyncio.CancelledError:
+            self.interrupted(self._partial_result("interrupted"))
+            raise
+
+    async def _run(self) -> UploadResult:
         path = self.file.path
         try:
             self.key = await _in_reader(fingerprint, path, self.options.url)
@@ -138,24 +159,37 @@ class _Upload:
         need_head = self.url is not None
         while self.done is None:
             try:
-                if self.url is None:
-                    await self._create()
-                elif need_head:
-                    await self._head()
-                need_head = False
-                if self.done is None:
-                    await self._append()
-            except Gone as gone:
-                if self.created_here:  # not a stale entry: a relay that loses uploads must not loop us forever
-                    await self._wait(Retry(str(gone), delay=0.0, answer=gone.answer))
-                self._forget(f"the relay no longer knows {self.url}; starting a new upload from 0")
-                need_head = False
-            except Retry as retry:
-                await self._wait(retry)
-                need_head = self.url is not None
+                need_head = await self._step(need_head)
             except Final as final:
-                return await self._result(final.answer)
+                # Raised by a request, or by _wait once the retries are spent on an HTTP answer: the answer
+                # is the result (exit 1 with --json's object), not an error out of the run.
+                result = await self._result(final.answer)
+                if final.gave_up is not None:
+                    result.hint = f"gave up after {final.gave_up} retries; run again to resume"
+                return result
         return await self._result(self.done)
+
+    async def _step(self, need_head: bool) -> bool:
+        """One request (or two: HEAD, then an append) and what to do after a failure; returns `need_head`."""
+        try:
+            if self.url is None:
+                await self._create()
+            elif need_head:
+                await self._head()
+            if self.done is None:
+                await self._append()
+            return False
+        except Gone as gone:
+            if self.created_here:  # not a stale entry: a relay that loses uploads must not loop us forever
+                await self._wait(Retry(str(gone), delay=0.0, answer=gone.answer))
+            if gone.answer.status in (404, 410):
+                self._forget(f"the relay no longer knows {self.url}; starting a new upload from 0")
+            else:
+                self._forget(f"the remembered upload {self.url} is not usable ({gone}); starting a new upload from 0")
+            return False
+        except Retry as retry:
+            await self._wait(retry)
+            return self.url is not None
 
     async def _wait(self, retry: Retry) -> None:
         self.failures += 1
@@ -167,7 +201,9 @@ class _Upload:
 
     def _give_up(self, retry: Retry) -> Exception:
         if retry.answer is not None:
-            return Final(retry.answer)
+            final = Final(retry.answer)
+            final.gave_up = self.options.retries
+            return final
         message = str(retry)
         if isinstance(retry.network, httpx.ConnectError | httpx.ConnectTimeout):
             message = connect_failure(self.options.relay, retry.network)
@@ -228,6 +264,10 @@ class _Upload:
         assert self.url is not None
         answer = await self._send("HEAD", self.url, self._headers(self.dialect.base()))
         if not 200 <= answer.status < 300:
+            if self.resumed_from is None and 400 <= answer.status < 500 and answer.status not in (401, 407, 429):
+                # The first HEAD of a remembered URL, refused (not an upload, not ours): it was only a hint.
+                # Not for missing credentials (401, 407) or a 429: those are this run's, the next one resumes.
+                raise Gone(answer)
             judge(answer, upload_url=True)
         offset = offset_of(answer.headers)
         if offset is None or offset > self.size:
@@ -370,16 +410,23 @@ async def upload_resumable(
     observer: ResumableObserver | None = None,
     note: Note | None = None,
     warn: Note | None = None,
+    interrupted: Callable[[UploadResult], None] | None = None,
 ) -> UploadResult:
     """Upload `file` as one resumable upload and return what happened (HTTP errors in the result).
 
     `note` hears of retries and resumptions, `warn` (default: `note`) of an upload the relay no longer knew
-    (a new one starts from 0). Raises FileError for a file that cannot be read, NetworkError once the retries
-    are spent (its `result` says how far it got); the upload stays resumable in both cases.
+    (a new one starts from 0), `interrupted` of how far the upload got when it is cancelled (the cancellation
+    goes on). Raises FileError for a file that cannot be read (its remembered entry is dropped), NetworkError
+    once the retries are spent on the network; both carry `result`, how far it got. Retries spent on an HTTP
+    answer (a 5xx, a 429) end with that answer as the result.
     """
     if file.size is None:
         raise ArgumentError("'-' (standard input) cannot be sent as a resumable upload: it cannot be read again")
     quiet: Note = lambda text: None  # noqa: E731
     note = note or quiet
-    upload = _Upload(client, file, options, observer or _NoObserver(), note, warn or note)
+    upload = _Upload(client, file, options, observer or _NoObserver(), note, warn or note, interrupted or _ignore)
     return await upload.run()
+
+
+def _ignore(result: UploadResult) -> None:
+    pass

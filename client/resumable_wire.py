@@ -49,8 +49,8 @@ __all__ = [
 
 TUS_VERSION = "1.0.0"
 IETF_INTEROP_VERSION = "8"
-# tus: a metadata key is any run of characters without spaces and commas.
-_METADATA_KEY = re.compile(r"[^\s,]+")
+# tus: a metadata key is ASCII without spaces and commas (a header value carries it as it is, so no controls).
+_METADATA_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _RESERVED_KEYS = ("filename", "filetype")
 # 5xx answers that sending again will not mend.
 FINAL_5XX = frozenset({501, 505, 507, 508, 510, 511})
@@ -116,7 +116,9 @@ def metadata_header(filename: str, filetype: str, form: Sequence[tuple[str, str]
     seen = set(_RESERVED_KEYS)
     for key, value in form:
         if not _METADATA_KEY.fullmatch(key):
-            raise ArgumentError(f"--form {key!r}: with --resumable a field name cannot hold spaces or commas")
+            raise ArgumentError(
+                f"--form {key!r}: with --resumable a field name is printable ASCII without spaces or commas"
+            )
         if key in seen:
             raise ArgumentError(f"--form {key!r}: given twice, or reserved for the file (filename, filetype)")
         seen.add(key)
@@ -168,6 +170,8 @@ class Final(Exception):
     def __init__(self, answer: Answer) -> None:
         super().__init__(describe_http_error(answer.status, answer.body))
         self.answer = answer
+        # Set when the answer was one to retry, and the retries (this many) were spent on it.
+        self.gave_up: int | None = None
 
 
 def judge(answer: Answer, *, upload_url: bool) -> None:

@@ -9,7 +9,8 @@ Theory of operation:
 * The entry is written once the upload exists on the relay (after creation, before the first byte) and is
   removed when the upload completed or the relay no longer knows it. Writes are atomic (a temporary file
   renamed into place), so a run killed mid-write leaves the old entry or the new one, never half of one.
-* The cache is only a hint: an unreadable or malformed entry is ignored (a new upload is created).
+* The cache is only a hint: an unreadable or malformed entry is ignored (a new upload is created): not JSON,
+  nested too deep for the parser, or any field missing or of another type.
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ class StoredUpload:
     size: int
 
 
+def _entry(data: object) -> StoredUpload | None:
+    """The entry `data` holds, or None unless every field is there with its type (strings, a size >= 0)."""
+    if not isinstance(data, dict):
+        return None
+    strings = [data.get(name) for name in ("upload_url", "protocol", "path", "destination")]
+    size = data.get("size")
+    if not all(isinstance(value, str) for value in strings):
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return None
+    upload_url, protocol, path, destination = (str(value) for value in strings)
+    return StoredUpload(upload_url, protocol, path, destination, size)
+
+
 class ResumeStore:
     """The directory of entries; every method is best effort (the cache must never fail an upload)."""
 
@@ -78,9 +93,9 @@ class ResumeStore:
     def load(self, key: ResumeKey) -> StoredUpload | None:
         try:
             data = json.loads((self.directory / key.name).read_text(encoding="utf-8"))
-            return StoredUpload(**{field: data[field] for field in StoredUpload.__dataclass_fields__})
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: deeply nested brackets
             return None
+        return _entry(data)
 
     def save(self, key: ResumeKey, entry: StoredUpload) -> None:
         try:

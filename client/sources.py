@@ -202,7 +202,11 @@ class StdinSource(_Hashed):
     """Standard input as it arrives, size unknown. Read once: it cannot be replayed after its first byte.
 
     A daemon thread reads, because a read blocked on a terminal or an idle pipe must not keep the process
-    alive at exit (the shared reader pool's threads are joined at exit). At most two chunks wait in memory.
+    alive at exit (the shared reader pool's threads are joined at exit). It reads the file descriptor with
+    os.read, not the stream's read1: a daemon thread blocked inside a BufferedReader holds its lock, and the
+    interpreter's exit (after Ctrl-C) then dies on that lock ("Fatal Python error: _enter_buffered_busy",
+    exit 134). Nothing reads standard input before this source, so no bytes wait in the stream's buffer.
+    A stream without a descriptor (a test's BytesIO) is read with read1. At most two chunks wait in memory.
     """
 
     def __init__(self, file: LocalFile, stream: IO[bytes] | None = None) -> None:
@@ -210,7 +214,7 @@ class StdinSource(_Hashed):
         self.file = file
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.used = False
-        self._read1: Callable[[int], bytes] = getattr(self.stream, "read1", self.stream.read)
+        self._read = _raw_reader(self.stream)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self.used:
@@ -235,8 +239,8 @@ class StdinSource(_Hashed):
         while True:
             room.acquire()
             try:
-                # read1: whatever the pipe has now (up to a chunk), so a slow producer's bytes go out as they come.
-                item = self._read1(CHUNK_SIZE)
+                # Whatever the pipe has now (up to a chunk), so a slow producer's bytes go out as they come.
+                item = self._read(CHUNK_SIZE)
             except OSError as exc:
                 item = exc
             try:
@@ -245,6 +249,15 @@ class StdinSource(_Hashed):
                 return  # the loop is gone: nobody is waiting for these bytes any more
             if not isinstance(item, bytes) or not item:
                 return
+
+
+def _raw_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
+    """read(n) for `stream`: os.read on its descriptor (no lock held while blocked), else its read1."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return getattr(stream, "read1", stream.read)
+    return lambda size: os.read(fd, size)
 
 
 @dataclass

@@ -172,6 +172,8 @@ class _Request:
     # Standard input can be read once: the same source for every attempt, so a second read is refused.
     stdin: StdinSource | None = None
     boundary: str | None = None  # a multipart boundary chosen beforehand (--digest hashes the framed body first)
+    # Hears how far the request got when it is cancelled (Ctrl-C), so --json can still print its object.
+    interrupted: Callable[[UploadResult], None] | None = None
 
     @property
     def replayable(self) -> bool:
@@ -214,7 +216,7 @@ async def _send(client: httpx.AsyncClient, request: _Request, body: Body) -> _Se
         return _Sent(status, request.upload_id, answer, time.perf_counter() - (body.first_byte_at or 0.0))
 
 
-async def _attempt(client: httpx.AsyncClient, request: _Request) -> UploadResult:
+async def _attempt(client: httpx.AsyncClient, request: _Request, number: int) -> UploadResult:
     body, sources = _build_body(request)
     watcher = None
     if request.events:
@@ -223,6 +225,13 @@ async def _attempt(client: httpx.AsyncClient, request: _Request) -> UploadResult
         if watcher is not None:
             await watcher.open(request.observer)
         sent = await _send(client, request, body)
+    except asyncio.CancelledError:
+        if request.interrupted is not None:
+            files = _file_results(body, sources)
+            partial = UploadResult(None, request.upload_id, body.sent, _elapsed(body), files, None, error="interrupted")
+            partial.attempts = number
+            request.interrupted(partial)
+        raise
     except UploadError as exc:
         if watcher is not None:
             await watcher.close(0)
@@ -271,7 +280,7 @@ async def _with_retries(
     attempt = 0
     while True:
         try:
-            result = await _attempt(client, request)
+            result = await _attempt(client, request, attempt + 1)
         except UploadError as exc:
             decision = after_failure(exc, attempt, request.replayable) if attempt < retries else None
             if decision is None:
@@ -332,8 +341,12 @@ async def upload_async(
     on_retry: Callable[[RetryDecision], None] | None = None,
     client: httpx.AsyncClient | None = None,
     boundary: str | None = None,
+    interrupted: Callable[[UploadResult], None] | None = None,
 ) -> UploadResult:
-    """Upload `files` in one request to `relay` + `to`; see `upload` for the arguments."""
+    """Upload `files` in one request to `relay` + `to`; see `upload` for the arguments.
+
+    `interrupted` hears how far the request got when the task is cancelled (the cancellation goes on).
+    """
     paths = [os.fspath(f) for f in files]
     method = method.upper()
     if not paths:
@@ -364,6 +377,7 @@ async def upload_async(
         observer=observer or _NoObserver(),
         stdin=StdinSource(local[0]) if local[0].is_stdin else None,
         boundary=boundary,
+        interrupted=interrupted,
     )
     own_client = client is None
     if client is None:

@@ -5,8 +5,9 @@ fixtures `relay_sink`, `relay_server` and the factories `start_sink` / `start_re
 
 Each server is its own process (`python -m relay ...`, `python -m relay.sink ...`) started with `--port 0`;
 the port is read from the "listening on http://..." (or https://) line the server prints. Output goes to a log
-file, not a pipe, so a chatty server can never block on a full pipe. Servers are stopped by PID by the fixture that
-started them.
+file, not a pipe, so a chatty server can never block on a full pipe; stopping the server removes the file and
+keeps its text for `log()`. Servers are stopped by PID by the fixture that started them. `relay_server` spools
+resumable uploads under the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -39,16 +40,23 @@ class RunningServer:
     port: int
     log_path: Path
     args: list[str] = field(default_factory=list)
+    # The log's text once stop() removed its file: tests often read the log after stopping the server.
+    _kept_log: str | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log(self) -> str:
+        if self._kept_log is not None:
+            return self._kept_log
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Stop the process (SIGTERM, then SIGKILL after `timeout`); return its exit code."""
+        """Stop the process (SIGTERM, then SIGKILL after `timeout`); return its exit code.
+
+        The log file is removed (no relay-test-*.log piles up in /tmp); `log()` still returns its text.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -56,7 +64,19 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._kept_log is None:
+            self._kept_log = _take(self.log_path)
         return self.proc.returncode
+
+
+def _take(path: Path) -> str:
+    """The text of `path`, which is then removed ("" if it is gone already)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    return text
 
 
 def start_process(
@@ -79,7 +99,7 @@ def start_process(
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    raise RuntimeError(f"{' '.join(args)} did not start (exit {proc.returncode}):\n{log_path.read_text()}")
+    raise RuntimeError(f"{' '.join(args)} did not start (exit {proc.returncode}):\n{_take(log_path)}")
 
 
 def start_sink(directory: str | Path | None = None, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
@@ -105,8 +125,12 @@ def relay_sink(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def relay_server(relay_sink: RunningServer) -> Iterator[RunningServer]:
-    """A relay with default settings, forwarding to `relay_sink`."""
-    server = start_relay(upstream=relay_sink.url)
+def relay_server(relay_sink: RunningServer, tmp_path: Path) -> Iterator[RunningServer]:
+    """A relay with default settings, forwarding to `relay_sink`, its resumable uploads spooled under tmp_path.
+
+    Not the default ./spool, in the directory pytest runs from: uploads would carry over from one test (and
+    one session) to the next.
+    """
+    server = start_relay("--spool", str(tmp_path / "spool"), upstream=relay_sink.url)
     yield server
     server.stop()
