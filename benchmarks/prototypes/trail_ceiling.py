@@ -18,7 +18,8 @@ append, sent only once the upstream's HTTP answer has been read completely; the 
 (`{"bytes": N}`, which the client checks against the file size) and the sim's fdatasync seconds and count.
 `ERR <text>` reports a failure. Sim -> upstream is `POST / HTTP/1.1`, Host, Content-Length: <file size>, the
 body, then the response (status line, headers, Content-Length body); a new upstream connection per upload.
-Spool files live in --spool-dir (checked to be on /tmp's file system), one per upload, unlinked at its end.
+Spool files live in --spool-dir (checked to be on /tmp's file system), one per upload, closed and unlinked
+after the final OK (timed apart: `unlink`; with ext4's `discard` it costs ~0.5 s per GiB here).
 
 Variants (the first word decides; each rep runs every variant once, in a rotated order):
 
@@ -39,10 +40,18 @@ Variants (the first word decides; each rep runs every variant once, in a rotated
          are durable, which is what this design accepts.
   CB     C with a buffered os.pwrite in the writer thread instead of O_DIRECT.
 
+Suffixes, added because the first runs showed the disk, not the CPU, setting the pace (any order of "s" "r"):
+  ...s   a syncer thread calls fdatasync each time --sync-every bytes (4 MiB) more have been written, so the
+         disk works while the append is still arriving and the append's own fdatasync finds less to flush.
+  ...r   a recycled spool file: one per variant name, written by the warm-up upload and then overwritten in
+         place by every upload (no O_TRUNC, no unlink): no block allocation, no discard, and for buffered
+         variants the page-cache pages stay (no fresh pages from the host). E.g. CBsr, Ar, Cr.
+
 Printed per upload: wall (client: first byte sent -> final OK), the sim's CPU seconds (/proc/PID/stat utime +
 stime delta, all threads), for appends the time of the appends before the last and of the tail (last append's
-start -> final OK), and the sim's fdatasync total. Then a table: median wall, per-rep range, ratio to the same
-rep's plain (median and range), median CPU, appends, tail, fdatasync. `uptime` before and after.
+start -> final OK), the sim's fdatasync total in the append path and in the syncer. Then a table: median wall,
+per-rep range, ratio to the same rep's plain (median and range), best wall and best/best-plain (a ceiling on a
+noisy shared machine), median CPU, appends, tail, fdatasync, syncer, unlink. `uptime` before and after.
 
     .venv/bin/python benchmarks/prototypes/trail_ceiling.py --file /tmp/relay-bench/data_1073741824.bin \\
         --reps 7 --variants plain,A,T,TD,C,CB --append-size 16777216 [--spool-dir /tmp/p-trail/spool]
@@ -70,6 +79,7 @@ HERE = Path(__file__).resolve()
 UPSTREAM = HERE.parent.parent / "upstream.py"
 CLK = os.sysconf("SC_CLK_TCK")
 BASES = ("A", "T", "TD", "TDW", "C", "CB")
+SUFFIXES = ("", "s", "r", "sr")
 
 
 # ---------------------------------------------------------------------------------------------- relay-sim side
@@ -144,13 +154,18 @@ def aligned_write(fd: int, mv: memoryview, k: int, offset: int) -> None:
 
 class Upload:
     def __init__(self, name: str, total: int, path: Path, port: int, sync_every: int) -> None:
-        # a trailing "s" (As, Ts, Cs, ...): a syncer thread fdatasync's every `sync_every` bytes written
-        variant = name[:-1] if name.endswith("s") else name
-        assert variant in BASES, name
+        # lower-case suffixes: "s" a syncer thread fdatasync's every `sync_every` bytes written; "r" the spool
+        # file is a recycled one (one per variant name, kept between uploads: no allocation, no unlink)
+        variant = name.rstrip("sr")
+        suffix = name[len(variant) :]
+        assert variant in BASES and suffix in SUFFIXES, name
+        self.reuse = "r" in suffix
+        if self.reuse:
+            path = path.parent / f"pool-{name}"
         self.variant, self.total, self.path, self.port = variant, total, path, port
-        self.sync_every = sync_every if name.endswith("s") else 0
+        self.sync_every = sync_every if "s" in suffix else 0
         direct = variant in ("TD", "TDW", "C")
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+        flags = os.O_RDWR | os.O_CREAT | (0 if self.reuse else os.O_TRUNC) | (os.O_DIRECT if direct else 0)
         self.fd = os.open(path, flags, 0o600)
         self.rfd = os.open(path, os.O_RDONLY | os.O_DIRECT) if variant == "TD" or variant == "TDW" else -1
         self.sync_s = 0.0
@@ -342,7 +357,8 @@ class Upload:
             if fd >= 0:
                 os.close(fd)
         self.fd = self.rfd = -1
-        self.path.unlink(missing_ok=True)
+        if not self.reuse:
+            self.path.unlink(missing_ok=True)
 
 
 def plain(sock: socket.socket, n: int, port: int) -> dict:
@@ -505,7 +521,7 @@ def main() -> None:
         return
 
     variants = args.variants.split(",")
-    unknown = set(variants) - {"plain", *BASES, *(b + "s" for b in BASES)}
+    unknown = set(variants) - {"plain", *(b + s for b in BASES for s in SUFFIXES)}
     if unknown or "plain" not in variants:
         parser.error(f"unknown variants {sorted(unknown)} (plain is required)")
     if args.append_size % ALIGN:
@@ -561,20 +577,24 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait()
+        for pooled in args.spool_dir.glob("pool-*"):
+            pooled.unlink()
 
     print("uptime after:", uptime())
     print()
     print(
         f"{'variant':7s} {'wall med':>8s} {'wall range':>12s} {'ratio med':>9s} {'ratio range':>12s}"
-        f" {'CPU-s':>6s} {'appends':>8s} {'tail':>6s} {'fdatasync':>9s} {'syncer':>6s} {'unlink':>6s}"
+        f" {'best':>6s} {'best/':>5s} {'CPU-s':>6s}"
+        f" {'appends':>8s} {'tail':>6s} {'fdatasync':>9s} {'syncer':>6s} {'unlink':>6s}"
     )
     med = statistics.median
+    best_plain = min(r["wall"] for r in rows["plain"])
     for v in variants:
         rs = rows[v]
         walls, ratios = [r["wall"] for r in rs], [r["ratio"] for r in rs]
         line = (
             f"{v:7s} {med(walls):8.3f} {fmt_range(walls):>12s} {med(ratios):9.2f} {fmt_range(ratios):>12s}"
-            f" {med([r['cpu'] for r in rs]):6.2f}"
+            f" {min(walls):6.3f} {min(walls) / best_plain:5.2f} {med([r['cpu'] for r in rs]):6.2f}"
         )
         if "tail" in rs[0]:
             line += (
