@@ -28,6 +28,7 @@ Refusals of HEAD, PATCH and DELETE on an upload that exists (409, 415, 460 ...) 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -129,11 +130,13 @@ async def refuse_unparsed(
     cors: Headers,
     receive: Receive | None = None,
     unread: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Refuse a request that did not become a `Request` (its headers did not parse, its token was wrong ...)."""
     decision = decide.decide_error(protocol, error, limits=limits)
     _count(metrics, decision)
-    await write_answer(send, error.status_code, [*decision.headers, *cors], decision.body, receive, unread)
+    out = [*decision.headers, *extra, *cors]
+    await write_answer(send, error.status_code, out, decision.body, receive, unread)
 
 
 def note_refused_creation(ctx: RelayContext, request: Request, upload_id: str) -> None:

@@ -24,6 +24,9 @@ Rules:
    relay/resumable/concat.py's; HEAD of either carries `Upload-Concat`.
 6. On a routed path, a resumable request that is not a creation POST, or any on a route without POST, gets 405
    with `Allow` naming what that URL takes: the route's methods and OPTIONS (`_routed_allow`).
+7. On the resumable prefix, a path that names no upload is 404 and a method other than HEAD, PATCH, DELETE (and
+   OPTIONS, discovery) is 405 with `Allow`, whatever the request's headers: checked before its token and its
+   `Tus-Resumable` (an absent one would otherwise make a GET a 412), as routing comes before the resource.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from relay.core.resumable_decisions import Decision
 from relay.core.resumable_headers import detect_protocol
 from relay.errors import (
     BadRequest,
+    MethodNotAllowed,
     NotFound,
     RelayError,
     TooManyUploads,
@@ -128,32 +132,44 @@ class ResumableEndpoints:
             send = with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
         if await options(self.ctx, route, scope, send):
             return
-        if upload_id and not valid_upload_id(upload_id):  # answered in the request's protocol all the same
-            headers = scope["headers"]
-            missing = NotFound("no such resumable upload")
-            cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
-            protocol, unread = detect_protocol(headers) or "tus", may_have_body(headers)
-            await refuse_unparsed(
-                self.ctx.metrics,
-                send,
-                protocol,
-                missing,
-                limits=route.limits,
-                cors=cors,
-                receive=receive,
-                unread=unread,
-            )
+        if await self._off_route(scope, receive, send, route, upload_id):
             return
         request = await parse(self.ctx, route, scope, receive, send)
         if request is None:
             return
-        if not upload_id:  # the prefix itself is only for discovery (OPTIONS, answered above): another path
-            await refuse(self.ctx.metrics, request, NotFound("no resumable upload at this path"))
-            return
-        if request.req.method not in ("HEAD", "PATCH", "DELETE"):
-            await respond(request, decide.method_not_allowed(request.req.protocol))
-            return
         await self._prefixed(request, upload_id.decode("ascii"))
+
+    async def _off_route(self, scope: Scope, receive: Receive, send: Send, route: Route, upload_id: bytes) -> bool:
+        """Rule 7: not an upload's URL (404) or not one of its methods (405), answered as such whatever the
+        request's headers (before its token and its protocol version are asked for), in its protocol all the same."""
+        headers = scope["headers"]
+        method = scope["method"]
+        override = header_value(headers, b"x-http-method-override") if method == "POST" else None
+        method = override.decode("latin-1").upper() if override is not None else method
+        error: RelayError | None = None
+        extra: list[tuple[bytes, bytes]] = []
+        if not upload_id:  # the prefix itself is only for discovery (OPTIONS, answered before): another path
+            error = NotFound("no resumable upload at this path")
+        elif not valid_upload_id(upload_id):
+            error = NotFound("no such resumable upload")
+        elif method not in ("HEAD", "PATCH", "DELETE"):
+            error, extra = MethodNotAllowed(), [(b"allow", b"HEAD, PATCH, DELETE, OPTIONS")]
+        if error is None:
+            return False
+        cors = cors_headers(self.ctx.settings, headers, TUS_EXPOSED)
+        protocol, unread = detect_protocol(headers) or "tus", may_have_body(headers)
+        await refuse_unparsed(
+            self.ctx.metrics,
+            send,
+            protocol,
+            error,
+            limits=route.limits,
+            cors=cors,
+            receive=receive,
+            unread=unread,
+            extra=extra,
+        )
+        return True
 
     async def _prefixed(self, request: Request, upload_id: str) -> None:
         try:

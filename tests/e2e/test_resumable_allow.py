@@ -76,3 +76,24 @@ def test_a_route_that_takes_post_names_it(relay: RunningServer) -> None:
         created = client.post("/upload/f.bin", headers=TUS_CREATE)
         assert created.status_code == 201, created.text
         assert client.delete(created.headers["location"], headers={"Tus-Resumable": "1.0.0"}).status_code == 204
+
+
+@pytest.mark.parametrize("headers", [{}, {"Tus-Resumable": "1.0.0"}, {"Tus-Resumable": "0.2.2"}], ids=str)
+def test_the_resumable_prefix_routes_before_it_reads_the_protocol(
+    relay: RunningServer, headers: dict[str, str]
+) -> None:
+    """endpoints.py Rule 7 (contract: other methods 405, other paths 404): a GET without Tus-Resumable was a 412."""
+    with httpx.Client(base_url=relay.url) as client:
+        for method in ("GET", "PUT"):
+            wrong = client.request(method, "/resumable/abcdefgh", headers=headers)
+            assert wrong.status_code == 405, (method, wrong.text)
+            assert allowed(wrong) == ["HEAD", "PATCH", "DELETE", "OPTIONS"]
+            assert wrong.json()["error"]["code"] == "method_not_allowed"
+            assert wrong.headers["x-upload-id"] == "abcdefgh"
+        overridden = client.post("/resumable/abcdefgh", headers={**headers, "X-HTTP-Method-Override": "GET"})
+        assert overridden.status_code == 405
+        for method in ("GET", "DELETE", "PATCH"):
+            assert client.request(method, "/resumable/", headers=headers).status_code == 404, method
+        assert client.head("/resumable/nosuchupload", headers=headers).status_code == (
+            404 if headers.get("Tus-Resumable") == "1.0.0" else 412
+        )
