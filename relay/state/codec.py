@@ -92,9 +92,12 @@ def decode_record(text: str | bytes | None) -> UploadRecord | None:
     return record
 
 
-def record_gen(relay_id: str, record: UploadRecord) -> str:
-    """Which run of an upload id a record belongs to: an id may be reused once its upload has finished."""
-    return f"{relay_id}:{record.started_at!r}"
+def record_gen(record: UploadRecord) -> str:
+    """Which run of an upload id a record belongs to: an id may be reused once its upload has finished. The run
+    is its start time and nothing about the relay writing it: a resumable upload's record is written by every
+    relay that takes one of its requests (each starts it at the upload's `created_at`), and these writes are
+    one run. Two plain runs of one id never start at the same instant (the id's lease: one run at a time)."""
+    return repr(record.started_at)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

@@ -3,13 +3,18 @@
 Each relay `SET <p>relay:<relay id> EX 15` every BEAT_EVERY seconds (and with every flush: a relay writing
 records is alive, so its uploads never show up in `<p>active` without its heartbeat after a Redis restart).
 
-Every relay sweeps every SWEEP_EVERY seconds: `<p>active` maps each unfinished upload to its relay; a relay
+Every relay sweeps every SWEEP_EVERY seconds: `<p>active` maps each upload in flight to its relay; a relay
 (other than this one) whose heartbeat key is missing on sweeps at least CONFIRM seconds apart is lost, and
 each of its uploads is ended `failed` with code `relay_lost`: the record and a `failed` event go through the
 same FLUSH script as any write, with the record's stored `gen`, so when several relays sweep at once the
 fencing in FLUSH lets only the first one write the record and publish the event. Timing from a kill -9: the
 key expires within 15 s, the sweeper sees it at most SWEEP_EVERY later and confirms CONFIRM later: about
 15 + 2 + 6 = 23 s, under the 30 s of the contract.
+
+Resumable uploads are never ended here: the contract ends them only by expiry or termination, and between its
+requests (or when the relay that took one dies) another relay goes on with the upload from the shared state
+(relay/resumable/shared.py: its own leases, takeover and expiry sweep). FLUSH keeps their records out of
+`<p>active`; one found there anyway (written by an earlier version) is taken out of it, and left as it is.
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ class Sweeper:
             await self.client.hdel(self.keys.active, upload_id)
             return 0
         if fin == b"1":
+            return 0
+        if record.resumable:  # see the module docstring: not this sweeper's to end
+            await self.client.hdel(self.keys.active, upload_id)
             return 0
         now = time.time()
         event = Failed(upload_id, record.bytes, record.total, now, RELAY_LOST)

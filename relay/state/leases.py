@@ -3,21 +3,25 @@
 The upload's id is claimed the same way, as a cap of one: `<p>id:<upload id>` holds the lease of the one
 upload in progress under that id on any relay, so a client-chosen `X-Upload-ID` already in progress on another
 relay gets 409 `upload_id_in_use` (UploadIdInUse) from the same single await, before any cap is counted (a
-refusal recorded under that id would replace the other upload's record). A lease this relay gave back but has
-not written yet (the write queue flushes in batches) is dropped by TAKE itself, in every set it is in: the same
-id, and uploads that follow each other under a cap of one, follow each other on one relay at once; on another
-relay a slot is free once that release is written (the queue flushes an ended upload's writes within
-URGENT_GAP, relay/state/writer.py).
+refusal recorded under that id would replace the other upload's record). A resumable upload holds its id too,
+from its creation until it is completed or failed, across its requests and whichever relay takes them: TAKE
+refuses the id while `<p>rs:<id>` (its shared state, relay/resumable/shared.py) is there and not finished; the
+resumable side checks the other way round (a creation looks for a lease on `<p>id:<id>`). A lease this relay
+gave back but has not written yet (the write queue flushes in batches) is dropped by TAKE itself, in every set
+it is in: the same id, and uploads that follow each other under a cap of one, follow each other on one relay at
+once; on another relay a slot is free once that release is written (the queue flushes an ended upload's writes
+within URGENT_GAP, relay/state/writer.py).
 
 Why leases and not INCR/DECR: a relay that dies between the two leaks its slot forever. A lease runs out by
 itself (LEASE_SECONDS after its last renewal), so a dead relay's slots come back within 25 s (the contract
 says 30), while a live relay renews every lease it holds every RENEW_EVERY seconds.
 
-TAKE (one Lua script, registered once, EVALSHA) does, atomically for the id and each cap that is set (the
-global one and the client's): drop expired members, compare the count with the cap, and only if every one has
-room add the new lease to each set. Times are Redis's own (`TIME`), so relays' clocks never compare with each other;
-the lease is generous against a server clock step. RENEW re-adds (ZADD, not XX) every lease still held, so
-after a Redis restart that lost the sets the counts are right again within one renewal.
+TAKE (one Lua script, registered once, EVALSHA) does, atomically: refuse the id if a resumable upload not
+finished holds it; for the id and each cap that is set (the global one and the client's), drop expired
+members and compare the count with the cap; and only if every one has room add the new lease to each set.
+Times are Redis's own (`TIME`), so relays' clocks never compare with each other; the lease is generous against
+a server clock step. RENEW re-adds (ZADD, not XX) every lease still held, so after a Redis restart that lost
+the sets the counts are right again within one renewal.
 
 The check is one await on the head of a request (before the body is read), never per chunk. While Redis is
 down (or slower than TAKE_TIMEOUT) the caps fall back to this relay's own count, which the proxy checks in any
@@ -34,7 +38,7 @@ from redis.asyncio import Redis
 
 from relay.errors import TooManyUploads, UploadIdInUse
 from relay.state.link import ERRORS, Link
-from relay.state.writer import Keys, WriteQueue
+from relay.state.writer import OPEN_RESUMABLE, Keys, WriteQueue
 
 __all__ = ["LEASE_SECONDS", "RENEW_EVERY", "Leases"]
 
@@ -42,21 +46,27 @@ LEASE_SECONDS = 25  # renewed every 10 s: a dead relay's slots come back 15-25 s
 RENEW_EVERY = 10.0
 TAKE_TIMEOUT = 0.5
 
-TAKE = """
+# KEYS: the n sorted sets (the id's first, when an id is claimed), then that id's resumable document, if any.
+# ARGV: the member, the lease's seconds, n, the n caps, then (the set's index, a member) pairs to drop first.
+TAKE = (
+    OPEN_RESUMABLE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = tonumber(ARGV[2])
-for i = 3 + #KEYS, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
-for k = 1, #KEYS do
+local lease, n = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4 + n, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
+if #KEYS > n and open_resumable(KEYS[n + 1]) then return 1 end
+for k = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
-  if redis.call('ZCARD', KEYS[k]) >= tonumber(ARGV[2 + k]) then return k end
+  if redis.call('ZCARD', KEYS[k]) >= tonumber(ARGV[3 + k]) then return k end
 end
-for k = 1, #KEYS do
+for k = 1, n do
   redis.call('ZADD', KEYS[k], now + lease, ARGV[1])
   redis.call('EXPIRE', KEYS[k], lease * 2)
 end
 return 0
 """
+)
 
 IN_USE = """
 local t = redis.call('TIME')
@@ -115,9 +125,11 @@ class Leases:
         # an upload that follows another on this relay never finds the slot the first one left still taken.
         stale = [(index, old) for index, key in enumerate(keys, 1) for old in self.queue.take_releases(key)]
         pairs = [item for pair in stale for item in pair]  # TAKE's ARGV: the key's index, then the member
+        script_keys = keys if upload_id is None else [*keys, self.keys.resumable(upload_id)]
+        args = [member, LEASE_SECONDS, len(keys), *(cap for _, cap, _ in caps), *pairs]
         try:
             async with asyncio.timeout(TAKE_TIMEOUT):
-                full = await self._take(keys=keys, args=[member, LEASE_SECONDS, *(cap for _, cap, _ in caps), *pairs])
+                full = await self._take(keys=script_keys, args=args)
         except ERRORS as exc:
             self.link.down(exc)
             for index, old in stale:

@@ -16,9 +16,10 @@ before its body. Redis trouble is never an exception out of here: jobs mark the 
 the local view, caps to the relay's own count, and health says `degraded` until Redis answers again.
 
 Keys (all under the prefix, default `relay:`): `upload:<id>` (hash: json, fin, gen, relay; key TTL),
-`index` (sorted set by start time), `active` (hash id -> relay), `events` and `events:<id>` (streams),
-`relay:<relay id>` (heartbeat), `cap:uploads`, `cap:client:<address>` and `id:<upload id>` (leases),
-`wh:*` (the webhooks' outbox, relay/webhooks/redis_outbox.py).
+`index` (sorted set by start time), `active` (hash id -> relay: uploads in flight, not resumable ones),
+`events` and `events:<id>` (streams), `relay:<relay id>` (heartbeat), `cap:uploads`, `cap:client:<address>` and
+`id:<upload id>` (leases), `wh:*` (the webhooks' outbox, relay/webhooks/redis_outbox.py), `rs:*` (the resumable
+uploads' state, relay/resumable/shared.py; TAKE and FLUSH read `rs:<id>`: an incomplete one holds its id).
 """
 
 from __future__ import annotations

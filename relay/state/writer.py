@@ -12,10 +12,19 @@ it finished and its slots free about when its client has the answer, not up to 1
 What FLUSH does, atomically (a Lua script runs alone on the server):
   - each dirty record: `HSET <p>upload:<id> json fin gen relay`, key-level EXPIRE (an hour once finished:
     Redis 7.0 has no per-field TTL), its score in the `<p>index` sorted set (start time, for `recent`), and
-    its place in the `<p>active` hash (upload id -> relay) while it is not finished;
-  - fencing: a record already stored finished with the same `gen` (same run of that id) is never overwritten,
-    and that upload's queued events are dropped: a relay declared lost (relay/state/heartbeats.py) that comes
-    back cannot resurrect an upload another relay already ended `relay_lost`, nor send events after its end;
+    its place in the `<p>active` hash (upload id -> relay) while it is an upload in flight: not finished, and
+    not resumable (a resumable upload outlives any request and any relay: its own machinery, with its leases
+    and expiry, relay/resumable/shared.py, ends it, never the `relay_lost` sweeper);
+  - fencing, where a record is dropped with that upload's events of the same batch:
+    1. a record already stored finished with the same `gen` (same run of that id, `record_gen`: its start time,
+       whichever relay wrote it) is never overwritten: a relay declared lost (relay/state/heartbeats.py) that
+       comes back cannot resurrect an upload another relay already ended `relay_lost`, and a relay that took an
+       earlier request of a resumable upload cannot write its older view (and events) after the relay that
+       completed it wrote the end: each relay flushes on its own timer, so their writes arrive in any order.
+       The terminal event stays the last of its run;
+    2. a refusal (a `rejected` record: refused from its headers, before the id was claimed across relays, e.g.
+       by this relay's own cap) never replaces an upload in progress under that id: a stored record not
+       finished, or a resumable upload not finished (`<p>rs:<id>`, OPEN_RESUMABLE);
   - each event: XADD to `<p>events` (every upload) with MAXLEN ~, then XADD **with the same entry id** to
     `<p>events:<id>`, so an SSE `id:` means the same thing in both streams; entries older than KEEP_MS are
     trimmed (so at least 10 minutes are kept unless the MAXLEN safety bound is reached first);
@@ -41,12 +50,13 @@ from dataclasses import dataclass, field
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from relay.core import state
 from relay.core.events import Event, Progress
 from relay.state.codec import encode_event, encode_record, record_gen
 from relay.state.link import ERRORS, Link
 from relay.uploads import UploadRecord
 
-__all__ = ["FLUSH", "Batch", "Flusher", "Keys", "WriteQueue", "flush_args"]
+__all__ = ["FLUSH", "OPEN_RESUMABLE", "Batch", "Flusher", "Keys", "WriteQueue", "flush_args", "record_kind"]
 
 log = logging.getLogger("relay.state")
 FLUSH_INTERVAL = 0.1
@@ -59,23 +69,41 @@ KEEP_MS = 600_000  # 10 minutes of events, at least
 INDEX_MAX = 10_000
 HEARTBEAT_TTL = 15
 
-FLUSH = """
+# Lua: whether the resumable upload under an id (its document in `<p>rs:<id>`, relay/resumable/shared.py: a JSON
+# state document with `state`) is there and not finished. A document this relay cannot read counts as there.
+OPEN_RESUMABLE = """
+local function open_resumable(doc_key)
+  local doc = redis.call('HGET', doc_key, 'doc')
+  if not doc then return false end
+  local ok, fields = pcall(cjson.decode, doc)
+  if not ok or type(fields) ~= 'table' then return true end
+  return fields.state ~= 'completed' and fields.state ~= 'failed'
+end
+"""
+
+FLUSH = (
+    OPEN_RESUMABLE
+    + """
 local p, fin_ttl, live_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local nrec, nev, nrel = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local all_max, one_max, keep_ms = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local relay, index_max, beat_ttl = ARGV[10], tonumber(ARGV[11]), ARGV[12]
 local i, fenced = 13, {}
 for _ = 1, nrec do
-  local id, gen, fin, json, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
+  local id, gen, fin, kind, json, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
   local key = p .. 'upload:' .. id
   local cur = redis.call('HMGET', key, 'fin', 'gen')
-  if cur[1] == '1' and cur[2] == gen then
+  if (cur[1] == '1' and cur[2] == gen)
+    or (kind == 'refusal' and (cur[1] == '0' or open_resumable(p .. 'rs:' .. id))) then
     fenced[id] = true
   else
     redis.call('HSET', key, 'json', json, 'fin', fin, 'gen', gen, 'relay', relay)
     if fin == '1' then
       redis.call('EXPIRE', key, fin_ttl)
+      redis.call('HDEL', p .. 'active', id)
+    elseif kind == 'resumable' then
+      redis.call('EXPIRE', key, live_ttl)
       redis.call('HDEL', p .. 'active', id)
     else
       redis.call('EXPIRE', key, live_ttl)
@@ -108,6 +136,7 @@ end
 if relay ~= '' then redis.call('SET', p .. 'relay:' .. relay, '1', 'EX', beat_ttl) end
 return 0
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +169,10 @@ class Keys:
         """The lease of the one upload in progress under this id (relay/state/leases.py)."""
         return f"{self.prefix}id:{upload_id}"
 
+    def resumable(self, upload_id: str) -> str:
+        """The resumable upload's shared state document under this id (written by relay/resumable/shared.py)."""
+        return f"{self.prefix}rs:{upload_id}"
+
 
 @dataclass
 class Batch:
@@ -163,12 +196,21 @@ def flush_args(keys: Keys, batch: Batch, *, relay_id: str, finished_ttl: float) 
         ALL_MAXLEN, ONE_MAXLEN, KEEP_MS, relay_id, INDEX_MAX, HEARTBEAT_TTL,
     ]  # fmt: skip
     for record, gen in batch.records:
-        args += [record.id, gen, "1" if record.finished else "0", encode_record(record), record.started_at]
+        fin = "1" if record.finished else "0"
+        args += [record.id, gen, fin, record_kind(record), encode_record(record), record.started_at]
     for event in batch.events:
         args += [event.upload_id, *encode_event(event)]
     for key, member in batch.releases:
         args += [key, member]
     return args
+
+
+def record_kind(record: UploadRecord) -> str:
+    """What FLUSH needs to know of a record besides `fin`: `refusal` (never replaces an upload in progress),
+    `resumable` (never in `<p>active`), else `plain`."""
+    if record.state == state.REJECTED:
+        return "refusal"
+    return "resumable" if record.resumable else "plain"
 
 
 class WriteQueue:
@@ -220,7 +262,7 @@ class WriteQueue:
 
     def take(self) -> Batch:
         batch = Batch(
-            records=[(record, record_gen(self.relay_id, record)) for record in self._dirty.values()],
+            records=[(record, record_gen(record)) for record in self._dirty.values()],
             events=[slot[0] for slot in self._slots],
             releases=self._releases,
             carried=self._carried,

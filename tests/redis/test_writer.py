@@ -8,7 +8,8 @@ and each record or event is counted once as not written, however many times it i
 from __future__ import annotations
 
 from relay.core.events import Completed, Event, Part, Progress, Started
-from relay.state.writer import Batch, Keys, WriteQueue, flush_args
+from relay.state.codec import record_gen
+from relay.state.writer import Batch, Keys, WriteQueue, flush_args, record_kind
 from relay.uploads import UploadRecord
 
 
@@ -68,5 +69,17 @@ def test_flush_args_layout() -> None:
     batch = Batch(records=[(record, "r1:1000.0")], events=[progress("a", 10)], releases=[("k", "m")])
     args = flush_args(Keys("p:"), batch, relay_id="r1", finished_ttl=3600)
     assert args[:6] == ["p:", 3600, 3600, 1, 1, 1]
-    assert args[12:17][:3] == ["a", "r1:1000.0", "0"]
+    assert args[12:18][:4] == ["a", "r1:1000.0", "0", "plain"] and args[17] == 1000.0
     assert args[-5:] == ["a", "progress", args[-3], "k", "m"]
+
+
+def test_record_kinds() -> None:
+    """What FLUSH is told of a record besides `fin`: a refusal never replaces an upload in progress, a resumable
+    upload never goes into `active` (the relay_lost sweeper's list)."""
+    record = UploadRecord(id="a", route="/upload/", total=100, started_at=1000.0)
+    assert record_kind(record) == "plain"
+    record.resumable = True
+    assert record_kind(record) == "resumable"
+    refused = UploadRecord(id="b", route="/upload/", total=100, started_at=1000.0, state="rejected")
+    assert record_kind(refused) == "refusal"
+    assert record_gen(record) == "1000.0"  # the run: its start, whichever relay writes it
