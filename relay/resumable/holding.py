@@ -15,6 +15,13 @@ and a forward holds an asyncio lock (the store's Rules 2 and 5). With `--redis`,
 - `ForwardLock` takes the lease in `forward` mode, or switches the completing request's own lease to it.
 - The sweep takes a lease per upload in `sweep` mode and skips the ones that are held.
 - An id Redis does not know (it restarted empty) is looked up in the spool and adopted (shared.py Rule 5).
+- An upload Redis lost that nobody asks about any more would sit in the spool for ever (the sweep sees only what
+  Redis lists): `_find_orphans`, at the end of a sweep, lists the spool at most once per ORPHAN_SCAN_EVERY across
+  relays, and at once after Redis restarted empty (shared.py Rule 6), and adopts the ids Redis still does not
+  know ORPHAN_GRACE later; the sweep then expires them (or a client goes on with them) as any other upload.
+  The grace is for safety, not for a known race: creation writes Redis before the spool, and deletion the spool
+  before Redis, so an id listed but unknown is lost already; waiting two leases' time also lets an append still
+  running on a relay that lost its lease end first.
 Waiting is a poll of one small script every POLL seconds, only on a request's head, never per chunk.
 """
 
@@ -46,6 +53,11 @@ HOLD_WAIT = 12.0  # how long a request waits for another relay's append to let g
 FORWARD_WAIT = 600.0  # how long a completion or DELETE waits for another relay's forward
 POLL = 0.05
 ASK_AGAIN = 1.0  # pub/sub may lose a supersede: asked again this often while waiting (shared.py Rule 3)
+# Listing the spool for uploads Redis lost (shared.py Rule 6). On S3 a listing is one request per 1000 objects, so
+# it runs once per ORPHAN_SCAN_EVERY across all relays (60 sweeps), and at once when Redis comes back empty.
+ORPHAN_SCAN_EVERY = 300.0
+ORPHAN_GRACE = 12.0  # an id still unknown to Redis this long after the listing is adopted (two leases' time)
+ORPHAN_CLAIM = 30.0  # a listing claimed by a relay that then died is done again by another after this long
 
 
 @dataclass(eq=False)
@@ -141,6 +153,7 @@ class SharedHolding:
     _uploads: dict[str, ResumableUpload]
     _open: dict[str, OpenAppend]
     _forwards: dict[str, asyncio.Lock]
+    _orphans: tuple[float, list[str]] | None  # the ids the last listing found unknown to Redis, and when
 
     async def settle(self, upload_id: str) -> None:
         raise NotImplementedError
@@ -312,6 +325,31 @@ class SharedHolding:
                 await self.let_go(upload_id, seen.token)
         if self.on_sweep is not None:
             self.on_sweep(waiting, now)
+        try:
+            await self._find_orphans(shared)
+        except (SpoolError, OSError) as exc:  # the listing failed: another relay (or this one) tries again later
+            log.warning("listing the spool for resumable uploads redis lost failed: %s", exc)
+
+    async def _find_orphans(self, shared: RedisUploads) -> None:
+        """shared.py Rule 6: list the spool if no relay did lately; adopt what Redis still lacks a grace later."""
+        if self._orphans is None:
+            if not await shared.claim_scan(ORPHAN_CLAIM):
+                return
+            found = await shared.unknown(await self.spool.list())
+            if found:
+                log.warning(
+                    "%d resumable upload(s) in the spool are not in redis; adopted in %.0f s", len(found), ORPHAN_GRACE
+                )
+                self._orphans = (time.monotonic(), found)
+                return
+        else:
+            listed_at, found = self._orphans
+            if time.monotonic() - listed_at < ORPHAN_GRACE:
+                return
+            self._orphans = None
+            for upload_id in await shared.unknown(found):  # those a request adopted meanwhile are known now
+                await self._adopt(upload_id)
+        await shared.scanned(ORPHAN_SCAN_EVERY)
 
 
 def _orphaned(seen: Seen) -> bool:

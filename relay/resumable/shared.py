@@ -25,6 +25,11 @@ Rules:
 5. Redis may restart empty (it needs no persistence): the spool's info documents are still written after every
    commit, and an id Redis does not know is looked up there and adopted (ADOPT), then recovered from the spool's
    durable bytes by whoever takes it first, as after a restart.
+6. An upload nobody asks about again is found by listing the spool (relay/resumable/holding.py `_find_orphans`):
+   at most one relay lists it per ORPHAN_SCAN_EVERY (holding.py), by claiming `rs:orphan-scan` (SET NX with an
+   expiry), a key that goes with everything else when Redis restarts empty, so that the next sweep of any relay
+   lists the spool then. The ids it finds that Redis does not know (`unknown`: one EXISTS each, pipelined) are
+   adopted as in Rule 5 once they are still unknown ORPHAN_GRACE later; the claim is then stretched to the period.
 Every call is bounded (CALL_TIMEOUT); Redis trouble is `StateUnavailable`, answered 503 `spool_unavailable`:
 with the shared state gone a relay cannot know who writes, and two writers could lose acknowledged bytes.
 """
@@ -53,6 +58,7 @@ LEASE_MS = 6000  # renewed every 2 s: a dead relay's upload is free 4-6 s after 
 RENEW_EVERY = 2.0
 CALL_TIMEOUT = 2.0
 KEEP_AFTER_EXPIRY = 24 * 3600  # a document outlives its expiry by this much (the sweeper forgets it before)
+UNKNOWN_BATCH = 500  # ids per pipelined round trip when the spool's listing is checked against Redis (Rule 6)
 
 TAKE = """
 local doc = redis.call('HGET', KEYS[1], 'doc')
@@ -165,6 +171,10 @@ class RedisUploads:
 
     def _channel(self, relay_id: str) -> str:
         return f"{self.prefix}rs:supersede:{relay_id}"
+
+    @property
+    def _scan(self) -> str:
+        return f"{self.prefix}rs:orphan-scan"
 
     @property
     def _sets(self) -> tuple[str, str, str]:
@@ -321,6 +331,39 @@ class RedisUploads:
         except ERRORS as exc:
             raise StateUnavailable(f"the shared state (redis) did not answer: {describe(exc)}") from None
         return sorted({bytes(member).decode() for member in [*expired, *waiting]})
+
+    # -- uploads Redis lost (Rule 6) -------------------------------------------------------------------------------
+
+    async def claim_scan(self, seconds: float) -> bool:
+        """Whether this relay lists the spool now: no relay claimed it in the last period (or Redis restarted)."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                return bool(await self.client.set(self._scan, self.relay_id, nx=True, px=int(seconds * 1000)))
+        except ERRORS as exc:
+            raise StateUnavailable(f"the shared state (redis) did not answer: {describe(exc)}") from None
+
+    async def scanned(self, seconds: float) -> None:
+        """This relay's listing is dealt with: the next one is due in `seconds`, on whichever relay claims it."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                await self.client.set(self._scan, self.relay_id, px=int(seconds * 1000))
+        except ERRORS as exc:
+            raise StateUnavailable(f"the shared state (redis) did not answer: {describe(exc)}") from None
+
+    async def unknown(self, upload_ids: list[str]) -> list[str]:
+        """The ids among `upload_ids` that have no document in Redis."""
+        missing: list[str] = []
+        for start in range(0, len(upload_ids), UNKNOWN_BATCH):
+            batch = upload_ids[start : start + UNKNOWN_BATCH]
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT), self.client.pipeline(transaction=False) as pipe:
+                    for upload_id in batch:
+                        pipe.exists(self._doc(upload_id))
+                    found = await pipe.execute()
+            except ERRORS as exc:
+                raise StateUnavailable(f"the shared state (redis) did not answer: {describe(exc)}") from None
+            missing += [upload_id for upload_id, exists in zip(batch, found, strict=True) if not exists]
+        return missing
 
 
 _SCRIPTS = {

@@ -40,7 +40,9 @@ and for a PATCH takes the upload's lease. Every `save` commits through the fenci
 spool's info document is still written after it, so a relay without Redis could recover the spool. Rule 5 is a
 lease in `forward` mode (`ForwardLock`); the sweeper takes a lease per upload and skips one that is held. No
 start-up recovery of the whole spool: other relays may be appending to it; a dead holder's upload is recovered by
-whoever takes it next.
+whoever takes it next. An upload Redis lost (it restarted empty) whose client never comes back is found by the
+sweep's occasional listing of the spool and adopted (shared.py Rule 6), so that it expires or goes on as any other,
+after a restart of the relay too.
 """
 
 from __future__ import annotations
@@ -86,14 +88,15 @@ class ResumableStore(SharedHolding):
         self._forwards: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._orphans: tuple[float, list[str]] | None = None  # with Redis: ids it lost, waiting (SharedHolding)
         # Called on every sweep with the uploads and the time (relay/resumable/redeliver.py retries forwards).
         self.on_sweep: Callable[[list[ResumableUpload], float], None] | None = None
 
     # -- start and stop -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.shared is not None:  # no recovery of the whole spool: other relays may be appending to it
-            await self.shared.start(self._supersede_here)
+        if self.shared is not None:  # no recovery of the whole spool: other relays may be appending to it (the
+            await self.shared.start(self._supersede_here)  # sweep lists it for uploads Redis lost: shared.py Rule 6)
         else:
             for upload_id in await self.spool.list():
                 await self._recover(upload_id)
