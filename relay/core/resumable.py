@@ -202,6 +202,8 @@ class ResumableUpload:
         data["metadata"] = dict(self.metadata)
         data["error"] = None if self.error is None else {"code": self.error.code, "message": self.error.message}
         data["answer_body"] = None if self.answer_body is None else base64.b64encode(self.answer_body).decode()
+        if not self.answer_headers and self.answer_body is None:  # as before they existed: older relays read it
+            del data["answer_headers"], data["answer_body"]
         return json.dumps({"v": 1, **data}, sort_keys=True)
 
     @classmethod
@@ -212,6 +214,9 @@ class ResumableUpload:
         data["target"] = data["target"].encode("latin-1")
         data["parts"] = tuple(data.get("parts", ()))  # JSON has lists; equality needs the tuples back
         data["part_lengths"] = tuple(data.get("part_lengths", ()))
+        data = {
+            name: value for name, value in data.items() if name in cls.__dataclass_fields__
+        }  # a newer relay may add fields
         data["answer_headers"] = tuple((name, value) for name, value in data.get("answer_headers", ()))
         body = data.get("answer_body")
         data["answer_body"] = None if body is None else base64.b64decode(body)

@@ -30,8 +30,10 @@ from relay.errors import RelayError
 __all__ = ["ANSWER_BODY_CAP", "decide_forward_end", "keep_answer"]
 
 # An upstream's answer to an upload is small (a status, an id, a URL); one larger than this is not kept for the
-# replay, so that a record stays small in the info document and in Redis.
-ANSWER_BODY_CAP = 64 * 1024
+# replay, so that a record stays small in memory, in the info document and in Redis for the upload's expiry
+# (a reviewer measured 1000 IETF completions with 65,000-byte answers under a 64 KiB cap: relay RSS 55 -> 122 MiB,
+# 87 KB info documents). It is also what the relay holds back of a streamed answer before passing it on.
+ANSWER_BODY_CAP = 8 * 1024
 # Not kept: the framing and the connection's (the replay has its own), and CORS (each request gets its own).
 _UNKEPT = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 

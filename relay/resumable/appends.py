@@ -102,9 +102,15 @@ class Appends:
     ) -> None:
         start = upload.append_start
         assert start is not None
+        req, digest = request.req, upload.repr_digest
+        if req.content_length and req.content_length == decision.max_bytes and upload.concat is None:
+            # Meant to complete the upload: its Repr-Digest is recorded, durably, before any byte can go upstream
+            # (completion.py Rule 7): a relay killed mid-forward then redelivers with it.
+            upload = with_file_digest(upload, request.scope["headers"])
         try:
-            if upload.append_checksum:
-                await self.store.save(upload)  # the core's recovery needs to know this append's bytes are unverified
+            if upload.append_checksum or upload.repr_digest != digest:
+                # The core's recovery needs to know this append's bytes are unverified; or the digest above.
+                await self.store.save(upload)
             else:
                 self.store.record(upload)
             writer = await self.store.spool.writer(upload.id, start)

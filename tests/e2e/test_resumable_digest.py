@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.interop.support import Stack, make_stack, sha256, tus_create, tus_head, tus_patch, wait_for
+from relay.testing import start_relay
+from tests.e2e.test_resumable_faults import raw_patch
+from tests.interop.support import (
+    Stack,
+    TinyUpstream,
+    make_stack,
+    sha256,
+    tus_create,
+    tus_head,
+    tus_patch,
+    wait_for,
+)
 
 __all__ = ["make_stack"]
 
@@ -116,3 +129,35 @@ def test_a_digest_on_several_header_lines_is_one_list(make_stack: Callable[..., 
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["code"] == "digest_mismatch"
     assert stack.stored_hashes() == []
+
+
+def test_a_last_append_digest_survives_a_kill_9_mid_append(tmp_path: Path) -> None:
+    """The completing append's Repr-Digest is written to the info document before its bytes go upstream: the relay
+    killed mid-append comes back with it, and the resumed upload's mismatch is still found (before the fix it was
+    kept in memory only, and the file went upstream unchecked)."""
+    stalled = TinyUpstream(status=200, read_limit=256 * 1024, delay=30.0)
+    stack = Stack(tmp_path, ())
+    stack.relay = start_relay("--spool", str(stack.spool), upstream=stalled.url)
+    stack.started.append(stack.relay)
+    try:
+        data = os.urandom(24 * 1024 * 1024)
+        wrong = repr_digest(data[:-1] + bytes([data[-1] ^ 1]))
+        with stack.client() as client:
+            location = tus_create(client, "/upload/k9.bin", len(data)).headers["location"]
+        upload_id = location.rsplit("/", 1)[1]
+        sock = raw_patch(stack.relay.port, location, 0, len(data), data[: 1024 * 1024], f"Repr-Digest: {wrong}\r\n")
+        wait_for(lambda: bool(stalled.requests), 10)  # the forward has begun: the upstream stalls, the relay waits
+        stack.kill_relay()
+        sock.close()
+        assert json.loads((stack.spool / f"{upload_id}.json").read_text())["repr_digest"] == wrong
+        stack.start_sink()
+        stack.start_relay(same_port=True)
+        with stack.client() as client:
+            offset = int(tus_head(client, location).headers["upload-offset"])
+            refused = tus_patch(client, location, offset, data[offset:])
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "digest_mismatch"
+        assert stack.stored_hashes() == []
+    finally:
+        stack.stop()
+        stalled.close()
