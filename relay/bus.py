@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from relay.core.events import Event, Progress
@@ -38,6 +38,9 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self.closed = False
         self.overflowed = False
+        # Told of each event as it is put, on the publisher's path (keep it to a look-up): the webhooks take the
+        # upload's record as it is at its ending here (relay/webhooks/deliverer.py Rule 5).
+        self.on_put: Callable[[Event], None] | None = None
 
     def matches(self, event: Event) -> bool:
         return self.upload_id is None or self.upload_id == event.upload_id
@@ -45,6 +48,8 @@ class Subscription:
     def put(self, event: Event) -> None:
         if self.closed:
             return
+        if self.on_put is not None:
+            self.on_put(event)
         if isinstance(event, Progress):
             slot = self._open_progress.get(event.upload_id)
             if slot is not None:

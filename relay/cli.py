@@ -49,7 +49,7 @@ from relay.settings import (
 )
 from relay.state import check_redis
 from relay.types import ASGIApp
-from relay.webhooks import webhook_endpoints
+from relay.webhooks import check_webhooks, webhook_endpoints
 
 __all__ = ["main", "settings_from_options"]
 
@@ -304,6 +304,7 @@ def command(ctx: click.Context, /, config: str | None, host: str, port: int, **o
     """
     try:
         settings = settings_from_options(ctx, options)
+        check_webhooks(settings)  # a bad RELAY_WEBHOOK_BACKOFF or an outbox in S3: exit 2, not a failed start-up
         if any(route.upstream is None for route in settings.routes):
             check_store(settings.store)
         if settings.redis is not None:

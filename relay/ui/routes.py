@@ -5,7 +5,9 @@
     GET  /_relay/ui/static/<file>    package data under relay/ui/static/ (read once at start-up)
     POST /_relay/ui/login            form field `token`: right -> 303 to /_relay/ui/ with the session cookie;
                                      wrong -> the login form again, 401, no data
-    POST /_relay/ui/logout           clears the cookie, 303 to /_relay/ui/
+    POST /_relay/ui/logout           clears the cookie, 303 to /_relay/ui/; with a valid session, also ends
+                                     every session issued before it on this relay process (relay.adminauth
+                                     Rule 3), so a copy of the cookie stops working too
 
 Rules it keeps:
   Rule 1. Every response carries the same Content-Security-Policy (no inline script or style, no other
@@ -15,8 +17,9 @@ Rules it keeps:
   Rule 3. The page itself holds no data: everything comes from /_relay/uploads, /_relay/events and
           /_relay/metrics, which check the same session (relay.adminauth). A wrong token gets the form again.
 
-The session cookie holds `relay.adminauth.session_value(token)` (an HMAC of the token, never the token);
-a browser's EventSource cannot send `Authorization`, which is why there is a cookie at all.
+The session cookie holds `relay.adminauth.session_value(token)` (its issue time and an HMAC of the token and that
+time, never the token), valid for SESSION_MAX_AGE at most; a browser's EventSource cannot send `Authorization`,
+which is why there is a cookie at all.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from urllib.parse import parse_qs
 
-from relay.adminauth import SESSION_COOKIE, admin_refusal, session_value
+from relay.adminauth import SESSION_COOKIE, SESSION_MAX_AGE, admin_refusal, end_sessions, session_value
 from relay.settings import Settings
 from relay.types import Receive, Scope, Send
 
@@ -177,10 +180,17 @@ class UIApp:
         if not token or admin_refusal(self.admin_token, f"Bearer {token}", {}) is not None:
             await self.login_form(send, status=401, error="That token is not the admin token.")
             return
-        cookie = f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; SameSite=Strict; Path=/_relay/"
+        cookie = (
+            f"{SESSION_COOKIE}={session_value(token)}; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Strict; "
+            "Path=/_relay/"
+        )
         await self.redirect(send, UI_PREFIX + "/", cookie=cookie + self._secure(scope))
 
     async def logout(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Only a signed-in request ends sessions server-side: anyone may POST here (it needs no token), and
+        # that must not log the admins out. SameSite=Strict keeps the cookie off another site's POST.
+        if self.admin_token is not None and self.signed_in(scope):
+            end_sessions(self.admin_token)
         cookie = f"{SESSION_COOKIE}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/_relay/"
         await self.redirect(send, UI_PREFIX + "/", cookie=cookie + self._secure(scope))
 

@@ -11,8 +11,11 @@ With `--redis`, the deliverer follows only the endings this relay saw (its own u
 ended `relay_lost`), not every relay's events: each ending is added once, by the relay that holds its full
 record, and the derived delivery id (relay/webhooks/base.py) makes a second add of it a no-op anyway.
 
-`start_webhooks(ctx)` at the app's start-up and `stop_webhooks(ctx)` at shutdown; `webhook_deliveries(ctx)`
-is what `GET /_relay/webhooks` answers. Nothing here is on an upload's path: the deliverer follows the bus.
+`check_webhooks(settings)` before the server starts (relay/cli.py: a bad `RELAY_WEBHOOK_BACKOFF`, or an outbox
+with nowhere to live, is one line and exit 2, never a failed app start-up); `start_webhooks(ctx)` at the app's
+start-up and `stop_webhooks(ctx)` at shutdown; `webhook_deliveries(ctx)` is what `GET /_relay/webhooks` answers.
+Nothing here waits on an upload's path: the deliverer follows the bus (as the bus hands it an ending, it only
+keeps a reference to the upload's record: deliverer.py Rule 5).
 The deliverer (and with it httpx, which loads rich and pygments for its command line) is imported only by a relay
 with webhooks configured: 5 MiB of an idle relay's RSS otherwise (benchmarks/prototypes/rss_idle.py).
 
@@ -35,6 +38,7 @@ from relay.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
     from relay.proxy_context import RelayContext
+    from relay.settings import Settings
     from relay.uploads import UploadRecord
     from relay.webhooks.deliverer import Deliverer
 
@@ -42,6 +46,7 @@ __all__ = [
     "EVENT_TYPES",
     "WebhookEndpoint",
     "backoff_schedule",
+    "check_webhooks",
     "outbox_directory",
     "start_webhooks",
     "stop_webhooks",
@@ -71,8 +76,21 @@ def backoff_schedule(environ: Mapping[str, str] = os.environ) -> tuple[float, ..
 def outbox_directory(spool: str) -> Path:
     """`<spool>/webhooks/`: the outbox lives beside the resumable uploads' bytes, on the relay's own disk."""
     if spool.startswith("s3://"):
-        raise ValueError("webhooks keep their outbox in a --spool directory; s3:// is not supported for it yet")
+        raise ValueError(
+            "webhooks keep their outbox in Redis or in a --spool directory, not in S3: with an s3:// --spool, "
+            "use --redis or a directory --spool"
+        )
     return Path(spool) / "webhooks"
+
+
+def check_webhooks(settings: Settings) -> None:
+    """Raise ValueError (one line) when the configured webhooks could not start: a bad RELAY_WEBHOOK_BACKOFF,
+    or an s3:// spool without --redis (the file outbox needs a directory). A no-op without webhooks."""
+    if not settings.webhooks:
+        return
+    backoff_schedule()
+    if settings.redis is None:
+        outbox_directory(settings.spool)
 
 
 async def start_webhooks(ctx: RelayContext) -> None:
@@ -86,16 +104,12 @@ async def start_webhooks(ctx: RelayContext) -> None:
     outbox, follow, lookup = _shared_outbox(ctx) or _file_outbox(ctx)
     await outbox.open()
 
-    def record(upload_id: str) -> dict[str, Any] | None:
-        found = lookup(upload_id)
-        return found.to_dict() if found is not None else None
-
     deliverer = Deliverer(
         outbox=outbox,
         endpoints=endpoints,
         follow=follow,
         leave=ctx.bus.unsubscribe,
-        record=record,
+        record=lookup,
         metrics=WebhookMetrics(ctx.metrics.registry, outbox),
         backoff=backoff_schedule(),
     )

@@ -10,7 +10,7 @@ Two tasks, both off the upload's path (an upload only publishes its terminal eve
   upload's record>}`), adds one outbox entry per endpoint that wants that type (its id derived from the
   upload's run, the endpoint and the type: relay/webhooks/base.py), and wakes the sender. The outbox write
   (an fsync, or a Redis call) happens here, so a slow disk, Redis or receiver delays only webhooks, never an
-  upload.
+  upload. The record itself is taken when the ending is published, not when `_consume` reads it (Rule 5).
 - `_dispatch` asks the outbox for what is due (relay/webhooks/base.py `OutboxStore.due`: with Redis, claimed
   for this relay alone), starts an attempt for each, at most MAX_IN_FLIGHT at once, and sleeps until the
   next one is due, the outbox says to ask again, or a new one arrives.
@@ -27,6 +27,12 @@ Rules:
    clients that may upload can make the relay post (without a token anyone may, by uploading anything).
 4. At `stop`, events still queued are written to the outbox before the tasks end (SIGTERM loses none);
    attempts in flight are cancelled and stay pending (released: with Redis another relay may take them).
+5. A webhook carries the upload's record as it was at its ending. An X-Upload-ID may be used again as soon as
+   its upload ended, so by the time `_consume` reads an ending the registry may already hold the next run's
+   record under that id (a new object: a finished record is never changed again, relay/uploads.py). So the
+   subscription keeps a reference to the record when the bus puts the ending into it (`_keep_records`: a
+   dict look-up, on the upload's path), and the body and the run (its start time, hence the delivery id)
+   come from that reference.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -51,6 +57,9 @@ from relay.core.events import Completed, Event, Failed
 from relay.webhooks.base import BACKOFF, DELIVERED, FAILED, PENDING, Delivery, OutboxStore, delivery_id
 from relay.webhooks.endpoints import WebhookEndpoint
 from relay.webhooks.signer import signed_headers
+
+if TYPE_CHECKING:
+    from relay.uploads import UploadRecord
 
 __all__ = ["BACKOFF", "MAX_IN_FLIGHT", "TIMEOUT", "Deliverer", "WebhookMetrics"]
 
@@ -94,7 +103,7 @@ class Deliverer:
         endpoints: Sequence[WebhookEndpoint],
         follow: Callable[[], Subscription],
         leave: Callable[[Subscription], None],
-        record: Callable[[str], dict[str, Any] | None],
+        record: Callable[[str], UploadRecord | None],
         metrics: WebhookMetrics,
         backoff: Sequence[float] = BACKOFF,
         timeout: float = TIMEOUT,
@@ -113,6 +122,8 @@ class Deliverer:
             headers={"user-agent": f"upload-relay/{__version__} (webhooks)"},
         )
         self._subscription: Subscription | None = None
+        # Each queued ending's record as it was when the ending was published, keyed by id(event) (Rule 5).
+        self._records: dict[int, tuple[Completed | Failed, UploadRecord | None]] = {}
         self._wake = asyncio.Event()
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._attempting: dict[str, Delivery] = {}
@@ -120,7 +131,7 @@ class Deliverer:
         self._stopping = False
 
     def start(self) -> None:
-        self._subscription = self.follow()
+        self._subscription = self._keep_records(self.follow())
         self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._dispatch())]
 
     async def stop(self) -> None:
@@ -153,7 +164,9 @@ class Deliverer:
                     return
                 # Cut off for falling more than the bus's bound behind (relay/bus.py Rule 3): follow again.
                 log.warning("webhooks: the event stream overflowed; some terminal events were not queued")
-                self._subscription = self.follow()
+                self.leave(subscription)
+                self._records.clear()  # the endings they were kept for went with the old subscription
+                self._subscription = self._keep_records(self.follow())
                 continue
             # What else has arrived goes into the same outbox write (one directory fsync for all of them).
             events = [event]
@@ -163,6 +176,27 @@ class Deliverer:
                 await self.enqueue(events)
             except Exception:  # a full or read-only disk: say so, and keep following
                 log.exception("webhooks: could not write outbox entries for %d events", len(events))
+
+    def _keep_records(self, subscription: Subscription) -> Subscription:
+        """The subscription, made to keep each ending's record as the bus puts the ending in (Rule 5).
+
+        The bus puts an event right after the registry applied it (RelayContext.emit), on the upload's path, so
+        this only takes a reference."""
+
+        def keep(event: Event) -> None:
+            if isinstance(event, Completed | Failed):
+                self._records[id(event)] = (event, self.record(event.upload_id))
+
+        subscription.on_put = keep
+        return subscription
+
+    def _record_at(self, event: Completed | Failed) -> UploadRecord | None:
+        """The upload's record when `event` was published (taken off the kept ones); the registry's record now
+        for an ending that did not come through the subscription (a test feeding `enqueue` directly)."""
+        kept = self._records.pop(id(event), None)
+        if kept is not None and kept[0] is event:
+            return kept[1]
+        return self.record(event.upload_id)
 
     async def enqueue(self, events: list[Event]) -> list[Delivery]:
         """Add the deliveries these events make (terminal events only, not refused uploads: Rule 3)."""
@@ -191,10 +225,13 @@ class Deliverer:
     def _message(self, event: Event) -> list[tuple[str, str, str]]:
         """`[(type, run, body)]` for a terminal event, `[]` for any other; `run` is the upload's start time,
         which tells apart two uploads that used the same client-chosen id one after the other."""
-        if not isinstance(event, Completed | Failed) or (isinstance(event, Failed) and _unauthorized(event)):
+        if not isinstance(event, Completed | Failed):
+            return []
+        found = self._record_at(event)
+        if isinstance(event, Failed) and _unauthorized(event):
             return []
         kind = "upload.completed" if isinstance(event, Completed) else "upload.failed"
-        record = self.record(event.upload_id) or _bare(event)
+        record = found.to_dict() if found is not None else _bare(event)
         message = {"type": kind, "timestamp": _iso8601(event.ts), "data": record}
         return [(kind, repr(record.get("started_at")), json.dumps(message, separators=(",", ":")))]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from relay.adminauth import SESSION_COOKIE, session_value
+from relay.adminauth import SESSION_COOKIE, SESSION_MAX_AGE, session_value
 from relay.testing import RunningServer, start_relay
 from tests.browser.conftest import By, console_errors, save_screenshot, wait_for
 
@@ -79,7 +81,10 @@ def test_wrong_token_shows_the_form_and_no_data_then_login_and_logout(
     login(browser, ADMIN_TOKEN)
     wait_for(lambda: browser.find_elements(By.ID, "live"), what="the dashboard")
     cookie = browser.get_cookie(SESSION_COOKIE)
-    assert cookie is not None and cookie["value"] == session_value(ADMIN_TOKEN)
+    assert cookie is not None
+    issued = int(cookie["value"].partition(".")[0]) / 1000  # its issue time, and an HMAC of it: not the token
+    assert cookie["value"] == session_value(ADMIN_TOKEN, issued) and abs(issued - time.time()) < 60
+    assert 0 < cookie["expiry"] - time.time() <= SESSION_MAX_AGE
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/_relay/"
     assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script can read it
     # The same cookie opens the admin endpoints: the stream goes live and the snapshot lists the upload.
@@ -88,10 +93,16 @@ def test_wrong_token_shows_the_form_and_no_data_then_login_and_logout(
         lambda: browser.find_elements(By.CSS_SELECTOR, f"#recent tr[data-id='{upload_id}']"), what="the upload's row"
     )
 
+    copied = {"cookie": f"{SESSION_COOKIE}={cookie['value']}"}  # someone copied the cookie before the logout
+    assert httpx.get(f"{admin_relay.url}/_relay/uploads/{upload_id}", headers=copied).status_code == 200
+
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
     wait_for(lambda: browser.find_elements(By.ID, "token"), what="the login form after logout")
     assert browser.get_cookie(SESSION_COOKIE) is None
     assert status_from_page(browser, "/_relay/uploads") == 401
+    # The logout ended the session itself, not only the browser's cookie: the copy no longer opens anything.
+    assert httpx.get(f"{admin_relay.url}/_relay/uploads/{upload_id}", headers=copied).status_code == 401
+    assert 'name="token"' in httpx.get(f"{admin_relay.url}/_relay/ui/", headers=copied).text
     # Only the refusals this test asked for: no CSP violation, no script error.
     unexpected = [e for e in console_errors(browser) if "401 (Unauthorized)" not in e]
     assert unexpected == []

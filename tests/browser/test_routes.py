@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import re
+import time
 from importlib.resources import files
 from typing import Any
 
 import httpx
 import pytest
 
-from relay.adminauth import SESSION_COOKIE, session_value
+from relay.adminauth import SESSION_COOKIE, SESSION_MAX_AGE, session_value
 from relay.app import RelayApp
 from relay.settings import Settings
 from relay.ui.routes import CSP, MAX_FORM_BYTES
@@ -136,12 +138,36 @@ def test_without_an_admin_token_no_login_at_all() -> None:
 
 
 def test_login_sets_the_session_cookie() -> None:
+    before = time.time()
     response = call("POST", "/_relay/ui/login", data={"token": TOKEN})
     assert response.status_code == 303 and response.headers["location"] == "/_relay/ui/"
-    assert response.headers["set-cookie"] == (
-        f"{SESSION_COOKIE}={session_value(TOKEN)}; HttpOnly; SameSite=Strict; Path=/_relay/"
-    )
+    value, rest = response.headers["set-cookie"].split("; ", 1)
+    assert rest == f"Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Strict; Path=/_relay/"
+    name, _, session = value.partition("=")
+    issued = int(session.partition(".")[0]) / 1000
+    assert name == SESSION_COOKIE and before - 1 <= issued <= time.time() + 1
+    assert session == session_value(TOKEN, issued)  # its issue time and the HMAC of it, never the token
     assert TOKEN not in response.headers["set-cookie"]
+
+
+def test_a_session_expires() -> None:
+    """A cookie is worth SESSION_MAX_AGE from its issue time, wherever it went (a copy, a stolen one)."""
+
+    def page(session: str) -> httpx.Response:
+        return call("GET", "/_relay/ui/", headers={"Cookie": f"{SESSION_COOKIE}={session}".encode()})
+
+    now = time.time()
+    assert 'id="inflight"' in page(session_value(TOKEN, now - SESSION_MAX_AGE + 60)).text
+    for session in (
+        session_value(TOKEN, now - SESSION_MAX_AGE - 1),  # too old
+        session_value(TOKEN, now + 3600),  # from the future
+        "9" + session_value(TOKEN, now),  # another issue time under the same HMAC
+        hmac.new(TOKEN.encode(), b"upload-relay dashboard session v1", hashlib.sha256).hexdigest(),  # the old kind
+        "１２." + session_value(TOKEN, now).partition(".")[2],  # not ASCII digits
+    ):
+        assert 'name="token"' in page(session).text, session
+    uploads = call("GET", "/_relay/uploads", headers={"Cookie": f"{SESSION_COOKIE}={session_value(TOKEN, 0)}"})
+    assert uploads.status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -174,6 +200,31 @@ def test_logout_clears_the_cookie() -> None:
     response = call("POST", "/_relay/ui/logout", headers={"Cookie": f"{SESSION_COOKIE}={session_value(TOKEN)}"})
     assert response.status_code == 303
     assert response.headers["set-cookie"] == f"{SESSION_COOKIE}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/_relay/"
+
+
+def test_logout_ends_the_session_not_just_the_cookie() -> None:
+    """A copy of the cookie taken before the logout is refused after it (the page and the admin endpoints); a new
+    login works. Logout ends sessions process-wide (relay.adminauth Rule 3), so this test has a token of its own."""
+    token = "a token for the logout test"
+
+    def with_cookie(method: str, path: str, session: str) -> httpx.Response:
+        return call(method, path, admin_token=token, headers={"Cookie": f"{SESSION_COOKIE}={session}"})
+
+    def logged_in() -> str:
+        login = call("POST", "/_relay/ui/login", admin_token=token, data={"token": token})
+        return login.headers["set-cookie"].split(";")[0].partition("=")[2]
+
+    copied = logged_in()
+    assert with_cookie("GET", "/_relay/uploads", copied).status_code == 200
+    # Without a valid session, logout only clears the caller's cookie: anyone may POST here.
+    call("POST", "/_relay/ui/logout", admin_token=token)
+    call("POST", "/_relay/ui/logout", admin_token=token, headers={"Cookie": f"{SESSION_COOKIE}=0.junk"})
+    assert with_cookie("GET", "/_relay/uploads", copied).status_code == 200
+
+    assert with_cookie("POST", "/_relay/ui/logout", copied).status_code == 303
+    assert with_cookie("GET", "/_relay/uploads", copied).status_code == 401
+    assert 'name="token"' in with_cookie("GET", "/_relay/ui/", copied).text
+    assert with_cookie("GET", "/_relay/uploads", logged_in()).status_code == 200
 
 
 def test_no_inline_script_or_style_in_the_pages() -> None:

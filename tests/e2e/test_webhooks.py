@@ -8,7 +8,10 @@ retry schedule so the retries happen in seconds.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,3 +252,72 @@ def test_refused_uploads_send_upload_failed_but_not_without_the_token(
     assert refused["type"] == "upload.failed" and refused["data"]["state"] == "rejected"
     assert refused["data"]["error"]["code"] == "body_too_large"
     assert all(item.error is None for item in receiver.requests)  # every one verified by standardwebhooks
+
+
+def test_a_reused_upload_id_sends_one_webhook_per_run(
+    sink: RunningServer, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    """An X-Upload-ID used again right after its upload ended (the contract allows it) is a new run: each run's
+    ending sends its own webhook, with that run's record. Back-to-back on one connection, the second run starts
+    before the deliverer has read the first one's ending, so the body must come from the record as it was at
+    that ending, not from what the registry holds by the time the deliverer gets to it."""
+    receiver = receivers().start()
+    relay = relay_with(sink, tmp_path / "spool", receiver.url)
+    pairs = 40
+    try:
+        with httpx.Client(timeout=10) as client:
+            statuses = [
+                client.post(
+                    f"{relay.url}/upload/dup", content=b"x" * 1000, headers={"x-upload-id": f"dup{n}"}
+                ).status_code
+                for n in range(pairs)
+                for _ in range(2)
+            ]
+        assert statuses == [200] * (2 * pairs)
+        # Every run's ending is in the outbox once the last one is: they are queued in order.
+        wait_for(lambda: len(receiver.delivered()) >= 2 * pairs, timeout=30, what=f"{2 * pairs} webhooks")
+        time.sleep(0.5)  # room for a duplicate, were one to be sent
+        listing = deliveries(relay)
+    finally:
+        relay.stop()
+    payloads = [item.payload for item in receiver.delivered()]
+    assert len(payloads) == 2 * pairs and len(listing) == 2 * pairs
+    assert len({item.headers["webhook-id"] for item in receiver.delivered()}) == 2 * pairs
+    assert {(p["type"], p["data"]["state"], p["data"]["bytes"]) for p in payloads} == {
+        ("upload.completed", "completed", 1000)
+    }
+    runs: dict[str, set[float]] = {}
+    for payload in payloads:
+        runs.setdefault(payload["data"]["id"], set()).add(payload["data"]["started_at"])
+    assert runs == {f"dup{n}": runs[f"dup{n}"] for n in range(pairs)}
+    assert all(len(started) == 2 for started in runs.values()), runs  # each run's own record
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--spool", "s3://bucket/spool", "--s3-endpoint", "http://127.0.0.1:1"], {}, "use --redis or a directory"),
+        ([], {"RELAY_WEBHOOK_BACKOFF": "abc"}, "RELAY_WEBHOOK_BACKOFF must be comma-separated seconds"),
+        ([], {"RELAY_WEBHOOK_BACKOFF": "1,-2"}, "RELAY_WEBHOOK_BACKOFF must not hold negative delays"),
+    ],
+    ids=["s3-spool-without-redis", "backoff-not-numbers", "backoff-negative"],
+)
+def test_webhooks_that_could_not_start_are_a_usage_error(
+    tmp_path: Path, flags: list[str], env: dict[str, str], message: str
+) -> None:
+    """Checked before the server starts: one line and exit 2 (the contract's configuration error), not uvicorn's
+    failed start-up (exit 3 and a traceback)."""
+    args = ["--port", "0", "--upstream", "http://127.0.0.1:1", "--webhook", "http://127.0.0.1:1/h"]
+    args += ["--webhook-secret", "s", "--spool", str(tmp_path / "spool"), *flags]
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("relay-server: error: "), done.stderr
+    assert message in done.stderr
+    assert done.stdout == ""

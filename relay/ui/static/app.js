@@ -49,8 +49,26 @@ function advance(upload, bytes, ts) {
   while (upload.samples.length > 2 && ts - upload.samples[0][0] > RATE_WINDOW) upload.samples.shift();
 }
 
+/** True when `started` begins another run of an id this page already shows (an id may be used again once its
+ * upload ended): the known run began at another time, or (start unknown) has finished. The same start time is
+ * the same run told twice (a snapshot, then a replayed event after a reconnect). */
+function isNewRun(upload, event) {
+  if (upload.startedAt !== null) return upload.startedAt !== event.ts;
+  return !IN_FLIGHT.has(upload.state);
+}
+
 function applyEvent(name, event) {
-  const upload = uploadFor(event.upload_id);
+  let upload = uploadFor(event.upload_id);
+  if (name === "started" && isNewRun(upload, event)) {
+    // A fresh upload with a row of its own; the last run's row stays in the recent table as its history. A last
+    // run still shown in flight had its end missed (e.g. while reconnecting): the new run replaces its row.
+    if (IN_FLIGHT.has(upload.state)) {
+      upload.row?.remove();
+      dirty.delete(upload);
+    }
+    uploads.delete(event.upload_id);
+    upload = uploadFor(event.upload_id);
+  }
   upload.seenAt = Date.now();
   if (event.total !== undefined && event.total !== null) upload.total = event.total;
   if (name === "started") {
@@ -221,7 +239,8 @@ function renderFinished(upload) {
 function trimRecent() {
   while (recentBody.rows.length > RECENT_LIMIT) {
     const row = recentBody.lastElementChild;
-    uploads.delete(row.dataset.id);
+    // An earlier run of a reused id leaves a row that is no longer its upload's: keep the newer run's entry.
+    if (uploads.get(row.dataset.id)?.row === row) uploads.delete(row.dataset.id);
     row.remove();
   }
 }
