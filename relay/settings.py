@@ -6,10 +6,12 @@ nothing below parses human input except `parse_size`, which the CLI and the conf
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.core.limits import Limits
 from relay.core.progress import ProgressPolicy
@@ -91,6 +93,33 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _check_upstream(url: str) -> None:
+    """An http(s) URL with a host and, if given, a port in 1-65535: checked here so that a bad one is a usage
+    error (one line, exit 2), not a failure at start-up."""
+    problem = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", a port that is not a number
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "it needs http:// or https:// and a host"
+        elif port == 0:
+            problem = "port 0"
+    if problem is not None:
+        raise ValueError(f"upstream must be an http:// or https:// URL with a host: {url!r} ({problem})")
+
+
+def _check_finite(settings: object) -> None:
+    """Every number of the settings is a finite one: NaN passes `<= 0` checks and click's FloatRange, and then
+    breaks timers at run time (a reviewer's finding: every upload a 500)."""
+    for name in settings.__dataclass_fields__:  # type: ignore[attr-defined]
+        value = getattr(settings, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     """Requests under `prefix` (raw path, case-sensitive) go to `upstream` + the same raw target.
@@ -115,8 +144,8 @@ class Route:
             raise ValueError(f"route prefix must start with '/': {self.prefix!r}")
         if self.prefix == "/_relay" or self.prefix.startswith("/_relay/"):
             raise ValueError("route prefix must not be under /_relay/")
-        if self.upstream is not None and not re.match(r"^https?://[^/?#]+", self.upstream):
-            raise ValueError(f"upstream must be an http:// or https:// URL: {self.upstream!r}")
+        if self.upstream is not None:
+            _check_upstream(self.upstream)
         if self.resumable_forward not in RESUMABLE_FORWARDS:
             raise ValueError(f"resumable_forward must be 'multipart' or 'raw', not {self.resumable_forward!r}")
         if not self.resumable_field:
@@ -168,6 +197,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.routes:
             raise ValueError("at least one route is needed")
+        _check_finite(self)
         if self.upstream_timeout <= 0 or self.upstream_connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_concurrent_uploads is not None and self.max_concurrent_uploads < 1:

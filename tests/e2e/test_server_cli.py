@@ -191,3 +191,35 @@ def test_help_lists_the_environment_variables() -> None:
     assert result.returncode == 0
     for variable in ("RELAY_MAX_BODY_SIZE", "RELAY_SSL_CERTFILE", "RELAY_LOG_FORMAT", "RELAY_RESUMABLE_PREFIX"):
         assert variable in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--upstream-timeout", "nan"],
+        ["--header-timeout", "nan"],
+        ["--drain-timeout", "nan"],
+        ["--client-idle-timeout", "nan"],
+        ["--client-min-rate-grace", "nan"],
+        ["--resumable-expiry", "nan"],
+        ["--upstream-timeout", "inf"],
+    ],
+    ids=" ".join,
+)
+def test_a_number_that_is_not_finite_is_one_line(args: list[str]) -> None:
+    """NaN passed the `<= 0` checks and click's FloatRange: the relay started, then every upload was a 500 (the
+    upstream timeout), every connection hung (the header timeout) or SIGTERM printed a traceback (the drain)."""
+    assert "finite number" in one_line_error(run_cli("--port", "0", *UPSTREAM, *args))
+
+
+def test_a_number_that_is_not_finite_in_the_environment_or_the_config_file(tmp_path: Path) -> None:
+    assert "finite number" in one_line_error(run_cli("--port", "0", *UPSTREAM, env={"RELAY_UPSTREAM_TIMEOUT": "nan"}))
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\nupstream_timeout = nan\n")
+    assert "finite number" in one_line_error(run_cli("--port", "0", *UPSTREAM, "--config", str(config)))
+
+
+@pytest.mark.parametrize("url", ["http://x:99999", "http://x:abc", "http://[::1", "http://:80", "http://x:0"])
+def test_a_malformed_upstream_url_is_one_line(url: str) -> None:
+    """These passed the old pattern and failed at start-up: exit 3 and four log lines."""
+    assert "upstream must be" in one_line_error(run_cli("--port", "0", "--upstream", url))
