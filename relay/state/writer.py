@@ -12,9 +12,10 @@ it finished and its slots free about when its client has the answer, not up to 1
 What FLUSH does, atomically (a Lua script runs alone on the server):
   - each dirty record: `HSET <p>upload:<id> json fin gen relay`, key-level EXPIRE (an hour once finished:
     Redis 7.0 has no per-field TTL), its score in the `<p>index` sorted set (start time, for `recent`), and
-    its place in the `<p>active` hash (upload id -> relay) while it is an upload in flight: not finished, and
-    not resumable (a resumable upload outlives any request and any relay: its own machinery, with its leases
-    and expiry, relay/resumable/shared.py, ends it, never the `relay_lost` sweeper);
+    an unfinished resumable upload's record kept until its `expires_at` at least (it lives 24 h by default
+    between appends, not an hour), its place in the `<p>active` hash (upload id -> relay) while it is an upload
+    in flight: not finished, and not resumable (a resumable upload outlives any request and any relay: its own
+    machinery, with its leases and expiry, relay/resumable/shared.py, ends it, never the `relay_lost` sweeper);
   - fencing, where a record is dropped with that upload's events of the same batch:
     1. a record already stored finished with the same `gen` (same run of that id, `record_gen`: its start time,
        whichever relay wrote it) is never overwritten: a relay declared lost (relay/state/heartbeats.py) that
@@ -44,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,8 +93,9 @@ local all_max, one_max, keep_ms = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local relay, index_max, beat_ttl = ARGV[10], tonumber(ARGV[11]), ARGV[12]
 local i, fenced = 13, {}
 for _ = 1, nrec do
-  local id, gen, fin, kind, json, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local id, gen, fin, kind, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local json, score = ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local key = p .. 'upload:' .. id
   local cur = redis.call('HMGET', key, 'fin', 'gen')
   if (cur[1] == '1' and cur[2] == gen)
@@ -103,7 +107,7 @@ for _ = 1, nrec do
       redis.call('EXPIRE', key, fin_ttl)
       redis.call('HDEL', p .. 'active', id)
     elseif kind == 'resumable' then
-      redis.call('EXPIRE', key, live_ttl)
+      redis.call('EXPIRE', key, math.max(live_ttl, keep))
       redis.call('HDEL', p .. 'active', id)
     else
       redis.call('EXPIRE', key, live_ttl)
@@ -195,9 +199,11 @@ def flush_args(keys: Keys, batch: Batch, *, relay_id: str, finished_ttl: float) 
         keys.prefix, ttl, max(ttl, 3600), len(batch.records), len(batch.events), len(batch.releases),
         ALL_MAXLEN, ONE_MAXLEN, KEEP_MS, relay_id, INDEX_MAX, HEARTBEAT_TTL,
     ]  # fmt: skip
+    now = time.time()
     for record, gen in batch.records:
         fin = "1" if record.finished else "0"
-        args += [record.id, gen, fin, record_kind(record), encode_record(record), record.started_at]
+        keep = math.ceil(max(0.0, (record.expires_at or now) - now))  # an unfinished resumable record's time to live
+        args += [record.id, gen, fin, record_kind(record), keep, encode_record(record), record.started_at]
     for event in batch.events:
         args += [event.upload_id, *encode_event(event)]
     for key, member in batch.releases:

@@ -295,3 +295,17 @@ def test_a_refusal_under_an_incomplete_resumable_uploads_id_never_replaces_its_r
         assert state_on(a, "rs-cap") == "receiving"
     finally:
         held.close()
+
+
+def test_an_idle_resumable_uploads_record_lives_as_long_as_the_upload(redis_server: RedisServer) -> None:
+    """An unfinished resumable record is kept until its expires_at (24 h by default), not the hour a plain
+    upload's unfinished record gets: idle between appends, it used to vanish from every relay's registry."""
+
+    async def body(a: RedisState, b: RedisState) -> None:
+        now = time.time()
+        a.registry.apply(ResumableNote("r9", 0, LENGTH, now, "receiving", now + 86400, "/upload/", "/upload/r", now))
+        await until(lambda: _exists(a, "r9"))
+        ttl = await a.client.ttl(a.keys.upload("r9"))
+        assert 86400 - 120 < ttl <= 86400 + 60, ttl
+
+    run_pair(redis_server, body)

@@ -69,7 +69,7 @@ def test_flush_args_layout() -> None:
     batch = Batch(records=[(record, "r1:1000.0")], events=[progress("a", 10)], releases=[("k", "m")])
     args = flush_args(Keys("p:"), batch, relay_id="r1", finished_ttl=3600)
     assert args[:6] == ["p:", 3600, 3600, 1, 1, 1]
-    assert args[12:18][:4] == ["a", "r1:1000.0", "0", "plain"] and args[17] == 1000.0
+    assert args[12:19][:5] == ["a", "r1:1000.0", "0", "plain", 0] and args[18] == 1000.0
     assert args[-5:] == ["a", "progress", args[-3], "k", "m"]
 
 
