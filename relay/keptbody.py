@@ -16,7 +16,9 @@ Rules:
    message. Handed on as a broken append, either left the upload `receiving` with every byte in, which HEAD
    reports as done to a client that then never sends the completing request again.
 3. Only a cycle the peer closed: `relay.abort` and the forced quit mark the cycle disconnected first, and get
-   nothing. The wrapper wraps rather than subclasses the cycle: relay/tuning.py may have swapped uvicorn's cycle
+   nothing. A framing error in the body (a bad chunk size, trailers over the limit) counts as the peer's close:
+   relay/server.py answers it, ends the cycle and marks it `cut_short`, so the bytes before the error are handed on.
+   The wrapper wraps rather than subclasses the cycle: relay/tuning.py may have swapped uvicorn's cycle
    class for its no-copy one, whose `body` is a list of chunks.
 """
 

@@ -13,6 +13,12 @@ Theory of operation
    remembered, so it is what gets answered, not what the upstream leg saw of it (relay/proxy_body.py, `forward`).
 5. Before `http.response.start` an error can still be answered as JSON; after it, only by closing the
    connection (here: `relay_response`, `fail`).
+6. The upstream's answer is relayed as HTTP allows: a status outside 100-599 is not one, and becomes the relay's
+   502 `upstream_failed`; an answer that has no body (1xx, 204, 304) goes without Content-Length or body bytes,
+   whatever the upstream said (a 304 keeps its other headers).
+7. A framing error the server's protocol found in the body (a bad chunk size, trailers over the limit) is answered
+   by the protocol, which ends the request: the upload is recorded with that error's code, not as a client that
+   went away (relay/server.py, `REFUSED`), and the protocol has counted it in relay_rejections_total.
 
 `Upload` is built in three layers, one file each: `Admission` (the request's state and its header decisions),
 `BodyPump` (the body), and `Upload` here (the whole request's course: refuse or forward, then the answer).
@@ -25,7 +31,15 @@ import asyncio
 import time
 
 from relay.core.events import Completed, ErrorInfo, Failed, Started
-from relay.errors import ClientDisconnected, DigestMismatch, RelayError, ShuttingDown, TooManyUploads, UploadIdInUse
+from relay.errors import (
+    ClientDisconnected,
+    DigestMismatch,
+    RelayError,
+    ShuttingDown,
+    TooManyUploads,
+    UploadIdInUse,
+    UpstreamFailed,
+)
 from relay.headers import forward_request_headers, forward_response_headers, header_value
 from relay.proxy_admission import drain_body, error_response, may_have_body
 from relay.proxy_body import BodyPump
@@ -33,9 +47,16 @@ from relay.upstream import UpstreamResponse
 
 __all__ = ["Upload"]
 
+# scope["extensions"] keys shared with relay/server.py's protocol (not imported: the app runs under other servers).
+_REFUSED = "relay.refused"  # the error the protocol answered mid-body
+_UPLOAD_ID = "relay.upload_id"  # the id drawn for this request, for such an answer
+_BODYLESS = (204, 304)  # and every 1xx: RFC 9110 6.4.1, no content whatever the header fields say
+
 
 class Upload(BodyPump):
     """One request on a routed path: admitted from its headers, its body pumped upstream, the answer relayed."""
+
+    counted = False  # the rejection is already in relay_rejections_total (the protocol answered it)
 
     # -- the whole upload -----------------------------------------------------------------------------------
 
@@ -52,6 +73,7 @@ class Upload(BodyPump):
             # The caps across relays: one await on the head of the request, never per chunk.
             # A relay-drawn id (128 random bits) is in use nowhere: not chosen, no lease on it (a Redis round trip).
             self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key, chosen=self.id_chosen)
+            self.publish_upload_id()
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
             self.count_rejection(exc)
@@ -102,6 +124,17 @@ class Upload(BodyPump):
     def count_rejection(self, exc: RelayError) -> None:
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
 
+    def publish_upload_id(self) -> None:
+        """Tell the protocol the id this request goes by, for an answer it may have to give mid-body."""
+        extensions = self.scope.get("extensions")
+        if isinstance(extensions, dict):
+            extensions[_UPLOAD_ID] = self.upload_id
+
+    def refused_by_server(self) -> RelayError | None:
+        """The framing error the protocol answered in the middle of the body, when that is why the body ended."""
+        refused = self.scope.get("extensions", {}).get(_REFUSED)
+        return refused if isinstance(refused, RelayError) else None
+
     def begin(self) -> None:
         self.ctx.in_flight += 1
         self.ctx.per_client[self.client_key] = self.ctx.per_client.get(self.client_key, 0) + 1
@@ -139,21 +172,32 @@ class Upload(BodyPump):
         )
         try:
             response = await upstream.send(self.method, self.raw_target, headers, self.outgoing(), self.content_length)
-        except ClientDisconnected:
-            self.client_gone = True
-            raise
         except Exception as exc:
             # The body generator's own error is the real cause, whatever the upstream leg made of it.
-            if self.body_error is not None and self.body_error is not exc:
-                raise self.body_error from exc
-            raise
+            error = self.body_error if self.body_error is not None else exc
+            if isinstance(error, ClientDisconnected):
+                self.client_gone = True
+                refused = self.refused_by_server()
+                if refused is not None:  # not a client gone: a request the protocol refused, and answered
+                    self.counted = True
+                    error = refused
+            if error is exc:
+                raise
+            raise error from exc
         return await self.relay_response(response)
 
     # -- the answer -------------------------------------------------------------------------------------------
 
     async def relay_response(self, response: UpstreamResponse) -> int:
         try:
+            if not 100 <= response.status <= 599:
+                raise UpstreamFailed(f"the upstream answered with status {response.status}, outside 100-599")
+            bodyless = response.status < 200 or response.status in _BODYLESS
             headers = forward_response_headers(response.headers, self.upload_id) + self.cors
+            if bodyless:
+                headers = [
+                    (key, value) for key, value in headers if key not in (b"content-length", b"transfer-encoding")
+                ]
             digest = self.single_file_digest() if self.body_done else None
             if digest is not None:
                 headers.append((b"x-upload-sha256", digest.encode()))
@@ -168,7 +212,8 @@ class Upload(BodyPump):
             await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
             self.response_started = True
             async for chunk in response.body():
-                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if not bodyless:  # llhttp reads none for these; whatever it might, the client gets none
+                    await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
             # Completed before the last response byte: a client that asks about its upload the moment the
             # response ends finds it completed.
             self.complete(response.status)
@@ -202,7 +247,8 @@ class Upload(BodyPump):
         self.finished = True
         received = self.inspector.bytes_received if self.inspector else 0
         self.emit(Failed(self.upload_id, received, self.content_length, time.time(), ErrorInfo(exc.code, exc.message)))
-        self.ctx.metrics.rejections.labels(code=exc.code).inc()
+        if not self.counted:
+            self.ctx.metrics.rejections.labels(code=exc.code).inc()
         self.ctx.metrics.finished("failed", time.monotonic() - self.started, received)
 
     async def fail(self, exc: RelayError) -> None:

@@ -1,6 +1,12 @@
 """Serving: uvicorn configured for the relay, the 431 guard, body bytes kept past a client's close, the embedded
 sample upstream, malloc tuning.
 
+What the protocol answers itself (a malformed request, headers over the limit, headers too slow) is the contract's
+JSON error, counted in relay_rejections_total like the app's refusals. When the bad bytes are inside a request's
+body (a bad chunk size, trailers over the limit), the answer belongs to that request: it carries its upload id, the
+app records the upload as failed with the same code (`REFUSED`), and when the app's answer has already begun (an
+upstream that refused early) the connection is only closed: a second response would follow the first.
+
 uvicorn runs with uvloop and httptools (about twice the body throughput of asyncio + h11 here), without
 `proxy_headers` (it would trust X-Forwarded-For from 127.0.0.1 and let a local client spoof its address),
 and without its own `server`/`date` headers so the upstream's pass through unchanged.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import json
 import logging
 import socket
@@ -17,11 +24,14 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from prometheus_client import Counter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from relay.accesslog import quiet_lifecycle
-from relay.headers import new_upload_id
+from relay.errors import BadRequest, ClientTimeout, HeadersTooLarge, RelayError
+from relay.headers import header_value, new_upload_id, valid_upload_id
 from relay.keptbody import KeptBodyReceive
+from relay.metrics import RelayMetrics
 from relay.types import ASGIApp, Receive, Scope, Send
 from relay.zerocopy import ClientSocket
 
@@ -43,6 +53,12 @@ ABORT = "relay.abort"  # scope["extensions"] key: a callable that ends the respo
 INTERIM = "relay.send_interim"
 # scope["extensions"] key: take_body(scope) -> ClientSocket | None hands the client socket over for a spliced body.
 TAKE_BODY = "relay.take_body"
+# scope["extensions"] key: the RelayError the protocol answered in the middle of this request's body; the app finds
+# it there when its receive() says http.disconnect, and records the upload with that code (relay/proxy.py).
+REFUSED = "relay.refused"
+# scope["extensions"] key the app sets: the upload id it drew for the request (none chosen by the client), so an
+# answer the protocol gives mid-body carries it too.
+UPLOAD_ID = "relay.upload_id"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
 
@@ -54,6 +70,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
 
     max_header_bytes = MAX_HEADER_BYTES
     header_timeout = DEFAULT_HEADER_TIMEOUT
+    rejections: Counter | None = None  # the app's relay_rejections_total (serve() finds it), labelled by code
     _header_timer: asyncio.TimerHandle | None = None
     _kept_body: KeptBodyReceive | None = None  # the current cycle's
 
@@ -64,9 +81,10 @@ class HeaderLimitProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         # The current cycle only (a pipelined one queued behind it never starts now), with bytes left unread, not
-        # answered and not ended by the relay (relay.abort, the forced quit: they mark it disconnected first).
+        # answered and not ended by the relay (relay.abort, the forced quit: they mark it disconnected first; a
+        # framing error the protocol answered has marked it cut short already, `_end_cycle`).
         cycle, kept = self.cycle, self._kept_body
-        if kept is not None and kept.cycle is cycle and (cycle.body or not cycle.more_body):
+        if kept is not None and kept.cycle is cycle and (cycle.body or not cycle.more_body) and not kept.cut_short:
             kept.cut_short = not cycle.disconnected and not cycle.response_complete
         super().connection_lost(exc)
 
@@ -96,9 +114,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         self._raw_head_bytes += len(data)  # the head is still open after this read: all of it is head
         if self._raw_head_bytes > self.max_header_bytes:
             self._headers_too_large = True
-            self._reply_and_close(
-                431, "Request Header Fields Too Large", "headers_too_large", "request headers too large"
-            )
+            self._refuse(HeadersTooLarge("request headers too large"))
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -113,7 +129,7 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request is being served; its own timeouts apply
-        self._reply_and_close(408, "Request Timeout", "client_timeout", "request headers took too long")
+        self._refuse(ClientTimeout("request headers took too long"))
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -209,26 +225,86 @@ class HeaderLimitProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """What httptools could not parse (Content-Length with Transfer-Encoding, two Content-Lengths, a bad
-        byte in the request line...) gets the contract's JSON error, not uvicorn's text/plain one."""
+        byte in the request line, a bad chunk size...) gets the contract's JSON error, not uvicorn's text/plain
+        one. Header bytes over the limit (in the head or in a chunked body's trailers) are a 431."""
         if getattr(self, "_headers_too_large", False):
-            self._reply_and_close(
-                431, "Request Header Fields Too Large", "headers_too_large", "request headers too large"
-            )
+            in_body = self._body_cycle() is not None
+            self._refuse(HeadersTooLarge(f"request {'trailers' if in_body else 'headers'} too large"))
             return
-        self._reply_and_close(400, "Bad Request", "bad_request", f"malformed HTTP request ({msg.rstrip('.')})")
+        self._refuse(BadRequest(f"malformed HTTP request ({msg.rstrip('.')})"))
 
-    def _reply_and_close(self, status: int, reason: str, code: str, message: str) -> None:
-        """An answer before any request reached the app: JSON, with an X-Upload-ID (every answer on a routed path
-        carries one, and the path may not even be known here), and the connection closed."""
+    def _body_cycle(self) -> RequestResponseCycle | None:
+        """The request whose body is being read, when it is: its head is done, its body is not, and it has not
+        been answered. Bad bytes then belong to it, not to a request after it."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or getattr(self, "_in_head", False) or not cycle.more_body:
+            return None
+        return cycle
+
+    def _refuse(self, error: RelayError) -> None:
+        """Answer `error` and close the connection: JSON, with an X-Upload-ID (every answer on a routed path
+        carries one, and the path may not even be known here), counted in relay_rejections_total.
+
+        Inside a request's body the answer is that request's: its upload id, and the error left in its scope for
+        the app's record. The bytes it had read before go to the app as after a client's close (KeptBodyReceive):
+        a resumable append keeps them. When the app's response has started, only closing is left."""
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": {"code": code, "message": message}})
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()  # the answer is on the wire: a second response after it would be garbage
+            return
+        upload_id = new_upload_id()
+        body_cycle = self._body_cycle()
+        if body_cycle is not None:
+            scope = cast(Scope, body_cycle.scope)
+            upload_id = _upload_id_of(scope) or upload_id
+            extensions = scope.get("extensions")
+            if isinstance(extensions, dict):
+                extensions[REFUSED] = error
+            self._end_cycle(body_cycle)
+        if self.rejections is not None:
+            self.rejections.labels(code=error.code).inc()
+        body = json.dumps({"error": error.to_dict()})
+        reason = http.HTTPStatus(error.status_code).phrase
         head = (
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nx-upload-id: {new_upload_id()}\r\nconnection: close\r\n\r\n"
+            f"HTTP/1.1 {error.status_code} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nx-upload-id: {upload_id}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body.encode())
         self.transport.close()
+
+    def _end_cycle(self, cycle: RequestResponseCycle) -> None:
+        """The request is over for the app: its receive() says http.disconnect at once (after the bytes read
+        before the error) and its send() writes nothing, so no answer of its own can follow the protocol's."""
+        kept = self._kept_body
+        if kept is not None and kept.cycle is cycle and cycle.body:
+            kept.cut_short = True
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+
+def _upload_id_of(scope: Scope) -> str | None:
+    """The request's upload id as the app picks it: the one it drew and published (UPLOAD_ID), else a valid
+    X-Upload-ID from the client."""
+    drawn = scope.get("extensions", {}).get(UPLOAD_ID)
+    if isinstance(drawn, str):
+        return drawn
+    chosen = header_value(scope.get("headers", []), b"x-upload-id")
+    return chosen.decode("ascii") if chosen is not None and valid_upload_id(chosen) else None
+
+
+def _rejections_of(app: object) -> Counter | None:
+    """The relay_rejections_total of the RelayApp inside `app`'s wrappers (AccessLog keeps it as `.app`), so
+    what the protocol answers itself is counted with the app's refusals; None for any other app."""
+    for _ in range(8):
+        metrics = getattr(getattr(app, "ctx", None), "metrics", None)
+        if isinstance(metrics, RelayMetrics):
+            return metrics.rejections
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -267,8 +343,10 @@ def uvicorn_config(
     drain_timeout: float = 10.0,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    rejections: Counter | None = None,
 ) -> uvicorn.Config:
-    protocol = type("RelayHttpProtocol", (HeaderLimitProtocol,), {"header_timeout": header_timeout})
+    attributes = {"header_timeout": header_timeout, "rejections": rejections}
+    protocol = type("RelayHttpProtocol", (HeaderLimitProtocol,), attributes)
     return uvicorn.Config(
         app,
         host=host,
@@ -369,6 +447,7 @@ async def serve(
         drain_timeout=drain_timeout,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        rejections=_rejections_of(main_app),
     )
     main_server = uvicorn.Server(config)
     config.app = _EndQuietly(main_app, main_server)
