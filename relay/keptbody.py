@@ -1,7 +1,7 @@
 """Body bytes read before a client closed its connection, handed to the app ahead of `http.disconnect`.
 
 uvicorn's `receive()` answers `http.disconnect` as soon as the connection is gone and leaves what the request
-cycle's `body` holds unread. relay/server.py's protocol wraps each cycle's `receive` in `KeptBodyReceive`, and on
+cycle's `body` holds unread. relay/protocol.py's protocol wraps each cycle's `receive` in `KeptBodyReceive`, and on
 `connection_lost` marks the current cycle `cut_short` when it still holds something the app has not had.
 
 Rules:
@@ -17,7 +17,7 @@ Rules:
    reports as done to a client that then never sends the completing request again.
 3. Only a cycle the peer closed: `relay.abort` and the forced quit mark the cycle disconnected first, and get
    nothing. A framing error in the body (a bad chunk size, trailers over the limit) counts as the peer's close:
-   relay/server.py answers it, ends the cycle and marks it `cut_short`, so the bytes before the error are handed on.
+   relay/protocol.py answers it, ends the cycle and marks it `cut_short`, so the bytes before the error are handed on.
    The wrapper wraps rather than subclasses the cycle: relay/tuning.py may have swapped uvicorn's cycle
    class for its no-copy one, whose `body` is a list of chunks.
 """

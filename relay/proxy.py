@@ -18,7 +18,7 @@ Theory of operation
    whatever the upstream said (a 304 keeps its other headers).
 7. A framing error the server's protocol found in the body (a bad chunk size, trailers over the limit) is answered
    by the protocol, which ends the request: the upload is recorded with that error's code, not as a client that
-   went away (relay/server.py, `REFUSED`), and the protocol has counted it in relay_rejections_total.
+   went away (relay/protocol.py, `REFUSED`), and the protocol has counted it in relay_rejections_total.
 
 `Upload` is built in three layers, one file each: `Admission` (the request's state and its header decisions),
 `BodyPump` (the body), and `Upload` here (the whole request's course: refuse or forward, then the answer).
@@ -47,7 +47,7 @@ from relay.upstream import UpstreamResponse
 
 __all__ = ["Upload"]
 
-# scope["extensions"] keys shared with relay/server.py's protocol (not imported: the app runs under other servers).
+# scope["extensions"] keys shared with relay/protocol.py's protocol (not imported: the app runs under other servers).
 _REFUSED = "relay.refused"  # the error the protocol answered mid-body
 _UPLOAD_ID = "relay.upload_id"  # the id drawn for this request, for such an answer
 _BODYLESS = (204, 304)  # and every 1xx: RFC 9110 6.4.1, no content whatever the header fields say

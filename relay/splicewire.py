@@ -29,7 +29,7 @@ from relay.zerocopy import SplicedBody, splice_supported, tee_supported
 
 __all__ = ["SPLICE", "SPLICED_BYTES", "TAKE_BODY", "TEE", "SplicedUpload", "outgoing"]
 
-# scope["extensions"] key set by the server glue (relay/server.py): take(scope) -> ClientSocket | None hands the
+# scope["extensions"] key set by the server glue (relay/protocol.py): take(scope) -> ClientSocket | None hands the
 # client socket over for the spliced body of the request `scope` (relay/zerocopy.py); None for any other scope.
 TAKE_BODY = "relay.take_body"
 SPLICED_BYTES = "relay.spliced_bytes"  # scope["extensions"] key: the body bytes that were spliced, not received

@@ -36,9 +36,9 @@ def take_body(protocol: Any) -> ClientSocket | None:
 
 
 def install() -> None:
-    import relay.server
+    import relay.protocol
 
-    cls = relay.server.HeaderLimitProtocol
+    cls = relay.protocol.HeaderLimitProtocol
     original = cls.on_headers_complete
 
     def on_headers_complete(self: Any) -> None:

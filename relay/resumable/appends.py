@@ -47,13 +47,13 @@ from relay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from relay.protocol import INTERIM
 from relay.proxy_context import RelayContext
 from relay.resumable.answers import Request, SpoolUnavailable, refuse, respond
 from relay.resumable.completion import Completion, Refused, with_file_digest
 from relay.resumable.filehash import RunningHashes
 from relay.resumable.live import LiveAppend, Overflow
 from relay.resumable.store import OpenAppend, ResumableStore
-from relay.server import INTERIM
 from relay.spool.base import SpoolError
 from relay.watchdog import IdleWatch
 

@@ -32,9 +32,9 @@ from relay.core.events import Completed, Event, Part
 from relay.core.inspector import Hash, UploadInspector
 from relay.core.limits import Limits
 from relay.errors import RelayError, UpstreamFailed
+from relay.protocol import RAW_TARGET
 from relay.proxy import Upload
 from relay.proxy_context import RelayContext
-from relay.server import RAW_TARGET
 from relay.settings import Route
 from relay.spool.base import Spool, SpoolError
 from relay.types import Message, Scope, Send

@@ -5,7 +5,8 @@ as its completion did"), body included, also after a `kill -9` of the relay (rel
 A tus completion the upstream refused (500 with a body) and an IETF completion (the upstream's own 2xx and body)
 are the upstream's answers: the replay has their status, headers and body. Before the fix the replay had the
 status and the upload's headers only: an IETF client that lost the completion's answer (the stored file's URL,
-say) could never get it again. A body over 8 KiB (ANSWER_BODY_CAP) is not kept: the replay then has no body (Content-Length 0).
+say) could never get it again. A body over 8 KiB (ANSWER_BODY_CAP) is not kept: the replay then has no body
+(Content-Length 0).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from relay.server import INTERIM, bind_socket, uvicorn_config
+from relay.protocol import INTERIM
+from relay.server import bind_socket, uvicorn_config
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
