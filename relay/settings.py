@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from relay.core.limits import Limits
 from relay.core.progress import ProgressPolicy
+from relay.urls import http_url_problem
 from relay.webhooks.endpoints import WebhookEndpoint
 
 __all__ = [
@@ -94,19 +94,8 @@ def parse_size(text: str | int) -> int:
 
 
 def _check_upstream(url: str) -> None:
-    """An http(s) URL with a host and, if given, a port in 1-65535: checked here so that a bad one is a usage
-    error (one line, exit 2), not a failure at start-up."""
-    problem = None
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", a port that is not a number
-        problem = str(exc)
-    else:
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "it needs http:// or https:// and a host"
-        elif port == 0:
-            problem = "port 0"
+    """Checked here so that a bad upstream URL is a usage error (one line, exit 2), not a failure at start-up."""
+    problem = http_url_problem(url)
     if problem is not None:
         raise ValueError(f"upstream must be an http:// or https:// URL with a host: {url!r} ({problem})")
 

@@ -98,7 +98,8 @@ for _ = 1, nrec do
   i = i + 7
   local key = p .. 'upload:' .. id
   local cur = redis.call('HMGET', key, 'fin', 'gen')
-  if (cur[1] == '1' and cur[2] == gen)
+  -- a relay before this version wrote gen as '<relay id>:<start time>': the run is what follows the last ':'
+  if (cur[1] == '1' and cur[2] and string.match(cur[2], '([^:]*)$') == string.match(gen, '([^:]*)$'))
     or (kind == 'refusal' and (cur[1] == '0' or open_resumable(p .. 'rs:' .. id))) then
     fenced[id] = true
   else

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from relay.urls import http_url_problem
 from relay.webhooks.signer import parse_secret
 
 __all__ = ["EVENT_TYPES", "WebhookEndpoint", "webhook_endpoints"]
@@ -37,9 +37,9 @@ class WebhookEndpoint:
     events: tuple[str, ...] = EVENT_TYPES
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"a webhook URL must be http:// or https:// with a host: {self.url!r}")
+        problem = http_url_problem(self.url)
+        if problem is not None:
+            raise ValueError(f"a webhook URL must be http:// or https:// with a host: {self.url!r} ({problem})")
         if not self.events or any(event not in EVENT_TYPES for event in self.events):
             raise ValueError(f"webhook events must be some of {', '.join(EVENT_TYPES)}: {list(self.events)!r}")
         if not self.key:

@@ -223,3 +223,9 @@ def test_a_number_that_is_not_finite_in_the_environment_or_the_config_file(tmp_p
 def test_a_malformed_upstream_url_is_one_line(url: str) -> None:
     """These passed the old pattern and failed at start-up: exit 3 and four log lines."""
     assert "upstream must be" in one_line_error(run_cli("--port", "0", "--upstream", url))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://h:abc/x", "http://[::1/x"])
+def test_a_malformed_webhook_url_is_one_line(url: str) -> None:
+    """A port out of range passed and every delivery then failed, retried for hours."""
+    assert "webhook URL" in one_line_error(run_cli("--port", "0", *UPSTREAM, "--webhook", url, "--webhook-secret", "s"))

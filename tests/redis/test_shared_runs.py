@@ -309,3 +309,26 @@ def test_an_idle_resumable_uploads_record_lives_as_long_as_the_upload(redis_serv
         assert 86400 - 120 < ttl <= 86400 + 60, ttl
 
     run_pair(redis_server, body)
+
+
+def test_a_finished_record_is_fenced_against_a_run_written_the_old_way(redis_server: RedisServer) -> None:
+    """Relays before the run fix wrote gen as '<relay id>:<start time>': the run is the part after the last ':',
+    so an unfinished view of the same run never reopens a finished record stored that way."""
+
+    async def body(a: RedisState, b: RedisState) -> None:
+        created(a, "r8")
+        completed(a, "r8", 0)
+
+        async def finished() -> bool:
+            return (await stored(a, "r8") or {}).get("state") == "completed"
+
+        await until(finished)
+        key = a.keys.upload("r8")
+        gen = (await a.client.hget(key, "gen")).decode()
+        await a.client.hset(key, "gen", f"oldrelay:{gen}")  # as a relay of the previous version stored it
+        appended(b, "r8", 0, LENGTH // 2)
+        assert await b.flusher.flush_once()
+        record = await stored(a, "r8")
+        assert record is not None and record["state"] == "completed"
+
+    run_pair(redis_server, body)
