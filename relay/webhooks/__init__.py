@@ -26,6 +26,7 @@ is deliberately not a flag.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -68,8 +69,8 @@ def backoff_schedule(environ: Mapping[str, str] = os.environ) -> tuple[float, ..
         delays = tuple(float(item) for item in text.split(","))
     except ValueError:
         raise ValueError(f"{BACKOFF_ENV} must be comma-separated seconds, not {text!r}") from None
-    if any(delay < 0 for delay in delays):
-        raise ValueError(f"{BACKOFF_ENV} must not hold negative delays")
+    if any(not math.isfinite(delay) or delay < 0 for delay in delays):  # nan passes `< 0`
+        raise ValueError(f"{BACKOFF_ENV} must hold finite, non-negative delays, not {text!r}")
     return delays
 
 
