@@ -4,8 +4,9 @@ Both run `jobs` requests at once on one httpx client and give back (files, Outco
 requests included, for client/cli_output.py to report. A live display (UploadView) gets one progress row per
 file, rewound before a retry, and the notes of retries and resumptions; without it, resumable uploads' warnings
 become stderr lines (not with --json or --quiet). `--digest` on a plain upload reads the files once before sending
-them, hashing the body exactly as it will be framed (RFC 9530 Repr-Digest). Cancelled by Ctrl-C, each request
-that had started leaves how far it got in `interrupted`, so --json can still print one object per request.
+them, hashing the body exactly as it will be framed (RFC 9530 Repr-Digest); Ctrl-C stops that read within 1 MiB
+(the exit would otherwise wait for the hashing thread). Cancelled by Ctrl-C, each request that had started leaves
+how far it got in `interrupted`, so --json can still print one object per request.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from client.cli_output import PROG, Outcome
-from client.errors import UploadError
+from client.errors import FileError, UploadError
 from client.progress import RequestProgress, UploadView
 from client.ranges import hash_range
 from client.results import UploadResult
@@ -116,7 +118,13 @@ async def _with_digest(group: list[LocalFile], options: dict[str, Any]) -> dict[
     boundary = new_boundary()
     marks = [(options["field"], file, _FileMark(index)) for index, file in enumerate(group)]
     segments = multipart_segments(marks, options["form"], boundary)  # type: ignore[arg-type]
-    digest = await asyncio.to_thread(_hash_framed, segments, group)
+    stop = threading.Event()
+    try:
+        digest = await asyncio.to_thread(_hash_framed, segments, group, stop)
+    except asyncio.CancelledError:
+        # A thread cannot be cancelled, and the exit waits for it: it stops at its next 1 MiB piece instead.
+        stop.set()
+        raise
     return {**options, "boundary": boundary, "headers": [*headers, ("Repr-Digest", repr_field(digest))]}
 
 
@@ -127,16 +135,23 @@ class _FileMark:
         self.index = index
 
 
-def _hash_framed(segments: Sequence[object], files: list[LocalFile]) -> bytes:
+def _hash_framed(segments: Sequence[object], files: list[LocalFile], stop: threading.Event) -> bytes:
+    """The framed body's sha256, read 1 MiB at a time; once `stop` is set, it gives up (the result is not used)."""
     sha = hashlib.sha256()
     for segment in segments:
         if isinstance(segment, bytes):
             sha.update(segment)
             continue
         assert isinstance(segment, _FileMark)
-        with open(files[segment.index].path, "rb") as handle:
-            while chunk := handle.read(1024 * 1024):
-                sha.update(chunk)
+        path = files[segment.index].path
+        try:
+            with open(path, "rb") as handle:
+                while not stop.is_set() and (chunk := handle.read(1024 * 1024)):
+                    sha.update(chunk)
+        except OSError as exc:  # gone or unreadable since it was checked: one line, as when sending it
+            raise FileError(f"{path}: {exc.strerror or exc}") from None
+        if stop.is_set():
+            break
     return sha.digest()
 
 

@@ -12,6 +12,8 @@ Theory of operation:
   after a connection failure before the first body byte.
 * Every request ends in an UploadResult, failed ones too: an error raised to the caller carries the result
   of the request that failed (`exc.result`), so `--json` can print what was sent before it broke.
+* Cancelled (Ctrl-C), a request tells `interrupted` how far it got: the attempt in flight, or, in the wait
+  before a retry, the last attempt made (status None, error "interrupted", `attempts` the attempts made).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -287,16 +289,33 @@ async def _with_retries(
                 if exc.result is not None:
                     exc.result.attempts = attempt + 1
                 raise
+            last = exc.result
         else:
             result.attempts = attempt + 1
             decision = after_answer(result.status, result.retry_after, result.response, request.replayable)
             decision = decision if attempt < retries else None
             if decision is None:
                 return result
+            last = result
         attempt += 1
         if on_retry is not None:
             on_retry(decision)
-        await asyncio.sleep(decision.delay)
+        await _wait_to_retry(decision.delay, request, last, attempt)
+
+
+async def _wait_to_retry(delay: float, request: _Request, last: UploadResult | None, attempts: int) -> None:
+    """Sleep before the next attempt. Cancelled meanwhile (Ctrl-C), the request got as far as its last attempt:
+    that attempt's figures, with the attempts made, not those of a request that never started."""
+    try:
+        await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        if request.interrupted is not None and last is not None:
+            # A retried answer (a 429) is not the request's outcome: no status, as for an attempt cut off in flight.
+            cut = replace(last, status=None, response=None, retry_after=None, hint=None, error="interrupted")
+            cut.upload_id = last.upload_id or request.upload_id  # an answer without X-Upload-ID: the one we sent
+            cut.attempts = attempts
+            request.interrupted(cut)
+        raise
 
 
 # --- public API ------------------------------------------------------------------------------------------------
