@@ -103,9 +103,13 @@ class Appends:
         start = upload.append_start
         assert start is not None
         req, digest = request.req, upload.repr_digest
-        if req.content_length and req.content_length == decision.max_bytes and upload.concat is None:
-            # Meant to complete the upload: its Repr-Digest is recorded, durably, before any byte can go upstream
-            # (completion.py Rule 7): a relay killed mid-forward then redelivers with it.
+        completing = (
+            req.content_length and req.content_length == decision.max_bytes and req.upload_complete is not False
+        )
+        if completing and upload.concat is None:
+            # Meant to complete the upload (not an IETF `Upload-Complete: ?0` append that fills it): its Repr-Digest
+            # is recorded, durably, before any byte can go upstream (completion.py Rule 7): a relay killed
+            # mid-forward then redelivers with it.
             upload = with_file_digest(upload, request.scope["headers"])
         try:
             if upload.append_checksum or upload.repr_digest != digest:

@@ -203,8 +203,9 @@ class Completion:
         ended = core.apply(
             upload, core.ANSWERED, now=time.time(), writer=upload.writer, offset=offset, upstream_status=status
         )
-        if forward.translator is not None and forward.translator.passed is not None:  # for the replay
-            ended = keep_answer(ended, *forward.translator.passed)
+        answer = forward.translator.complete() if forward.translator is not None else None
+        if answer is not None:  # for the replay
+            ended = keep_answer(ended, *answer)
         with contextlib.suppress(SpoolError, OSError):  # the bytes go either way: delete_data_soon below
             await live.writer.discard()
         await self.store.save(ended)
@@ -284,6 +285,7 @@ class Completion:
             self._completion(request, committed, on_early),
             cap=ANSWER_BODY_CAP,
             on_end=self._keeper(committed),
+            hold=lambda: bool(committed),  # an early answer (Rule 6) is not held: kept by _end_answered
         )
         forward = ForwardUpload(self.ctx, route, scope, body, send, length=length, cut=cut, seed=seed)
         forward.translator = send

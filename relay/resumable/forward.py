@@ -298,10 +298,12 @@ class AnswerTranslator:
     """A `send` that lets `on_start` turn the upstream's answer into the resumable one (status, headers, and
     whether its body goes to the client).
 
-    An answer passed on is kept for the completing request sent again (the core's `keep_answer`): its body is held
-    back until it has ended, `on_end` (which records it) runs, and only then does the body go out, so that a client
-    that has the answer can have it again, even after a crash. A body over `cap` bytes is not kept: what was held
-    goes out at once and the rest streams. `passed` is the upstream's headers and its body (None: not kept)."""
+    An answer passed on is kept for the completing request sent again (the core's `keep_answer`): `passed` is the
+    upstream's headers and its body (None: over `cap` bytes, not kept). Where `hold()` says so at the start (a
+    completion: the upload is recorded `completed` already), the body is held back until it has ended, `on_end`
+    (which records it) runs, and only then does it go out, so that a client that has the answer can have it again,
+    even after a crash; a body over the cap goes out as soon as it passes it, and the rest streams. Otherwise (an
+    early answer, recorded with the upload's end after the forward) it streams at once and is only noted."""
 
     def __init__(
         self,
@@ -310,39 +312,52 @@ class AnswerTranslator:
         *,
         cap: int,
         on_end: Callable[[Headers, bytes], Awaitable[None]] | None = None,
+        hold: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.send, self.on_start, self.on_end, self.cap = send, on_start, on_end, cap
+        self.send, self.on_start, self.on_end, self.cap, self.hold = send, on_start, on_end, cap, hold
         self.keep = True
+        self.holding = False
         self.passed: tuple[Headers, bytes | None] | None = None
         self._headers: Headers = []
-        self._held: bytearray | None = bytearray()  # None: over the cap, streaming
+        self._body: bytearray | None = bytearray()  # None: over the cap, not kept
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self._headers = list(message.get("headers", []))
             status, headers, self.keep = await self.on_start(message["status"], list(self._headers))
+            self.holding = self.keep and self.on_end is not None and self.hold()
             await self.send({"type": "http.response.start", "status": status, "headers": headers})
         elif self.keep:
             await self._pass(message)
         elif not message.get("more_body", False):
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def complete(self) -> tuple[Headers, bytes | None] | None:
+        """`passed`, or the answer so far when its Content-Length says it is whole: an early answer's end may never
+        come through here (the client, which had the whole answer, went away during the lingering drain)."""
+        if self.passed is not None or self._body is None:
+            return self.passed
+        length = next((value for name, value in self._headers if name.lower() == b"content-length"), None)
+        if length is not None and length.strip().isdigit() and int(length) == len(self._body):
+            return self._headers, bytes(self._body)
+        return None
+
     async def _pass(self, message: Message) -> None:
         more = bool(message.get("more_body", False))
-        if self._held is None:
-            if not more:
-                self.passed = (self._headers, None)
-            await self.send(message)
-            return
-        self._held += message.get("body", b"")
-        if len(self._held) > self.cap:  # too large to keep: the replay goes without it
-            held, self._held = bytes(self._held), None
-            if not more:
-                self.passed = (self._headers, None)
-            await self.send({"type": "http.response.body", "body": held, "more_body": more})
-        elif not more:
-            body = bytes(self._held)
-            self.passed = (self._headers, body)
+        chunk = message.get("body", b"")
+        if self._body is not None:
+            self._body += chunk
+            if len(self._body) > self.cap:  # too large to keep: the replay goes without it
+                held, self._body = bytes(self._body), None
+                if self.holding:
+                    self.holding = False
+                    message = {"type": "http.response.body", "body": held, "more_body": more}
+        if not more:
+            self.passed = (self._headers, None if self._body is None else bytes(self._body))
+        if self.holding and not more and self._body is not None:
+            body = bytes(self._body)
             if self.on_end is not None:
                 await self.on_end(self._headers, body)
             await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        elif not self.holding:
+            await self.send(message)

@@ -3,6 +3,8 @@ creation, 104 on a raw socket, appends with application/partial-upload, problem 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import time
@@ -240,3 +242,21 @@ def test_content_disposition_names_the_file(stack: Stack, client: httpx.Client) 
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["files"][0]["filename"] == "report 1.pdf"
+
+
+def test_a_per_append_digest_on_a_filling_incomplete_append_is_not_the_files(
+    stack: Stack, client: httpx.Client
+) -> None:
+    """An `Upload-Complete: ?0` append that brings the last bytes does not complete the upload, so its Repr-Digest
+    (here: of its own bytes) is not taken for the whole file's (completion.py Rule 7). A reviewer's repro: 400
+    digest_mismatch and the data deleted, after the fix that saves a completing append's digest at its start."""
+    data = os.urandom(10)
+    mine = "sha-256=:" + base64.b64encode(hashlib.sha256(data[4:]).digest()).decode() + ":"
+    created = create(client, 8, "/upload/ietf/filling", Upload_Length=str(len(data)))
+    location = created.headers["location"]
+    assert append(client, 8, location, 0, data[:4], complete=False).status_code == 204
+    headers = ietf(8, Upload_Offset="4", Upload_Complete="?0", Content_Type=PARTIAL, Repr_Digest=mine)
+    assert client.patch(location, headers=headers, content=data[4:]).status_code == 204
+    done = append(client, 8, location, len(data), b"", complete=True)
+    assert done.status_code == 200, done.text
+    assert stored_for(stack, created.headers["x-upload-id"]) != []
