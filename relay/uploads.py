@@ -1,9 +1,14 @@
 """The uploads registry: one record per upload id, built from the events the bus carries.
 
-`UploadRegistry` is the interface (a Redis hash per upload would implement it for several instances);
-`InMemoryUploadRegistry` keeps records in this process. Records change only through `apply(event)`, and
+`UploadRegistry` is the interface (relay/state/redis.py's `RedisUploadRegistry` implements it for several
+relays); `InMemoryUploadRegistry` keeps records in this process. Records change only through `apply(event)`, and
 state changes follow the transition table in relay/core/state.py. Finished records stay for `ttl` seconds
 and at most `max_finished` of them, so memory stays bounded however many uploads pass.
+
+`release(id)` says a resumable upload is between requests on this relay (no request of it runs here). One relay
+keeps its record as it is: that record is the upload's only one. With Redis the record in Redis is the truth
+and any relay may take the next request, so the local copy stops counting as an upload in progress here
+(relay/state/redis.py); `forget(id)` is how that copy goes in the end.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class UploadRegistry(Protocol):
     def is_active(self, upload_id: str) -> bool: ...
 
     def recent(self, limit: int = 100) -> list[UploadRecord]: ...
+
+    def release(self, upload_id: str) -> None: ...
 
 
 class InMemoryUploadRegistry:
@@ -158,6 +165,15 @@ class InMemoryUploadRegistry:
     def is_active(self, upload_id: str) -> bool:
         record = self._records.get(upload_id)
         return record is not None and not record.finished
+
+    def release(self, upload_id: str) -> None:
+        """One relay: the record of a resumable upload between requests is its only one, kept until it ends."""
+        return None
+
+    def forget(self, upload_id: str) -> None:
+        """Drop the record whatever its state (the Redis registry's stale local copies, relay/state/redis.py)."""
+        self._records.pop(upload_id, None)
+        self._finished.pop(upload_id, None)
 
     def recent(self, limit: int = 100) -> list[UploadRecord]:
         self._expire()

@@ -387,6 +387,11 @@ class ResumableEndpoints:
             return
         state = core.FORWARDING if upload.state == core.FORWARDING else core.RECEIVING
         self.ctx.registry.apply(self._note(upload, state, now))
+        if upload.state == core.RECEIVING or (upload.state == core.FORWARDING and upload.error is not None):
+            # Between requests (no append open, no forward under way here: a failed one waits for a retry). With
+            # Redis the next request may go to any relay, and the one that completes it emits the end there: this
+            # relay's copy must not stay "in progress" for good (relay/uploads.py `release`).
+            self.ctx.registry.release(upload.id)
 
     @staticmethod
     def _note(upload: ResumableUpload, state: str, now: float) -> ResumableNote:
