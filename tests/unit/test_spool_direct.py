@@ -99,6 +99,13 @@ def test_fill_from_a_pipe(tmp_path: Path) -> None:
     assert path.read_bytes() == b"x" * 100 + data
 
 
+@pytest.fixture
+def always_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block direct, however far behind the disk is: for the tests of what a direct write does when it fails
+    (a test writes faster than any disk, so its blocks would otherwise go through the page cache)."""
+    monkeypatch.setattr(direct.DirectAppender, "_disk_behind", lambda self: False)
+
+
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
 def test_the_bytes_go_past_the_page_cache(tmp_path: Path) -> None:
     """fincore counts the file's pages in the page cache: the head's and the tail's, and the blocks a busy disk
@@ -121,6 +128,7 @@ def test_the_bytes_go_past_the_page_cache(tmp_path: Path) -> None:
     assert int(cached.stdout.strip()) <= 2 * direct.ALIGN + appender.cached
 
 
+@pytest.mark.usefixtures("always_direct")
 def test_a_failed_write_leaves_a_prefix_and_nothing_after(tmp_path: Path) -> None:
     """The O_DIRECT descriptor is swapped for a read-only one: the first direct write fails; the head went
     through the ordinary descriptor, and nothing after the failure is written (no tail past a hole)."""
@@ -139,6 +147,7 @@ def test_a_failed_write_leaves_a_prefix_and_nothing_after(tmp_path: Path) -> Non
     assert path.stat().st_size == direct.ALIGN  # the old 10 bytes and the head up to the first aligned offset
 
 
+@pytest.mark.usefixtures("always_direct")
 def test_a_refused_direct_write_goes_through_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real EINVAL: the appender is told its position is aligned when it is not, so its first direct write is
     misaligned. That block and the rest go through the ordinary descriptor, byte-exact, and later appenders of
@@ -185,6 +194,7 @@ def test_a_slow_disk_falls_back_to_the_page_cache_in_order(tmp_path: Path, monke
     assert path.read_bytes() == data
 
 
+@pytest.mark.usefixtures("always_direct")
 def test_a_short_direct_write_leaves_no_hole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """POSIX lets a write take fewer bytes than asked: the rest goes at its place (through the page cache), the
     next block after it; never zeros in the middle with the right size."""
@@ -205,6 +215,7 @@ def test_a_short_direct_write_leaves_no_hole(tmp_path: Path, monkeypatch: pytest
     assert shortened and path.read_bytes() == data
 
 
+@pytest.mark.usefixtures("always_direct")
 def test_a_write_error_is_raised_even_with_the_pool_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC on a direct write while the pool is full: `finish` raises that OSError (not a BufferError from
     unmapping a buffer some traceback still views), and the file holds what was written before it."""
@@ -294,3 +305,21 @@ def test_no_appender_without_o_direct(tmp_path: Path, monkeypatch: pytest.Monkey
         assert direct.open_appender(tmp_path / "missing.data", fd) is None
     finally:
         os.close(fd)
+
+
+def test_a_client_faster_than_the_disk_goes_through_the_page_cache(tmp_path: Path) -> None:
+    """Written as fast as memory allows, blocks find others queued behind them (or the caller waiting for a buffer)
+    and go through the page cache: the upload runs at the client's pace. Before, a block went there only when every
+    other buffer was queued behind it, which DEPTH buffers (one in the caller's hands) never allowed: one append of
+    1 GiB took 2.0-2.5 s on a disk writing 650 MB/s against 0.9-1.0 s now."""
+    path = tmp_path / "up.data"
+    data = os.urandom(16 * direct.BLOCK)
+    fd, appender = _open(path, b"")
+    try:
+        for piece in _pieces(data, [direct.BLOCK] * 16):
+            appender.write(piece)
+        assert appender.finish() == len(data)
+    finally:
+        os.close(fd)
+    assert appender.cached >= len(data) // 2  # measured: 16 of 16 blocks now, 2 of 16 under the old rule
+    assert path.read_bytes() == data
