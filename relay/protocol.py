@@ -14,9 +14,11 @@ app reads (the app never imports this module: the keys are plain strings, named 
 - what the protocol answers itself (a malformed request, headers over the limit, headers too slow) is the
   contract's JSON error, counted in relay_rejections_total like the app's refusals. When the bad bytes are
   inside a request's body (a bad chunk size, trailers over the limit), the answer belongs to that request: it
-  carries its upload id (`UPLOAD_ID`, published by the app), the app records the upload as failed with the same
-  code (`REFUSED`), and when the app's answer has already begun (an upstream that refused early) the connection
-  is only closed: a second response would follow the first.
+  carries its upload id (`UPLOAD_ID`: drawn here when the head is complete if the client chose no valid one,
+  before the app has run, so the app adopts it; the app may replace it, as the resumable prefix does with the
+  path's id) and the headers the app asked for (`REFUSAL_HEADERS`: a tus request's Tus-Resumable), the app records
+  the upload as failed with the same code (`REFUSED`), and when the app's answer has already begun (an upstream
+  that refused early) the connection is only closed: a second response would follow the first.
 
 relay/server.py configures uvicorn with this protocol and runs it.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "INTERIM",
     "MAX_HEADER_BYTES",
     "RAW_TARGET",
+    "REFUSAL_HEADERS",
     "REFUSED",
     "TAKE_BODY",
     "UPLOAD_ID",
@@ -63,9 +66,13 @@ TAKE_BODY = "relay.take_body"
 # scope["extensions"] key: the RelayError the protocol answered in the middle of this request's body; the app finds
 # it there when its receive() says http.disconnect, and records the upload with that code (relay/proxy.py).
 REFUSED = "relay.refused"
-# scope["extensions"] key the app sets: the upload id it drew for the request (none chosen by the client), so an
-# answer the protocol gives mid-body carries it too.
+# scope["extensions"] key: the upload id of the request when the client chose no valid one, drawn when its head is
+# complete (a bad chunk in the same packet is answered before the app runs); the app goes by it (relay/proxy.py),
+# or sets the id it goes by instead (the resumable prefix: the path's), so an answer given mid-body carries it.
 UPLOAD_ID = "relay.upload_id"
+# scope["extensions"] key the app may set: header fields, [(name, value)], for an answer given mid-body (a tus
+# request's answers carry Tus-Resumable).
+REFUSAL_HEADERS = "relay.refusal_headers"
 _INTERIM_REASONS = {104: b"Upload Resumption Supported"}
 
 
@@ -159,6 +166,8 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         # hand it the raw origin-form target (absolute-form targets fall back to raw_path + query_string).
         if self.url.startswith(b"/"):
             extensions[RAW_TARGET] = self.url.split(b"#", 1)[0]
+        if _client_upload_id(self.headers) is None:
+            extensions[UPLOAD_ID] = new_upload_id()
         cast(Any, self.scope)["extensions"] = extensions
         previous = self.cycle
         super().on_headers_complete()
@@ -262,10 +271,12 @@ class HeaderLimitProtocol(HttpToolsProtocol):
             self.transport.close()  # the answer is on the wire: a second response after it would be garbage
             return
         upload_id = new_upload_id()
+        extra: list[tuple[bytes, bytes]] = []
         body_cycle = self._body_cycle()
         if body_cycle is not None:
             scope = cast(Scope, body_cycle.scope)
             upload_id = _upload_id_of(scope) or upload_id
+            extra = _refusal_headers(scope)
             extensions = scope.get("extensions")
             if isinstance(extensions, dict):
                 extensions[REFUSED] = error
@@ -276,9 +287,10 @@ class HeaderLimitProtocol(HttpToolsProtocol):
         reason = http.HTTPStatus(error.status_code).phrase
         head = (
             f"HTTP/1.1 {error.status_code} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nx-upload-id: {upload_id}\r\nconnection: close\r\n\r\n"
+            f"content-length: {len(body)}\r\nx-upload-id: {upload_id}\r\nconnection: close\r\n"
         )
-        self.transport.write(head.encode() + body.encode())
+        fields = b"".join(b"%s: %s\r\n" % (name, value) for name, value in extra)
+        self.transport.write(head.encode() + fields + b"\r\n" + body.encode())
         self.transport.close()
 
     def _end_cycle(self, cycle: RequestResponseCycle) -> None:
@@ -292,13 +304,28 @@ class HeaderLimitProtocol(HttpToolsProtocol):
 
 
 def _upload_id_of(scope: Scope) -> str | None:
-    """The request's upload id as the app picks it: the one it drew and published (UPLOAD_ID), else a valid
-    X-Upload-ID from the client."""
+    """The request's upload id as the app goes by it: the one under UPLOAD_ID (drawn at the head, or set by the
+    app), else a valid X-Upload-ID from the client."""
     drawn = scope.get("extensions", {}).get(UPLOAD_ID)
     if isinstance(drawn, str):
         return drawn
-    chosen = header_value(scope.get("headers", []), b"x-upload-id")
+    return _client_upload_id(scope.get("headers", []))
+
+
+def _client_upload_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    chosen = header_value(headers, b"x-upload-id")
     return chosen.decode("ascii") if chosen is not None and valid_upload_id(chosen) else None
+
+
+def _refusal_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The header fields the app asked for on an answer given mid-body (REFUSAL_HEADERS); only plain tokens and
+    visible text, as they go on the wire as given."""
+    fields = scope.get("extensions", {}).get(REFUSAL_HEADERS) or []
+    return [
+        (name, value)
+        for name, value in fields
+        if name and not any(byte in b"\r\n: " for byte in name) and not any(byte in b"\r\n" for byte in value)
+    ]
 
 
 def rejections_of(app: object) -> Counter | None:

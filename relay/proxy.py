@@ -18,7 +18,9 @@ Theory of operation
    whatever the upstream said (a 304 keeps its other headers).
 7. A framing error the server's protocol found in the body (a bad chunk size, trailers over the limit) is answered
    by the protocol, which ends the request: the upload is recorded with that error's code, not as a client that
-   went away (relay/protocol.py, `REFUSED`), and the protocol has counted it in relay_rejections_total.
+   went away (relay/protocol.py, `REFUSED`), and the protocol has counted it in relay_rejections_total. That holds
+   for a request refused from its headers too, when the protocol answered first (`refuse`). The answer carries the
+   id this request goes by: the one the protocol drew at the head when the client chose none (Admission adopts it).
 
 `Upload` is built in three layers, one file each: `Admission` (the request's state and its header decisions),
 `BodyPump` (the body), and `Upload` here (the whole request's course: refuse or forward, then the answer).
@@ -49,7 +51,6 @@ __all__ = ["Upload"]
 
 # scope["extensions"] keys shared with relay/protocol.py's protocol (not imported: the app runs under other servers).
 _REFUSED = "relay.refused"  # the error the protocol answered mid-body
-_UPLOAD_ID = "relay.upload_id"  # the id drawn for this request, for such an answer
 _BODYLESS = (204, 304)  # and every 1xx: RFC 9110 6.4.1, no content whatever the header fields say
 
 
@@ -73,10 +74,10 @@ class Upload(BodyPump):
             # The caps across relays: one await on the head of the request, never per chunk.
             # A relay-drawn id (128 random bits) is in use nowhere: not chosen, no lease on it (a Redis round trip).
             self.lease = await self.ctx.shared.take_slots(self.upload_id, self.client_key, chosen=self.id_chosen)
-            self.publish_upload_id()
         except UploadIdInUse as exc:
             # The id belongs to the upload in progress: answer, but never touch its record or events.
-            self.count_rejection(exc)
+            if self.refused_by_server() is None:  # else the protocol answered, and counted, its own error
+                self.count_rejection(exc)
             await self.answer(exc, unread_body=may_have_body(self.headers))
             return
         except RelayError as exc:
@@ -101,7 +102,13 @@ class Upload(BodyPump):
             self.end()
 
     async def refuse(self, exc: RelayError) -> None:
-        """Refused from its headers: recorded as `rejected`, answered, connection closed."""
+        """Refused from its headers: recorded as `rejected`, answered, connection closed.
+
+        When the protocol has already refused a framing error in the same body (head and bad chunk in one packet,
+        before this ran), the client got the protocol's answer: that error is recorded, and counted only there."""
+        refused = self.refused_by_server()
+        if refused is not None:
+            exc, self.counted = refused, True
         now = time.time()
         self.emit(
             Started(
@@ -116,19 +123,14 @@ class Upload(BodyPump):
             )
         )
         self.emit(Failed(self.upload_id, 0, self.content_length, now, ErrorInfo(exc.code, exc.message), rejected=True))
-        self.count_rejection(exc)
+        if not self.counted:
+            self.count_rejection(exc)
         self.ctx.metrics.uploads.labels(outcome="rejected").inc()
         extra = [(b"retry-after", b"1")] if isinstance(exc, TooManyUploads) else None
         await self.answer(exc, extra=extra, unread_body=may_have_body(self.headers))
 
     def count_rejection(self, exc: RelayError) -> None:
         self.ctx.metrics.rejections.labels(code=exc.code).inc()
-
-    def publish_upload_id(self) -> None:
-        """Tell the protocol the id this request goes by, for an answer it may have to give mid-body."""
-        extensions = self.scope.get("extensions")
-        if isinstance(extensions, dict):
-            extensions[_UPLOAD_ID] = self.upload_id
 
     def refused_by_server(self) -> RelayError | None:
         """The framing error the protocol answered in the middle of the body, when that is why the body ended."""

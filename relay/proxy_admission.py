@@ -46,6 +46,7 @@ __all__ = [
     "client_address",
     "cors_headers",
     "drain_body",
+    "drawn_upload_id",
     "error_response",
     "may_have_body",
 ]
@@ -57,6 +58,8 @@ __all__ = [
 LINGER_BYTES = 64 * 1024 * 1024
 LINGER_SECONDS = 2.0
 HASHER = sha256_factory()
+# scope["extensions"] key shared with relay/protocol.py (not imported: the app runs under other servers).
+_UPLOAD_ID = "relay.upload_id"
 
 
 async def error_response(
@@ -155,6 +158,14 @@ def may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def drawn_upload_id(scope: Scope) -> str:
+    """The id of a request whose client chose none: the one the server's protocol drew when the head was complete
+    (relay/protocol.py UPLOAD_ID: an answer it gives mid-body, before the app has run, carries that one), else a
+    new one (another server)."""
+    drawn = scope.get("extensions", {}).get(_UPLOAD_ID)
+    return drawn if isinstance(drawn, str) and valid_upload_id(drawn.encode()) else new_upload_id()
+
+
 class Admission:
     """One request on a routed path: its state, and the decisions its headers allow (relay/proxy.py `Upload`)."""
 
@@ -171,7 +182,7 @@ class Admission:
             self.raw_path + (b"?" + scope["query_string"] if scope.get("query_string") else b"")
         )
         self.started = time.monotonic()
-        self.upload_id = new_upload_id()
+        self.upload_id = drawn_upload_id(scope)  # the client's valid X-Upload-ID replaces it (check_headers)
         self.id_chosen = False  # by the client (X-Upload-ID): only such an id can be in use on another relay
         self.inspector: UploadInspector | None = None
         self.digests: DigestChecker | None = None  # RFC 9530 Content-/Repr-Digest, when the request has one

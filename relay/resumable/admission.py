@@ -9,6 +9,8 @@ handlers see (`parse`), or a refusal in the request's protocol. A request that b
 against the caps (`admit_body`) until its handler is done with it (`release_body`).
 
 Its refusals come before the body was read: `Connection: close` and a lingering drain (endpoints.py Rule 3).
+A refusal the server's protocol gives in the middle of a body (a bad chunk size) is answered in the request's
+protocol as far as it can be: `for_refusals` tells it the upload's id and, for tus, Tus-Resumable.
 
 Rules:
 1. `--token` applies to every request, discovery included, except CORS preflights.
@@ -23,13 +25,14 @@ from relay.core.digests import request_digests
 from relay.core.resumable_headers import UnsupportedTusVersion, detect_protocol, parse_request
 from relay.errors import BadRequest, RelayError, TooManyUploads
 from relay.headers import has_dot_segment, header_value
+from relay.protocol import REFUSAL_HEADERS, UPLOAD_ID
 from relay.proxy_admission import check_token, client_address, cors_headers, may_have_body
 from relay.proxy_context import RelayContext
 from relay.resumable.answers import TUS_EXPOSED, Request, refuse_unparsed, write_answer
 from relay.settings import Route
 from relay.types import Message, Receive, Scope, Send
 
-__all__ = ["admit_body", "options", "parse", "release_body", "with_header"]
+__all__ = ["admit_body", "for_refusals", "options", "parse", "release_body", "with_header"]
 
 TUS_METHODS = b"POST, HEAD, PATCH, DELETE, OPTIONS"
 
@@ -126,6 +129,19 @@ def release_body(ctx: RelayContext, request: Request) -> None:
     if left:
         ctx.per_client[request.client] = left
     ctx.metrics.in_flight.dec()
+
+
+def for_refusals(scope: Scope, upload_id: bytes | None = None) -> None:
+    """What an answer the server's protocol gives in the middle of this request's body carries (relay/protocol.py
+    `_refuse`): the upload's id when given (under the prefix, the path's: Rule 2 of endpoints.py), and
+    Tus-Resumable on a tus request, as every tus answer does."""
+    extensions = scope.get("extensions")
+    if not isinstance(extensions, dict):
+        return
+    if upload_id is not None:
+        extensions[UPLOAD_ID] = upload_id.decode("ascii")
+    if detect_protocol(scope["headers"]) == "tus":
+        extensions[REFUSAL_HEADERS] = [(b"tus-resumable", b"1.0.0")]
 
 
 def with_header(send: Send, header: bytes, value: bytes) -> Send:

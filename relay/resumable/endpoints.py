@@ -51,10 +51,10 @@ from relay.errors import (
     TooManyUploads,
     UploadIdInUse,
 )
-from relay.headers import header_value, new_upload_id, valid_upload_id
-from relay.proxy_admission import cors_headers, may_have_body
+from relay.headers import header_value, valid_upload_id
+from relay.proxy_admission import cors_headers, drawn_upload_id, may_have_body
 from relay.proxy_context import RelayContext
-from relay.resumable.admission import admit_body, options, parse, release_body, with_header
+from relay.resumable.admission import admit_body, for_refusals, options, parse, release_body, with_header
 from relay.resumable.answers import (
     TUS_EXPOSED,
     Request,
@@ -105,10 +105,12 @@ class ResumableEndpoints:
     async def routed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Creation, and discovery by OPTIONS, on a routed path."""
         # The contract: every answer on a routed path carries X-Upload-ID, refusals and OPTIONS too (as for plain
-        # uploads): the client's valid id, else the one drawn now, which a creation then uses.
+        # uploads): the client's valid id, else the one the server's protocol drew (its mid-body answers carry that
+        # one), which a creation then uses.
         given = header_value(scope["headers"], b"x-upload-id")
-        upload_id = given.decode("ascii") if given is not None and valid_upload_id(given) else new_upload_id()
+        upload_id = given.decode("ascii") if given is not None and valid_upload_id(given) else drawn_upload_id(scope)
         send = with_header(send, b"x-upload-id", upload_id.encode())
+        for_refusals(scope)
         if await options(self.ctx, route, scope, send, routed=True):
             return
         request = await parse(self.ctx, route, scope, receive, send)
@@ -130,6 +132,7 @@ class ResumableEndpoints:
         route = route or self.ctx.settings.routes[0]
         if valid_upload_id(upload_id):
             send = with_header(send, b"x-upload-id", upload_id)  # every answer about the upload says which
+        for_refusals(scope, upload_id if valid_upload_id(upload_id) else None)
         if await options(self.ctx, route, scope, send):
             return
         if await self._off_route(scope, receive, send, route, upload_id):

@@ -3,8 +3,10 @@
 From the upstream: a status outside 100-599 (uvicorn has no status line for it) becomes the relay's 502
 `upstream_failed`; a 204 or 304 that declares a Content-Length goes to the client without one and without a body, and
 the connection stays usable. From the client: a bad chunk size or trailers over 64 KiB in the middle of a body are
-answered with the request's own upload id and recorded as that error, not as a client that went away; once the
-upstream's early answer has started, the relay only closes (never a second response). Every refusal the server's
+answered with the request's own upload id (the one it is recorded under, also when the bad bytes came in the head's
+packet; a tus PATCH's: its path's, with Tus-Resumable) and recorded as that error, not as a client that went away
+nor as a refusal the app found in the same request's headers; once the upstream's early answer has started, the
+relay only closes (never a second response). Every refusal the server's
 protocol answers itself (400, 408, 431) is counted in relay_rejections_total.
 
 The upstream is a scripted one on a thread: what it does depends on the request's path.
@@ -110,8 +112,9 @@ def upstream() -> Iterator[ScriptedUpstream]:
 
 
 @pytest.fixture(scope="module")
-def relay(upstream: ScriptedUpstream) -> Iterator[RunningServer]:
-    server = start_relay("--max-body-size", "1MiB", "--header-timeout", "1", upstream=upstream.url)
+def relay(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    spool = str(tmp_path_factory.mktemp("spool"))  # resumable uploads too
+    server = start_relay("--max-body-size", "1MiB", "--header-timeout", "1", "--spool", spool, upstream=upstream.url)
     yield server
     server.stop()
 
@@ -236,6 +239,67 @@ def test_a_bad_chunk_carries_the_id_the_relay_drew(relay: RunningServer, upstrea
     wait_for(lambda: record(relay, upload_id)["state"] != "receiving", "the upload's end")
     upload = record(relay, upload_id)
     assert upload["state"] == "failed" and error_code(upload) == "bad_request", upload
+
+
+def test_a_bad_chunk_in_the_heads_packet_carries_the_id_the_upload_is_recorded_under(relay: RunningServer) -> None:
+    # Head and bad chunk in one write: the protocol answers before the app has run, so the id it gives is the one
+    # it drew at the head, which the app then goes by.
+    before = rejections(relay, "bad_request")
+    result = exchange(relay.port, CHUNKED_HEAD % (b"silent", b"") + b"5\r\nabcde\r\nZZ\r\n")
+    assert result.statuses == [400], result.raw[:300]
+    upload_id = result.responses[0].headers["x-upload-id"]
+    wait_for(lambda: httpx.get(f"{relay.url}/_relay/uploads/{upload_id}", timeout=10).status_code == 200, "a record")
+    wait_for(lambda: record(relay, upload_id)["state"] != "receiving", "the upload's end")
+    upload = record(relay, upload_id)
+    assert upload["state"] == "failed" and error_code(upload) == "bad_request", upload
+    assert rejections(relay, "bad_request") == before + 1
+
+
+def test_a_request_refused_by_both_is_recorded_and_counted_as_the_protocols_answer(relay: RunningServer) -> None:
+    # DELETE is not among the route's methods (405 from its headers), and its body's bad chunk is in the same packet:
+    # the protocol has answered 400 before the app refuses; the record says what the client was told, counted once.
+    codes = ("bad_request", "method_not_allowed")
+    before = {code: rejections(relay, code) for code in codes}
+    head = b"DELETE /upload/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Upload-ID: both-refused\r\n\r\n"
+    result = exchange(relay.port, head + b"5\r\nabcde\r\nZZ\r\n")
+    assert result.statuses == [400], result.raw[:300]
+    assert result.responses[0].headers["x-upload-id"] == "both-refused"
+    wait_for(lambda: httpx.get(f"{relay.url}/_relay/uploads/both-refused", timeout=10).status_code == 200, "a record")
+    upload = record(relay, "both-refused")
+    assert upload["state"] == "rejected" and error_code(upload) == "bad_request", upload
+    assert {code: rejections(relay, code) for code in codes} == {
+        "bad_request": before["bad_request"] + 1,
+        "method_not_allowed": before["method_not_allowed"],
+    }
+
+
+def test_a_bad_chunk_in_a_tus_patch_is_answered_as_that_upload_in_tus(relay: RunningServer) -> None:
+    tus = b"Tus-Resumable: 1.0.0\r\n"
+    creation = b"POST /upload/tus HTTP/1.1\r\nHost: x\r\n%sUpload-Length: 10\r\nContent-Length: 0\r\n\r\n" % tus
+    created = exchange(relay.port, creation)
+    assert created.statuses == [201], created.raw[:300]
+    upload_id = created.responses[0].headers["x-upload-id"]
+    patch = (
+        b"PATCH /resumable/%s HTTP/1.1\r\nHost: x\r\n%sUpload-Offset: 0\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/offset+octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % (upload_id.encode(), tus)
+    )
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
+        sock.sendall(patch)
+        sock.settimeout(15)
+        interim = b""
+        while b"\r\n\r\n" not in interim:  # 100 Continue: the app has begun reading the append's body
+            piece = sock.recv(65536)
+            assert piece, interim
+            interim += piece
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(b"5\r\nabcde\r\nZZ\r\n")
+        responses = parse_responses(interim.partition(b"\r\n\r\n")[2] + read_until_closed(sock))
+    assert [response.status for response in responses] == [400], responses
+    answer = responses[0]
+    assert answer.headers["x-upload-id"] == upload_id
+    assert answer.headers["tus-resumable"] == "1.0.0"
+    assert answer.json()["error"]["code"] == "bad_request"  # type: ignore[index]
 
 
 def test_trailers_over_the_limit_are_a_431_for_that_upload(relay: RunningServer) -> None:
