@@ -317,7 +317,9 @@ def test_ctrl_c_leaves_it_resumable(
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert stdout == ""
+    interrupted = one_json(stdout)  # --json still prints the request's object (status null, error interrupted)
+    assert interrupted["status"] is None and interrupted["error"] == "interrupted"
+    assert interrupted["resumable"] is True and interrupted["upload_url"]
     assert "Traceback" not in stderr
     [line] = stderr.splitlines()
     assert line.startswith("relay-upload: error: interrupted; the upload can be resumed: run the same command again:")
